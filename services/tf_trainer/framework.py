@@ -1,0 +1,166 @@
+"""TensorFlow/Keras's side of the comparison: builds a model spec with Keras 3, trains it, exports it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from twinbench.api import trainer_pb2 as pb  # noqa: E402
+from twinbench.datasets import Dataset  # noqa: E402
+from twinbench.errors import InvalidArgument  # noqa: E402
+from twinbench.serving import OnnxRuntime  # noqa: E402
+from twinbench.specs import Conv, Dense, Flatten, ModelSpec, Pool  # noqa: E402
+
+PREDICT_BATCH = 1024
+ONNX_OPSET = 17
+
+# Both must happen before TensorFlow touches a GPU. Memory growth lets the two trainers share
+# one GPU (TF would otherwise take all of it); TF32 is pinned off as in the torch trainer.
+for _gpu in tf.config.list_physical_devices("GPU"):
+    tf.config.experimental.set_memory_growth(_gpu, True)
+tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+def build_model(spec: ModelSpec) -> keras.Sequential:
+    c, h, w = spec.input_shape
+    layers: list[keras.layers.Layer] = [keras.Input((h, w, c))]
+    for layer in spec.layers:
+        if isinstance(layer, Conv):
+            layers.append(
+                keras.layers.Conv2D(
+                    layer.filters, layer.kernel, padding=layer.padding, activation=layer.activation
+                )
+            )
+        elif isinstance(layer, Pool):
+            pool = keras.layers.AveragePooling2D if layer.kind == "avg" else keras.layers.MaxPool2D
+            layers.append(pool(layer.size))
+        elif isinstance(layer, Flatten):
+            layers.append(keras.layers.Flatten())
+        elif isinstance(layer, Dense):
+            layers.append(keras.layers.Dense(layer.units, activation=layer.activation))
+    return keras.Sequential(layers)
+
+
+def pick_device(requested: str) -> str:
+    gpus = tf.config.list_logical_devices("GPU")
+    if requested == "cuda" and not gpus:
+        raise InvalidArgument("device 'cuda' was asked for, but this trainer sees no GPU")
+    return gpus[0].name if requested in ("auto", "cuda") and gpus else "/CPU:0"
+
+
+class _Serving(tf.Module):
+    """The exported signature: NCHW float32 in, like every twinbench export, logits out."""
+
+    def __init__(self, model: keras.Model, input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.serve = tf.function(
+            self._serve,
+            input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name="input")],
+        )
+
+    def _serve(self, input):  # noqa: A002 - the argument name becomes the signature's input name
+        return {"logits": self.model(tf.transpose(input, [0, 2, 3, 1]), training=False)}
+
+
+class TFSession:
+    def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
+        self.device = pick_device(spec.device)
+        self.input_shape = model_spec.input_shape
+        keras.utils.set_random_seed(spec.seed)
+        with tf.device(self.device):
+            self.model = build_model(model_spec)
+        self.parameter_count = int(self.model.count_params())
+        self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
+        opt = spec.optimizer
+        if opt.name == "adam":
+            self.optimizer = keras.optimizers.Adam(opt.learning_rate, epsilon=opt.epsilon)
+        else:
+            self.optimizer = keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum)
+        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        c, h, w = self.input_shape
+        image = tf.TensorSpec([None, h, w, c], tf.float32)
+        # Fixed signatures: one trace for every batch size. XLA stays off, as in eager PyTorch.
+        self._train_step = tf.function(
+            self._step, input_signature=[image, tf.TensorSpec([None], tf.int64)], jit_compile=False
+        )
+        self._forward = tf.function(
+            lambda x: self.model(x, training=False), input_signature=[image], jit_compile=False
+        )
+
+    def _step(self, x, y):
+        with tf.GradientTape() as tape:
+            logits = self.model(x, training=True)
+            loss = self.loss(y, logits)
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
+        hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.int32))
+        return loss, hits
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        # Once per split, outside the timed loop: Keras convolutions take NHWC.
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        with tf.device(self.device):
+            loss, hits = self._train_step(x, y)
+        return float(loss.numpy()), int(hits.numpy())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with tf.device(self.device):
+            out = [
+                self._forward(x[start : start + PREDICT_BATCH]).numpy()
+                for start in range(0, len(x), PREDICT_BATCH)
+            ]
+        return np.concatenate(out)
+
+    def export(self, fmt: str, path: Path) -> None:
+        module = _Serving(self.model, self.input_shape)
+        if fmt == "savedmodel":
+            tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+        elif fmt == "onnx":
+            import tf2onnx
+
+            tf2onnx.convert.from_function(
+                module.serve,
+                input_signature=module.serve.input_signature,
+                opset=ONNX_OPSET,
+                output_path=str(path),
+            )
+        else:
+            raise InvalidArgument(f"the tf trainer cannot export {fmt!r}")
+
+    def peak_gpu_bytes(self) -> int:
+        if "GPU" not in self.device:
+            return 0
+        return int(tf.config.experimental.get_memory_info(self.device.split("device:")[-1])["peak"])
+
+
+def _gpu_name() -> str:
+    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+    return details.get("device_name", "GPU")
+
+
+class SavedModelRuntime:
+    def __init__(self, path: Path) -> None:
+        self.loaded = tf.saved_model.load(str(path))
+        self.fn = self.loaded.signatures["serving_default"]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.fn(input=tf.constant(batch))["logits"].numpy()
+
+
+class TFFramework:
+    name = "tf"
+    version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
+    loaders = {"savedmodel": SavedModelRuntime, "onnx": OnnxRuntime}
+
+    def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TFSession:
+        return TFSession(spec, model)

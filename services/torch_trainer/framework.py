@@ -1,0 +1,155 @@
+"""PyTorch's side of the comparison: builds a model spec as nn.Sequential, trains it, exports it."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from twinbench.api import trainer_pb2 as pb
+from twinbench.datasets import Dataset
+from twinbench.errors import InvalidArgument
+from twinbench.serving import OnnxRuntime
+from twinbench.specs import Conv, Dense, Flatten, ModelSpec, Pool
+
+# Request tensors are read-only views over the request bytes; the models never write to them.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+# TorchScript and the TorchScript-based ONNX exporter are deprecated but remain what Triton and
+# ONNX Runtime load; the dynamo exporter would need onnxscript.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.(jit|onnx)")
+
+PREDICT_BATCH = 1024
+ONNX_OPSET = 17
+
+# Pinned the same way as in the TF trainer before anything is timed (TF32 is on by default for
+# cuDNN convolutions in PyTorch and for everything in TensorFlow).
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+_ACTIVATIONS = {"relu": nn.ReLU, None: None}
+
+
+def build_model(spec: ModelSpec) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    shape: tuple[int, ...] = spec.input_shape
+    for layer, after in zip(spec.layers, spec.shapes(), strict=True):
+        if isinstance(layer, Conv):
+            padding = layer.kernel // 2 if layer.padding == "same" else 0
+            layers.append(nn.Conv2d(shape[0], layer.filters, layer.kernel, padding=padding))
+        elif isinstance(layer, Pool):
+            pool = nn.AvgPool2d if layer.kind == "avg" else nn.MaxPool2d
+            layers.append(pool(layer.size))
+        elif isinstance(layer, Flatten):
+            layers.append(nn.Flatten())
+        elif isinstance(layer, Dense):
+            layers.append(nn.Linear(shape[0], layer.units))
+        activation = _ACTIVATIONS[getattr(layer, "activation", None)]
+        if activation is not None:
+            layers.append(activation())
+        shape = after
+    return nn.Sequential(*layers)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument("device 'cuda' was asked for, but this trainer sees no CUDA device")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class TorchSession:
+    def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
+        self.device = pick_device(spec.device)
+        torch.manual_seed(spec.seed)
+        self.model = build_model(model_spec).to(self.device)
+        self.input_shape = model_spec.input_shape
+        self.parameter_count = sum(p.numel() for p in self.model.parameters())
+        self.device_name = (
+            torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        )
+        opt = spec.optimizer
+        if opt.name == "adam":
+            self.optimizer = torch.optim.Adam(
+                self.model.parameters(), lr=opt.learning_rate, eps=opt.epsilon
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=opt.learning_rate, momentum=opt.momentum
+            )
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return x  # the shared layout is already NCHW
+
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        self.model.train()
+        inputs = torch.from_numpy(x).to(self.device, non_blocking=True)
+        labels = torch.from_numpy(y).to(self.device, non_blocking=True)
+        logits = self.model(inputs)
+        loss = nn.functional.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        hits = (logits.argmax(dim=1) == labels).sum()
+        return float(loss.item()), int(hits.item())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(x), PREDICT_BATCH):
+                batch = torch.from_numpy(x[start : start + PREDICT_BATCH]).to(self.device)
+                out.append(self.model(batch).float().cpu().numpy())
+        return np.concatenate(out)
+
+    def export(self, fmt: str, path: Path) -> None:
+        # Exports are traced on the CPU so they load on any host; the runtime moves them to a GPU.
+        model = copy.deepcopy(self.model).cpu().eval()
+        example = torch.zeros((2, *self.input_shape), dtype=torch.float32)
+        if fmt == "torchscript":
+            with torch.inference_mode():
+                torch.jit.save(torch.jit.trace(model, example), str(path))
+        elif fmt == "onnx":
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        else:
+            raise InvalidArgument(f"the torch trainer cannot export {fmt!r}")
+
+    def peak_gpu_bytes(self) -> int:
+        if self.device.type != "cuda":
+            return 0
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+
+class TorchScriptRuntime:
+    def __init__(self, path: Path) -> None:
+        self.device = pick_device("auto")
+        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(batch).to(self.device)).cpu().numpy()
+
+
+class TorchFramework:
+    name = "torch"
+    version = torch.__version__
+    loaders = {"torchscript": TorchScriptRuntime, "onnx": OnnxRuntime}
+
+    def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TorchSession:
+        return TorchSession(spec, model)

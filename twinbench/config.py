@@ -1,0 +1,69 @@
+"""Typed settings from TWINBENCH_* environment variables: the same names in local mode, compose and Kubernetes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORTS = {"gateway": 50051, "torch_trainer": 50052, "tf_trainer": 50053}
+FRAMEWORKS = ("torch", "tf")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    gateway: str  # where clients (CLI, Locust) find the gateway
+    torch_trainer: str  # where the gateway finds each trainer
+    tf_trainer: str
+    listen: str | None  # this service's bind address; None: loopback on its default port
+    max_message_bytes: int
+    backend_timeout_s: float
+    max_batch_size: int
+
+    @property
+    def model_repository(self) -> Path:
+        return self.home / "model_repository"
+
+    @property
+    def runs(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    def jobs_db(self, framework: str) -> Path:
+        return self.home / "jobs" / f"{framework}.sqlite"
+
+    def trainer_address(self, framework: str) -> str:
+        return {"torch": self.torch_trainer, "tf": self.tf_trainer}[framework]
+
+    def listen_address(self, service: str) -> str:
+        return self.listen or f"127.0.0.1:{DEFAULT_PORTS[service]}"
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Message limits set explicitly on both ends: gRPC's 4 MiB receive default is too small for batches."""
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+        ]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+
+    def get(name: str, default: str) -> str:
+        return env.get(f"TWINBENCH_{name}", default) or default
+
+    return Settings(
+        home=Path(get("HOME", str(Path.home() / ".twinbench"))).expanduser().resolve(),
+        gateway=get("GATEWAY", f"127.0.0.1:{DEFAULT_PORTS['gateway']}"),
+        torch_trainer=get("TORCH_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['torch_trainer']}"),
+        tf_trainer=get("TF_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['tf_trainer']}"),
+        listen=env.get("TWINBENCH_LISTEN") or None,
+        max_message_bytes=int(get("MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
+        backend_timeout_s=float(get("BACKEND_TIMEOUT_S", "30")),
+        max_batch_size=int(get("MAX_BATCH_SIZE", "256")),
+    )

@@ -1,0 +1,171 @@
+"""The model repository in Triton's layout; versions appear only whole, by an atomic rename."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# format -> (file or folder name inside a version, Triton platform, framework that writes it)
+FORMATS: dict[str, tuple[str, str]] = {
+    "torchscript": ("model.pt", "pytorch_libtorch"),
+    "onnx": ("model.onnx", "onnxruntime_onnx"),
+    "savedmodel": ("model.savedmodel", "tensorflow_savedmodel"),
+}
+FRAMEWORK_FORMATS = {"torch": ("torchscript", "onnx"), "tf": ("savedmodel", "onnx")}
+INFO_FILE = "export.json"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+
+
+def model_name(model: str, framework: str, fmt: str) -> str:
+    return f"{model}-{framework}-{fmt}"
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What a served version is: stored beside it as export.json."""
+
+    name: str
+    version: int
+    model: str
+    framework: str
+    format: str
+    job_id: str
+    input_shape: tuple[int, ...]  # one sample, C x H x W
+    num_classes: int
+    class_names: tuple[str, ...]
+    max_batch_size: int
+    sha256: str
+    max_abs_diff: float
+    created_at: float
+
+    @property
+    def platform(self) -> str:
+        return FORMATS[self.format][1]
+
+    @property
+    def filename(self) -> str:
+        return FORMATS[self.format][0]
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportInfo:
+        raw = json.loads(text)
+        raw["input_shape"] = tuple(raw["input_shape"])
+        raw["class_names"] = tuple(raw["class_names"])
+        return cls(**raw)
+
+
+def sha256_of(path: Path) -> str:
+    """Checksum of a file, or of a folder (relative paths and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def triton_config(info: ExportInfo) -> str:
+    dims = ", ".join(str(d) for d in info.input_shape)
+    return (
+        f'name: "{info.name}"\n'
+        f'platform: "{info.platform}"\n'
+        f"max_batch_size: {info.max_batch_size}\n"
+        f'input [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
+        f'output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {info.num_classes} ] }} ]\n'
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class Staging:
+    """A hidden folder where one export is written and checked before it is published."""
+
+    def __init__(self, repository: ModelRepository, name: str, fmt: str) -> None:
+        self.repository = repository
+        self.name = name
+        self.format = fmt
+        self.dir = repository.root / name / f".staging-{uuid.uuid4().hex}"
+        self.dir.mkdir(parents=True)
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / FORMATS[self.format][0]
+
+    def publish(self, **fields) -> ExportInfo:
+        """Writes export.json and renames the folder into the next free version number."""
+        model_dir = self.repository.root / self.name
+        sha = sha256_of(self.model_path)
+        while True:
+            version = max(self.repository.versions(self.name), default=0) + 1
+            info = ExportInfo(
+                name=self.name,
+                version=version,
+                format=self.format,
+                sha256=sha,
+                created_at=time.time(),
+                **fields,
+            )
+            (self.dir / INFO_FILE).write_text(json.dumps(asdict(info), indent=2))
+            try:
+                # rename(2) onto a missing path is atomic: readers see no version or a whole one.
+                os.rename(self.dir, model_dir / str(version))
+                break
+            except OSError:
+                if not (model_dir / str(version)).exists():
+                    raise
+        _write_atomically(model_dir / "config.pbtxt", triton_config(info))
+        return info
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ModelRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def stage(self, name: str, fmt: str) -> Iterator[Staging]:
+        staging = Staging(self, name, fmt)
+        try:
+            yield staging
+        finally:
+            staging.discard()  # a no-op once published
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        model_dir = self.root / name
+        if not NAME_PATTERN.match(name) or not model_dir.is_dir():
+            return []
+        return sorted(
+            int(p.name)
+            for p in model_dir.iterdir()
+            if p.name.isdigit() and (p / INFO_FILE).is_file()
+        )
+
+    def info(self, name: str, version: int) -> ExportInfo:
+        return ExportInfo.from_json((self.version_dir(name, version) / INFO_FILE).read_text())
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)

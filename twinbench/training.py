@@ -1,0 +1,196 @@
+"""The training loop both trainers share: data order, metrics, timing and exports are decided here once.
+
+Each framework supplies only what differs: building the model, one optimizer step, a forward
+pass, and writing and loading its export formats. Everything a comparison depends on (which rows
+form each batch, how loss and accuracy are computed, what a second measures) lives in this file.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from twinbench.api import trainer_pb2 as pb
+from twinbench.datasets import Dataset, Split, epoch_order, load_dataset
+from twinbench.errors import InvalidArgument, TwinbenchError
+from twinbench.jobs import JobContext
+from twinbench.repository import ModelRepository, model_name
+from twinbench.serving import Loader, Runtime
+from twinbench.specs import ModelSpec, get_model_spec
+
+# Largest |reloaded export - in-memory model| accepted on a test batch of logits.
+EXPORT_TOLERANCE = 1e-4
+EXPORT_CHECK_ROWS = 64
+
+
+class Session(Protocol):
+    """One job's model and optimizer in one framework."""
+
+    device_name: str
+    parameter_count: int
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """A whole split in the framework's layout; done once per job, outside the timed loop."""
+
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """One optimizer step; returns the batch's mean loss and its number of correct predictions."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits for all of a prepared `x`, in inference mode."""
+
+    def export(self, fmt: str, path: Path) -> None:
+        """Writes the model in `fmt` at `path` (a file, or a folder for SavedModel)."""
+
+    def peak_gpu_bytes(self) -> int: ...
+
+
+class Framework(Protocol):
+    name: str
+    version: str
+    loaders: dict[str, Loader]
+
+    def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> Session: ...
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of logits, computed the same way for both frameworks' evaluations."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def _evaluate(session: Session, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
+    logits = session.predict(x)
+    predicted = logits.argmax(axis=1)
+    return cross_entropy(logits, y), float((predicted == y).mean()), predicted
+
+
+def run_training(
+    framework: Framework,
+    repository: ModelRepository,
+    max_batch_size: int,
+    job: pb.Job,
+    ctx: JobContext,
+) -> None:
+    spec = job.spec
+    model = get_model_spec(spec.model)
+    data = load_dataset(spec.dataset)
+    if data.input_shape != model.input_shape:
+        raise InvalidArgument(
+            f"model {model.name} takes {model.input_shape}, dataset {data.name} has {data.input_shape}"
+        )
+    train = data.train
+    if spec.HasField("train_samples"):
+        train = Split(train.x[: spec.train_samples], train.y[: spec.train_samples])
+
+    session = framework.new_session(spec, model, data)
+    train_x, val_x, test_x = (session.prepare(s.x) for s in (train, data.val, data.test))
+
+    def started(j: pb.Job) -> None:
+        j.device = session.device_name
+        j.framework_version = framework.version
+        j.parameter_count = session.parameter_count
+        j.num_classes = data.num_classes
+
+    ctx.update(started)
+
+    n, batch_size = len(train), spec.batch_size
+    batches = -(-n // batch_size)
+    train_seconds = 0.0
+    for epoch in range(1, spec.epochs + 1):
+        order = epoch_order(n, spec.seed, epoch)
+        loss_sum, correct = 0.0, 0
+        start = time.perf_counter()
+        for b in range(batches):
+            ctx.check_cancelled()
+            rows = order[b * batch_size : (b + 1) * batch_size]
+            loss, hits = session.train_batch(train_x[rows], train.y[rows])
+            loss_sum += loss * len(rows)
+            correct += hits
+            ctx.progress(epoch, b + 1, batches, loss_sum / min(n, (b + 1) * batch_size))
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        val_loss, val_accuracy, _ = _evaluate(session, val_x, data.val.y)
+        ctx.epoch_done(
+            pb.EpochMetrics(
+                epoch=epoch,
+                train_loss=loss_sum / n,
+                train_accuracy=correct / n,
+                val_loss=val_loss,
+                val_accuracy=val_accuracy,
+                seconds=seconds,
+                samples_per_second=n / seconds,
+            )
+        )
+
+    test_loss, test_accuracy, predicted = _evaluate(session, test_x, data.test.y)
+    matrix = confusion_matrix(data.test.y, predicted, data.num_classes)
+
+    def finished(j: pb.Job) -> None:
+        j.train_seconds = train_seconds
+        j.test_loss = test_loss
+        j.test_accuracy = test_accuracy
+        j.confusion_matrix[:] = matrix.ravel().tolist()
+        # ru_maxrss is in KiB on Linux, and covers the whole process lifetime.
+        j.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        j.peak_gpu_bytes = session.peak_gpu_bytes()
+
+    ctx.update(finished)
+
+    for fmt in spec.export_formats:
+        ctx.check_cancelled()
+        export = _export(framework, session, repository, job, data, fmt, max_batch_size)
+        ctx.update(lambda j, e=export: j.exports.append(e))
+
+
+def _export(
+    framework: Framework,
+    session: Session,
+    repository: ModelRepository,
+    job: pb.Job,
+    data: Dataset,
+    fmt: str,
+    max_batch_size: int,
+) -> pb.ModelExport:
+    """Writes, reloads and checks one export in a staging folder, then publishes it whole."""
+    name = model_name(job.spec.model, framework.name, fmt)
+    batch = data.test.x[:EXPORT_CHECK_ROWS]
+    with repository.stage(name, fmt) as staging:
+        session.export(fmt, staging.model_path)
+        runtime: Runtime = framework.loaders[fmt](staging.model_path)
+        expected = session.predict(session.prepare(batch))
+        diff = float(np.max(np.abs(runtime.infer(batch) - expected)))
+        if not diff <= EXPORT_TOLERANCE:  # also catches NaN
+            raise TwinbenchError(
+                f"the reloaded {fmt} export differs from the trained model by {diff:.3g} "
+                f"(tolerance {EXPORT_TOLERANCE:g}); nothing was published"
+            )
+        info = staging.publish(
+            model=job.spec.model,
+            framework=framework.name,
+            job_id=job.id,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            max_batch_size=max_batch_size,
+            max_abs_diff=diff,
+        )
+    return pb.ModelExport(
+        model_name=name,
+        version=str(info.version),
+        format=fmt,
+        path=f"{name}/{info.version}/{info.filename}",
+        sha256=info.sha256,
+        max_abs_diff=diff,
+    )
