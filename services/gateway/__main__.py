@@ -1,0 +1,44 @@
+"""Entry point of the gateway service: `python -m services.gateway`."""
+
+import threading
+
+from services.gateway.router import Gateway
+from services.gateway.servicers import GatewayInferenceServicer, GatewayTrainerServicer
+from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
+from twinbench.config import load_settings
+from twinbench.grpc_server import (
+    configure_logging,
+    create_server,
+    run_until_signalled,
+    set_serving,
+)
+
+
+def main() -> None:
+    configure_logging()
+    settings = load_settings()
+    gateway = Gateway(settings)
+    server, port, health = create_server(settings.listen_address("gateway"), settings)
+    trainer_pb2_grpc.add_TrainerServicer_to_server(GatewayTrainerServicer(gateway), server)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        GatewayInferenceServicer(gateway), server
+    )
+    server.start()
+    stop = threading.Event()
+
+    def become_ready() -> None:
+        # Ready once both trainers answer; afterwards a trainer going down makes its own models
+        # UNAVAILABLE but leaves the gateway serving the other trainer's.
+        gateway.wait_ready(stop)
+        if not stop.is_set():
+            set_serving(health, True)
+
+    threading.Thread(target=become_ready, name="gateway-ready", daemon=True).start()
+    try:
+        run_until_signalled(server, health, "gateway", port, settings, on_stop=stop.set)
+    finally:
+        gateway.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The gateway's core, free of gRPC serving: routes training by framework and inference by model name."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from twinbench.api import inference_pb2 as ipb
+from twinbench.api import inference_pb2_grpc
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.api import trainer_pb2_grpc
+from twinbench.config import FRAMEWORKS, Settings
+from twinbench.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    UpstreamError,
+)
+from twinbench.jobs import resolve_spec
+
+log = logging.getLogger(__name__)
+
+INDEX_TIMEOUT_S = 2.0
+
+
+class Backend:
+    """One trainer: a persistent channel and its two stubs."""
+
+    def __init__(self, framework: str, address: str, settings: Settings) -> None:
+        self.framework = framework
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=settings.grpc_options())
+        self.trainer = trainer_pb2_grpc.TrainerStub(self.channel)
+        self.inference = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def call(self, method: Callable, request, timeout: float):
+        """Calls the backend; its failures become domain errors that name it."""
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self.translate(exc) from None
+
+    def translate(self, exc: grpc.RpcError) -> Exception:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(f"the {self.framework} trainer at {self.address} is unavailable")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"the {self.framework} trainer did not answer in time")
+        if code == grpc.StatusCode.CANCELLED:
+            return UpstreamError("CANCELLED", "the call was cancelled")
+        return UpstreamError(code.name, exc.details() or code.name)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.timeout_s = settings.backend_timeout_s
+        self.backends = {
+            fw: Backend(fw, settings.trainer_address(fw), settings) for fw in FRAMEWORKS
+        }
+        self._routes: dict[str, Backend] = {}  # model name -> backend serving it
+        self._routes_lock = threading.Lock()
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.close()
+
+    def _timeout(self, remaining: float | None) -> float:
+        """Our deadline towards a backend, never longer than what the caller has left."""
+        return self.timeout_s if remaining is None else max(0.0, min(self.timeout_s, remaining))
+
+    def wait_ready(self, stop: threading.Event) -> None:
+        """Blocks until every backend says it is ready (or `stop` is set)."""
+        pending = dict(self.backends)
+        while pending and not stop.is_set():
+            for fw, backend in list(pending.items()):
+                try:
+                    if backend.inference.ServerReady(ipb.ServerReadyRequest(), timeout=1).ready:
+                        del pending[fw]
+                except grpc.RpcError:
+                    pass
+            stop.wait(0.2)
+        self.refresh_routes()
+
+    # --- training ---
+
+    def _job_backend(self, job_id: str) -> Backend:
+        backend = self.backends.get(job_id.split("-", 1)[0])
+        if backend is None:
+            raise NotFound(f"no job {job_id!r}; `twinbench jobs` lists them")
+        return backend
+
+    def create_job(self, spec: tpb.JobSpec, remaining: float | None) -> tpb.CreateJobResponse:
+        frameworks = list(FRAMEWORKS) if spec.framework == "both" else [spec.framework]
+        specs = []
+        for fw in frameworks:
+            one = tpb.JobSpec()
+            one.CopyFrom(spec)
+            one.framework = fw
+            # Checked here first, so "both" never starts one half of a pair that the other refuses.
+            specs.append(resolve_spec(one))
+        response = tpb.CreateJobResponse()
+        for one in specs:
+            backend = self.backends[one.framework]
+            created = backend.call(
+                backend.trainer.CreateJob, tpb.CreateJobRequest(spec=one), self._timeout(remaining)
+            )
+            response.jobs.extend(created.jobs)
+        return response
+
+    def get_job(self, job_id: str, remaining: float | None) -> tpb.Job:
+        backend = self._job_backend(job_id)
+        request = tpb.GetJobRequest(job_id=job_id)
+        return backend.call(backend.trainer.GetJob, request, self._timeout(remaining))
+
+    def cancel_job(self, job_id: str, remaining: float | None) -> tpb.Job:
+        backend = self._job_backend(job_id)
+        request = tpb.CancelJobRequest(job_id=job_id)
+        return backend.call(backend.trainer.CancelJob, request, self._timeout(remaining))
+
+    def list_jobs(self, remaining: float | None) -> tpb.ListJobsResponse:
+        jobs: list[tpb.Job] = []
+        for backend in self.backends.values():
+            listed = backend.call(
+                backend.trainer.ListJobs, tpb.ListJobsRequest(), self._timeout(remaining)
+            )
+            jobs.extend(listed.jobs)
+        jobs.sort(key=lambda j: (j.created_at, j.id))
+        return tpb.ListJobsResponse(jobs=jobs)
+
+    def watch_job(
+        self, job_id: str, on_done: Callable[[Callable[[], None]], object]
+    ) -> Iterator[tpb.JobEvent]:
+        """Relays the backend's stream; `on_done` registers the cancel of the backend call."""
+        backend = self._job_backend(job_id)
+        stream = backend.trainer.WatchJob(tpb.WatchJobRequest(job_id=job_id))
+        on_done(stream.cancel)  # the client leaving ends the backend stream too
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise backend.translate(exc) from None
+
+    # --- inference ---
+
+    def refresh_routes(self) -> None:
+        for backend in self.backends.values():
+            try:
+                index = backend.inference.RepositoryIndex(
+                    ipb.RepositoryIndexRequest(), timeout=INDEX_TIMEOUT_S
+                )
+            except grpc.RpcError:
+                continue  # keep its last known models: they answer UNAVAILABLE, not NOT_FOUND
+            names = {m.name for m in index.models}
+            with self._routes_lock:
+                for name in [n for n, b in self._routes.items() if b is backend]:
+                    if name not in names:
+                        del self._routes[name]
+                for name in names:
+                    self._routes[name] = backend
+
+    def route(self, name: str) -> Backend:
+        backend = self._routes.get(name)
+        if backend is None:
+            if not name:
+                raise InvalidArgument("the request names no model")
+            self.refresh_routes()  # a model exported since the last look
+            backend = self._routes.get(name)
+            if backend is None:
+                raise NotFound(f"unknown model {name!r}; `twinbench models` lists the served ones")
+        return backend
+
+    def infer(self, request: ipb.ModelInferRequest, remaining: float | None):
+        backend = self.route(request.model_name)
+        return backend.call(backend.inference.ModelInfer, request, self._timeout(remaining))
+
+    def model_ready(self, request: ipb.ModelReadyRequest, remaining: float | None):
+        try:
+            backend = self.route(request.name)
+            return backend.call(backend.inference.ModelReady, request, self._timeout(remaining))
+        except (NotFound, Unavailable, InvalidArgument):
+            return ipb.ModelReadyResponse(ready=False)
+
+    def model_metadata(self, request: ipb.ModelMetadataRequest, remaining: float | None):
+        backend = self.route(request.name)
+        return backend.call(backend.inference.ModelMetadata, request, self._timeout(remaining))
+
+    def server_ready(self) -> bool:
+        for backend in self.backends.values():
+            try:
+                request = ipb.ServerReadyRequest()
+                if not backend.inference.ServerReady(request, timeout=INDEX_TIMEOUT_S).ready:
+                    return False
+            except grpc.RpcError:
+                return False
+        return True
+
+    def repository_index(self, ready_only: bool) -> ipb.RepositoryIndexResponse:
+        """Every backend's models; those of a backend that is down are listed UNAVAILABLE."""
+        response = ipb.RepositoryIndexResponse()
+        for backend in self.backends.values():
+            try:
+                index = backend.inference.RepositoryIndex(
+                    ipb.RepositoryIndexRequest(), timeout=INDEX_TIMEOUT_S
+                )
+                response.models.extend(index.models)
+                with self._routes_lock:
+                    for model in index.models:
+                        self._routes[model.name] = backend
+            except grpc.RpcError:
+                if ready_only:
+                    continue
+                reason = f"the {backend.framework} trainer is unavailable"
+                with self._routes_lock:
+                    lost = sorted(n for n, b in self._routes.items() if b is backend)
+                for name in lost:
+                    response.models.add(name=name, state="UNAVAILABLE", reason=reason)
+        response.models.sort(key=lambda m: (m.name, int(m.version or 0)))
+        return response
+
+

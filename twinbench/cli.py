@@ -1,0 +1,401 @@
+"""The `twinbench` command: start the services, train, inspect jobs and models, infer, compare."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from twinbench.api import inference_pb2 as ipb
+from twinbench.api import inference_pb2_grpc
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.api import trainer_pb2_grpc
+from twinbench.config import Settings, load_settings
+from twinbench.jobs import TERMINAL, state_name
+from twinbench.launcher import LocalStack, is_serving
+from twinbench.specs import MODELS
+from twinbench.tensors import infer_request, output_array
+
+
+class Client:
+    """Both APIs of the gateway over one channel."""
+
+    def __init__(self, address: str, settings: Settings) -> None:
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=settings.grpc_options())
+        self.trainer = trainer_pb2_grpc.TrainerStub(self.channel)
+        self.inference = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+# --- job progress ---
+
+
+class ProgressPrinter:
+    """Prints epochs and state changes as lines, and batch progress on one rewritten line (TTY)."""
+
+    def __init__(self, stream=sys.stdout) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.lock = threading.Lock()
+        self.status: dict[str, str] = {}
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            if self.tty:
+                self.stream.write("\r\033[K")
+            self.stream.write(text + "\n")
+            self._redraw()
+
+    def progress(self, job_id: str, text: str) -> None:
+        with self.lock:
+            self.status[job_id] = text
+            self._redraw()
+
+    def _redraw(self) -> None:
+        if self.tty and self.status:
+            self.stream.write("\r\033[K" + " | ".join(self.status.values()))
+        self.stream.flush()
+
+    def done(self, job_id: str) -> None:
+        with self.lock:
+            self.status.pop(job_id, None)
+
+
+def watch(client: Client, job_id: str, printer: ProgressPrinter) -> tpb.Job:
+    """Follows one job's event stream to its end and returns the final record."""
+    framework = job_id.split("-", 1)[0]
+    last: tpb.Job | None = None
+    for event in client.trainer.WatchJob(tpb.WatchJobRequest(job_id=job_id)):
+        kind = event.WhichOneof("event")
+        if kind == "job":
+            if last is None or event.job.state != last.state:
+                printer.line(f"[{framework}] {job_id}: {state_name(event.job.state)}")
+            last = event.job
+        elif kind == "epoch":
+            e = event.epoch
+            printer.line(
+                f"[{framework}] epoch {e.epoch}: loss {e.train_loss:.4f} acc {e.train_accuracy:.4f}"
+                f" | val loss {e.val_loss:.4f} acc {e.val_accuracy:.4f}"
+                f" | {e.seconds:.2f} s, {e.samples_per_second:,.0f} samples/s"
+            )
+        else:
+            p = event.progress
+            printer.progress(
+                job_id, f"{framework} e{p.epoch} {p.batch}/{p.batches} loss {p.loss:.4f}"
+            )
+    printer.done(job_id)
+    if last is None or last.state not in TERMINAL:
+        return client.trainer.GetJob(tpb.GetJobRequest(job_id=job_id))
+    return last
+
+
+def watch_all(client: Client, jobs: list[tpb.Job]) -> list[tpb.Job]:
+    printer = ProgressPrinter()
+    results: dict[str, tpb.Job] = {}
+
+    def follow(job: tpb.Job) -> None:
+        results[job.id] = watch(client, job.id, printer)
+
+    threads = [threading.Thread(target=follow, args=(job,), daemon=True) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [results[job.id] for job in jobs]
+
+
+# --- tables ---
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*map(str, row)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def describe_job(job: tpb.Job) -> str:
+    spec, opt = job.spec, job.spec.optimizer
+    lines = [
+        f"job {job.id}: {state_name(job.state)}" + (f" ({job.error})" if job.error else ""),
+        f"  spec: {spec.framework} {spec.model} on {spec.dataset}, {spec.epochs} epochs,"
+        f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
+        + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
+        + f", seed {spec.seed}, device {spec.device}",
+        f"  ran on: {job.device or '-'} ({job.framework_version or '-'}),"
+        f" {job.parameter_count:,} parameters",
+    ]
+    if job.epochs:
+        headers = ["epoch", "train loss", "train acc", "val loss", "val acc", "seconds", "samples/s"]
+        rows = [
+            [
+                e.epoch,
+                f"{e.train_loss:.4f}",
+                f"{e.train_accuracy:.4f}",
+                f"{e.val_loss:.4f}",
+                f"{e.val_accuracy:.4f}",
+                f"{e.seconds:.2f}",
+                f"{e.samples_per_second:,.0f}",
+            ]
+            for e in job.epochs
+        ]
+        lines.append("  " + table(headers, rows).replace("\n", "\n  "))
+    if job.state == tpb.SUCCEEDED:
+        lines.append(
+            f"  test: loss {job.test_loss:.4f}, accuracy {job.test_accuracy:.4f};"
+            f" train {job.train_seconds:.2f} s; peak RSS {job.peak_rss_bytes / 2**20:.0f} MiB"
+            + (f", peak GPU {job.peak_gpu_bytes / 2**20:.0f} MiB" if job.peak_gpu_bytes else "")
+        )
+        n = job.num_classes
+        if n and len(job.confusion_matrix) == n * n:
+            matrix = np.array(job.confusion_matrix).reshape(n, n)
+            lines.append("  confusion matrix (rows: true class):")
+            lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in matrix]
+    for e in job.exports:
+        lines.append(
+            f"  export {e.model_name} v{e.version}: {e.path} sha256 {e.sha256[:12]}"
+            f" max|diff| {e.max_abs_diff:.2e}"
+        )
+    return "\n".join(lines)
+
+
+# --- commands ---
+
+
+def spec_from_args(args: argparse.Namespace) -> tpb.JobSpec:
+    spec = tpb.JobSpec(framework=args.framework, model=args.model, dataset=args.dataset or "")
+    for field in ("epochs", "batch_size", "seed", "train_samples"):
+        value = getattr(args, field)
+        if value is not None:
+            setattr(spec, field, value)
+    if args.device:
+        spec.device = args.device
+    if args.optimizer:
+        spec.optimizer.name = args.optimizer
+    if args.lr is not None:
+        spec.optimizer.learning_rate = args.lr
+    if args.momentum is not None:
+        spec.optimizer.momentum = args.momentum
+    return spec
+
+
+def cmd_train(client: Client, args: argparse.Namespace) -> int:
+    jobs = list(client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec_from_args(args))).jobs)
+    for job in jobs:
+        print(f"queued {job.id}")
+    if args.detach:
+        return 0
+    finished = watch_all(client, jobs)
+    for job in finished:
+        print(describe_job(job))
+    return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
+
+
+def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
+    if args.show:
+        print(describe_job(client.trainer.GetJob(tpb.GetJobRequest(job_id=args.show))))
+        return 0
+    jobs = client.trainer.ListJobs(tpb.ListJobsRequest()).jobs
+    rows = [
+        [
+            j.id,
+            state_name(j.state),
+            j.spec.model,
+            j.spec.dataset,
+            f"{len(j.epochs)}/{j.spec.epochs}",
+            f"{j.test_accuracy:.4f}" if j.state == tpb.SUCCEEDED else "-",
+            f"{j.train_seconds:.1f}" if j.state == tpb.SUCCEEDED else "-",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at)),
+        ]
+        for j in jobs
+    ]
+    headers = ["job", "state", "model", "dataset", "epochs", "test acc", "train s", "created"]
+    print(table(headers, rows) if rows else "no jobs yet; start one with `twinbench train`")
+    return 0
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    job = client.trainer.CancelJob(tpb.CancelJobRequest(job_id=args.job_id))
+    print(f"{job.id}: {state_name(job.state)} (cancellation requested)")
+    return 0
+
+
+def cmd_models(client: Client, args: argparse.Namespace) -> int:
+    index = client.inference.RepositoryIndex(ipb.RepositoryIndexRequest())
+    rows = [[m.name, m.version or "-", m.state, m.reason] for m in index.models]
+    print(table(["model", "version", "state", "reason"], rows) if rows else "no models yet")
+    return 0
+
+
+def infer_sample(client: Client, model: str, sample: int, version: str = "") -> np.ndarray:
+    """Logits of one test image of the embedded dataset, through the gateway."""
+    from twinbench.datasets import load_dataset
+
+    test = load_dataset("mnist-5k").test
+    if not 0 <= sample < len(test):
+        raise SystemExit(f"--sample must be 0..{len(test) - 1}")
+    request = infer_request(model, test.x[sample : sample + 1], version=version)
+    return output_array(client.inference.ModelInfer(request), "logits")[0]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max())
+    return z / z.sum()
+
+
+def cmd_infer(client: Client, args: argparse.Namespace) -> int:
+    from twinbench.datasets import load_dataset
+
+    logits = infer_sample(client, args.model, args.sample, args.version or "")
+    label = load_dataset("mnist-5k").test.y[args.sample]
+    probs = softmax(logits)
+    print(f"{args.model}: sample {args.sample} -> class {int(logits.argmax())} (true class {label})")
+    rows = [[c, f"{logits[c]:.4f}", f"{probs[c]:.4f}"] for c in range(len(logits))]
+    print(table(["class", "logit", "probability"], rows))
+    return 0
+
+
+@contextlib.contextmanager
+def services(settings: Settings, address: str) -> Iterator[str]:
+    """The gateway's address: the running one, or a local stack started now and stopped after."""
+    if is_serving(address):
+        yield address
+        return
+    print(f"no gateway at {address}; starting the services (state in {settings.home})")
+    with LocalStack(settings) as stack:
+        yield stack.gateway_address
+    print("stopped the services it started")
+
+
+def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
+    args.framework = "both"
+    with services(settings, args.gateway) as address:
+        client = Client(address, settings)
+        jobs = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec_from_args(args))).jobs
+        finished = watch_all(client, list(jobs))
+        rows = []
+        for job in finished:
+            if job.state != tpb.SUCCEEDED:
+                print(f"{job.id} {state_name(job.state)}: {job.error}", file=sys.stderr)
+                continue
+            for export in job.exports:
+                logits = infer_sample(client, export.model_name, args.sample, export.version)
+                rows.append(
+                    [
+                        job.spec.framework,
+                        f"{job.test_accuracy:.4f}",
+                        f"{job.train_seconds:.1f}",
+                        f"{export.model_name} v{export.version}",
+                        f"{int(logits.argmax())} ({softmax(logits).max():.3f})",
+                    ]
+                )
+        client.close()
+    headers = ["framework", "test acc", "train s", "export", f"sample {args.sample} ->"]
+    print(table(headers, rows))
+    return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    with LocalStack(settings) as stack:
+        print(
+            f"gateway {stack.gateway_address} (torch trainer {stack.address('torch_trainer')},"
+            f" tf trainer {stack.address('tf_trainer')}); state and logs in {settings.home};"
+            " Ctrl-C stops"
+        )
+        stopped = threading.Event()
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        try:
+            while not stopped.wait(1.0):
+                for name, proc in stack.procs.items():
+                    if proc.poll() is not None:
+                        print(f"{name} exited ({proc.returncode}):\n{stack.log_tail(name)}")
+                        return 1
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> None:
+    p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="(default: lenet5)")
+    p.add_argument("--dataset", help="(default: the model's, mnist-5k)")
+    p.add_argument(
+        "--epochs", type=int, default=epochs_default, help="(default: %(default)s, or the model's)"
+    )
+    p.add_argument("--batch-size", type=int, help="(default: the model's)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], help="(default: the model's)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default: the model's)")
+    p.add_argument("--seed", type=int, help="(default: 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    p.add_argument("--train-samples", type=int, help="train on the first N rows only")
+
+
+def parser() -> argparse.ArgumentParser:
+    settings = load_settings()
+    p = argparse.ArgumentParser(prog="twinbench", description=__doc__)
+    p.add_argument(
+        "--gateway",
+        default=settings.gateway,
+        help="gateway address (default: TWINBENCH_GATEWAY or %(default)s)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the three services on loopback until Ctrl-C")
+    train = sub.add_parser("train", help="train a model and follow its progress")
+    train.add_argument("--framework", choices=["torch", "tf", "both"], default="both")
+    train.add_argument("--detach", action="store_true", help="queue the job and return")
+    add_spec_options(train, None)
+    jobs = sub.add_parser("jobs", help="list jobs, or show one in full")
+    jobs.add_argument("--show", metavar="JOB_ID")
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    sub.add_parser("models", help="list the served models")
+    infer = sub.add_parser("infer", help="classify one test image through the gateway")
+    infer.add_argument("--model", required=True, help="a served model, e.g. lenet5-torch-onnx")
+    infer.add_argument("--sample", type=int, default=0, help="test image index (default: 0)")
+    infer.add_argument("--version", help="(default: the newest)")
+    compare = sub.add_parser(
+        "compare", help="train in both frameworks, serve every export, compare (the main job)"
+    )
+    add_spec_options(compare, 5)
+    compare.add_argument("--sample", type=int, default=0, help="test image to infer (default: 0)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = load_settings()
+    try:
+        if args.command == "up":
+            return cmd_up(settings, args)
+        if args.command == "compare":
+            return cmd_compare(settings, args)
+        client = Client(args.gateway, settings)
+        handler = {
+            "train": cmd_train,
+            "jobs": cmd_jobs,
+            "cancel": cmd_cancel,
+            "models": cmd_models,
+            "infer": cmd_infer,
+        }[args.command]
+        return handler(client, args)
+    except grpc.RpcError as exc:
+        print(f"twinbench: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

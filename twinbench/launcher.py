@@ -1,0 +1,135 @@
+"""Local mode: the three services as processes on loopback, started and stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from twinbench.config import DEFAULT_PORTS, Settings
+
+TRAINERS = ("torch_trainer", "tf_trainer")
+
+
+def is_serving(address: str, timeout_s: float = 1.0) -> bool:
+    """True when the gRPC health service at `address` says SERVING."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class LocalStack:
+    """Starts torch_trainer, tf_trainer and the gateway; `ports` of 0 let each pick a free one."""
+
+    def __init__(self, settings: Settings, ports: dict[str, int] | None = None) -> None:
+        self.settings = settings
+        self.ports = dict(DEFAULT_PORTS if ports is None else ports)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def gateway_address(self) -> str:
+        return f"127.0.0.1:{self.ports['gateway']}"
+
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        try:
+            for service in TRAINERS:
+                self._spawn(service)
+            for service in TRAINERS:
+                self._await(service, timeout_s)
+            self._spawn("gateway")
+            self._await("gateway", timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _env(self, service: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TWINBENCH_HOME=str(self.settings.home),
+            TWINBENCH_LISTEN=f"127.0.0.1:{self.ports[service]}",
+            TWINBENCH_TORCH_TRAINER=self.address("torch_trainer"),
+            TWINBENCH_TF_TRAINER=self.address("tf_trainer"),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def _port_file(self, service: str) -> Path:
+        return self.settings.home / "run" / f"{service}.port"
+
+    def _spawn(self, service: str) -> None:
+        self.settings.logs.mkdir(parents=True, exist_ok=True)
+        self._port_file(service).unlink(missing_ok=True)
+        log = open(self.settings.logs / f"{service}.log", "ab")  # noqa: SIM115 - the child owns it
+        self.procs[service] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"],
+            env=self._env(service),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def _await(self, service: str, timeout_s: float) -> None:
+        """Waits for the port file (the real port, when 0 was asked) and then for SERVING."""
+        deadline = time.monotonic() + timeout_s
+        proc = self.procs[service]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{service} exited with code {proc.returncode} while starting:\n"
+                    + self.log_tail(service)
+                )
+            port_file = self._port_file(service)
+            if port_file.exists():
+                self.ports[service] = int(port_file.read_text())
+                if is_serving(self.address(service)):
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"{service} was not serving after {timeout_s:.0f} s:\n" + self.log_tail(service))
+
+    def log_tail(self, service: str, lines: int = 30) -> str:
+        path = self.settings.logs / f"{service}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop_service(self, service: str, grace_s: float = 20.0) -> None:
+        proc = self.procs.pop(service, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, service: str, timeout_s: float = 180.0) -> None:
+        """Stops one service and starts it again on the same port."""
+        self.stop_service(service)
+        self._spawn(service)
+        self._await(service, timeout_s)
+
+    def stop(self) -> None:
+        for service in ("gateway", *TRAINERS):
+            self.stop_service(service)
