@@ -13,10 +13,9 @@ import grpc
 import numpy as np
 
 from twinbench.api import inference_pb2 as ipb
-from twinbench.api import inference_pb2_grpc
+from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.api import trainer_pb2_grpc
-from twinbench.config import Settings, load_settings
+from twinbench.config import FRAMEWORKS, Settings, load_settings
 from twinbench.jobs import TERMINAL, state_name
 from twinbench.launcher import LocalStack, is_serving
 from twinbench.specs import MODELS
@@ -136,7 +135,15 @@ def describe_job(job: tpb.Job) -> str:
         f" {job.parameter_count:,} parameters",
     ]
     if job.epochs:
-        headers = ["epoch", "train loss", "train acc", "val loss", "val acc", "seconds", "samples/s"]
+        headers = [
+            "epoch",
+            "train loss",
+            "train acc",
+            "val loss",
+            "val acc",
+            "seconds",
+            "samples/s",
+        ]
         rows = [
             [
                 e.epoch,
@@ -259,7 +266,9 @@ def cmd_infer(client: Client, args: argparse.Namespace) -> int:
     logits = infer_sample(client, args.model, args.sample, args.version or "")
     label = load_dataset("mnist-5k").test.y[args.sample]
     probs = softmax(logits)
-    print(f"{args.model}: sample {args.sample} -> class {int(logits.argmax())} (true class {label})")
+    print(
+        f"{args.model}: sample {args.sample} -> class {int(logits.argmax())} (true class {label})"
+    )
     rows = [[c, f"{logits[c]:.4f}", f"{probs[c]:.4f}"] for c in range(len(logits))]
     print(table(["class", "logit", "probability"], rows))
     return 0
@@ -278,11 +287,15 @@ def services(settings: Settings, address: str) -> Iterator[str]:
 
 
 def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
-    args.framework = "both"
     with services(settings, args.gateway) as address:
         client = Client(address, settings)
-        jobs = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec_from_args(args))).jobs
-        finished = watch_all(client, list(jobs))
+        finished = []
+        # One framework at a time: run together, they would share the CPU and skew the timings.
+        for framework in FRAMEWORKS:
+            spec = spec_from_args(args)
+            spec.framework = framework
+            jobs = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
+            finished += watch_all(client, list(jobs))
         rows = []
         for job in finished:
             if job.state != tpb.SUCCEEDED:

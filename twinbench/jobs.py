@@ -245,15 +245,13 @@ class JobManager:
 
     def watch(self, job_id: str, is_active: Callable[[], bool]) -> Iterator[pb.JobEvent]:
         """A snapshot first, then every event until the job ends or the watcher leaves."""
-        with self._lock:
+        with self._lock:  # events are published under this lock: none falls between the two
             job = self.get(job_id)
             event_log = self._logs.get(job_id)
+            seen = len(event_log.events) if event_log else 0
         yield pb.JobEvent(job_id=job_id, job=job)
         if event_log is None or job.state in TERMINAL:
             return
-        seen = 0
-        with event_log.cond:
-            seen = len(event_log.events)
         while True:
             with event_log.cond:
                 while len(event_log.events) == seen and not event_log.closed:
@@ -307,22 +305,23 @@ class JobManager:
             self.store.put(job)
             self._contexts.pop(job.id, None)
             event_log = self._logs.pop(job.id, None)
-        if event_log is not None:
-            with event_log.cond:
-                event_log.events.append(pb.JobEvent(job_id=job.id, job=_copy(job)))
-                event_log.closed = True
-                event_log.cond.notify_all()
+            if event_log is not None:
+                with event_log.cond:
+                    event_log.events.append(pb.JobEvent(job_id=job.id, job=_copy(job)))
+                    event_log.closed = True
+                    event_log.cond.notify_all()
 
     def _publish_snapshot(self, job: pb.Job) -> None:
         self._publish(job.id, pb.JobEvent(job_id=job.id, job=_copy(job)))
 
     def _publish(self, job_id: str, event: pb.JobEvent) -> None:
-        event_log = self._logs.get(job_id)
-        if event_log is None:
-            return
-        with event_log.cond:
-            event_log.events.append(event)
-            event_log.cond.notify_all()
+        with self._lock:
+            event_log = self._logs.get(job_id)
+            if event_log is None:
+                return
+            with event_log.cond:
+                event_log.events.append(event)
+                event_log.cond.notify_all()
 
 
 def _copy(job: pb.Job) -> pb.Job:

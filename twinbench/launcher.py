@@ -105,7 +105,9 @@ class LocalStack:
                 if is_serving(self.address(service)):
                     return
             time.sleep(0.2)
-        raise TimeoutError(f"{service} was not serving after {timeout_s:.0f} s:\n" + self.log_tail(service))
+        raise TimeoutError(
+            f"{service} was not serving after {timeout_s:.0f} s:\n" + self.log_tail(service)
+        )
 
     def log_tail(self, service: str, lines: int = 30) -> str:
         path = self.settings.logs / f"{service}.log"

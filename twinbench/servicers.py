@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from twinbench.api import inference_pb2 as ipb
-from twinbench.api import inference_pb2_grpc
+from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.api import trainer_pb2_grpc
 from twinbench.grpc_server import map_errors
 from twinbench.jobs import JobManager
 from twinbench.serving import InferenceCore

@@ -11,7 +11,9 @@ from twinbench.errors import InvalidArgument
 class Conv:
     filters: int
     kernel: int
-    padding: str = "valid"  # "same" is only used with stride 1 and odd kernels: symmetric in both frameworks
+    padding: str = (
+        "valid"  # "same" is only used with stride 1 and odd kernels: symmetric in both frameworks
+    )
     activation: str | None = "relu"
 
 

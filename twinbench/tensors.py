@@ -34,9 +34,7 @@ def _elements(shape) -> int:
     return count
 
 
-def decode_input(
-    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
-) -> np.ndarray:
+def decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
     """The tensor as an array, checked against its own shape and datatype (a view over `raw`)."""
     if tensor.datatype not in DATATYPES:
         raise TensorError(
@@ -76,9 +74,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         raise TensorError(
             f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
         )
-    return {
-        t.name: decode_input(t, raw[i] if raw else None) for i, t in enumerate(request.inputs)
-    }
+    return {t.name: decode_input(t, raw[i] if raw else None) for i, t in enumerate(request.inputs)}
 
 
 def datatype_of(array: np.ndarray) -> str:

@@ -14,8 +14,8 @@ from twinbench.grpc_server import (
 )
 from twinbench.jobs import JobManager, JobStore
 from twinbench.repository import ModelRepository
-from twinbench.serving import InferenceCore
 from twinbench.servicers import InferenceServicer, TrainerServicer
+from twinbench.serving import InferenceCore
 from twinbench.training import Framework, run_training
 
 

@@ -9,9 +9,8 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from twinbench.api import inference_pb2 as ipb
-from twinbench.api import inference_pb2_grpc
+from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.api import trainer_pb2_grpc
 from twinbench.config import FRAMEWORKS, Settings
 from twinbench.errors import (
     DeadlineExceeded,
@@ -222,5 +221,3 @@ class Gateway:
                     response.models.add(name=name, state="UNAVAILABLE", reason=reason)
         response.models.sort(key=lambda m: (m.name, int(m.version or 0)))
         return response
-
-

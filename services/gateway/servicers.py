@@ -5,8 +5,7 @@ from __future__ import annotations
 from services.gateway.router import Gateway
 from twinbench import __version__
 from twinbench.api import inference_pb2 as ipb
-from twinbench.api import inference_pb2_grpc
-from twinbench.api import trainer_pb2_grpc
+from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.grpc_server import map_errors
 
 

@@ -1,0 +1,57 @@
+"""Fixtures: a real local stack (three services on free loopback ports) with its own state folder."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from twinbench.api import trainer_pb2 as tpb  # noqa: E402
+from twinbench.cli import Client  # noqa: E402
+from twinbench.config import load_settings  # noqa: E402
+from twinbench.launcher import LocalStack  # noqa: E402
+
+# Small enough to run in seconds, large enough to learn something.
+TINY = dict(epochs=2, train_samples=1024, batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("twinbench-home")
+
+
+@pytest.fixture(scope="session")
+def settings(home):
+    return load_settings({"TWINBENCH_HOME": str(home)})
+
+
+@pytest.fixture(scope="session")
+def stack(settings):
+    with LocalStack(settings, ports={"gateway": 0, "torch_trainer": 0, "tf_trainer": 0}) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def client(stack, settings):
+    c = Client(stack.gateway_address, settings)
+    yield c
+    c.close()
+
+
+def wait_for(client: Client, job_id: str, timeout_s: float = 300) -> tpb.Job:
+    """Follows the job's stream to its end; returns the final record and the events seen."""
+    events = list(client.trainer.WatchJob(tpb.WatchJobRequest(job_id=job_id), timeout=timeout_s))
+    return client.trainer.GetJob(tpb.GetJobRequest(job_id=job_id)), events
+
+
+@pytest.fixture(scope="session")
+def trained(client):
+    """One tiny LeNet-5 job per framework, started together through the gateway."""
+    spec = tpb.JobSpec(framework="both", model="lenet5", **TINY)
+    jobs = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
+    with ThreadPoolExecutor() as pool:  # watch both from the start: the jobs run side by side
+        results = pool.map(lambda job: wait_for(client, job.id), jobs)
+        return {job.spec.framework: result for job, result in zip(jobs, results, strict=True)}

@@ -1,0 +1,57 @@
+"""The committed gRPC stubs are exactly what the one regeneration command makes."""
+
+import filecmp
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOS = ["twinbench/api/trainer.proto", "twinbench/api/inference.proto"]
+
+
+def test_committed_stubs_match_regeneration(tmp_path):
+    shutil.copytree(ROOT / "protos", tmp_path / "protos")
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            "protos",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            *(f"protos/{p}" for p in PROTOS),
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
+    generated = sorted(p.relative_to(out) for p in out.rglob("*_pb2*"))
+    assert len(generated) == 6
+    stale = [str(p) for p in generated if not filecmp.cmp(out / p, ROOT / p, shallow=False)]
+    assert not stale, f"stubs out of date, run `make protos`: {stale}"
+
+
+def test_inference_api_keeps_the_public_field_numbers():
+    from twinbench.api import inference_pb2 as pb
+
+    infer = pb.ModelInferRequest.DESCRIPTOR.fields_by_name
+    assert pb.DESCRIPTOR.package == "inference"
+    assert infer["raw_input_contents"].number == 7 and infer["inputs"].number == 5
+    assert pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number == 6
+    assert pb.InferTensorContents.DESCRIPTOR.fields_by_name["fp32_contents"].number == 6
+    index = pb.RepositoryIndexResponse.ModelIndex.DESCRIPTOR.fields_by_name
+    assert [index[n].number for n in ("name", "version", "state", "reason")] == [1, 2, 3, 4]
+    methods = [m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
+    assert set(methods) == {
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "RepositoryIndex",
+    }
