@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -179,8 +180,8 @@ def describe_job(job: tpb.Job) -> str:
 # --- commands ---
 
 
-def spec_from_args(args: argparse.Namespace) -> tpb.JobSpec:
-    spec = tpb.JobSpec(framework=args.framework, model=args.model, dataset=args.dataset or "")
+def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
+    spec = tpb.JobSpec(framework=framework, model=args.model, dataset=args.dataset or "")
     for field in ("epochs", "batch_size", "seed", "train_samples"):
         value = getattr(args, field)
         if value is not None:
@@ -197,7 +198,11 @@ def spec_from_args(args: argparse.Namespace) -> tpb.JobSpec:
 
 
 def cmd_train(client: Client, args: argparse.Namespace) -> int:
-    jobs = list(client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec_from_args(args))).jobs)
+    jobs = list(
+        client.trainer.CreateJob(
+            tpb.CreateJobRequest(spec=spec_from_args(args, args.framework))
+        ).jobs
+    )
     for job in jobs:
         print(f"queued {job.id}")
     if args.detach:
@@ -287,34 +292,87 @@ def services(settings: Settings, address: str) -> Iterator[str]:
 
 
 def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.datasets import load_dataset
+    from twinbench.loadtest import run_locust
+    from twinbench.report import build_results, write_report
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    report_dir = Path(args.reports).resolve() / f"{stamp}-{args.model}"
+    finished: list[tpb.Job] = []
+    serving: list[dict] = []
     with services(settings, args.gateway) as address:
         client = Client(address, settings)
-        finished = []
         # One framework at a time: run together, they would share the CPU and skew the timings.
         for framework in FRAMEWORKS:
-            spec = spec_from_args(args)
-            spec.framework = framework
+            spec = spec_from_args(args, framework)
             jobs = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
             finished += watch_all(client, list(jobs))
-        rows = []
-        for job in finished:
-            if job.state != tpb.SUCCEEDED:
-                print(f"{job.id} {state_name(job.state)}: {job.error}", file=sys.stderr)
-                continue
-            for export in job.exports:
-                logits = infer_sample(client, export.model_name, args.sample, export.version)
-                rows.append(
-                    [
-                        job.spec.framework,
-                        f"{job.test_accuracy:.4f}",
-                        f"{job.train_seconds:.1f}",
-                        f"{export.model_name} v{export.version}",
-                        f"{int(logits.argmax())} ({softmax(logits).max():.3f})",
-                    ]
-                )
+        exports = [(job, e) for job in finished if job.state == tpb.SUCCEEDED for e in job.exports]
+        predictions = {  # one inference to each export through the gateway
+            e.model_name: infer_sample(client, e.model_name, args.sample, e.version)
+            for _, e in exports
+        }
         client.close()
-    headers = ["framework", "test acc", "train s", "export", f"sample {args.sample} ->"]
-    print(table(headers, rows))
+        if args.users > 0 and exports:
+            report_dir.mkdir(parents=True, exist_ok=True)
+            inputs = report_dir / "inputs.npy"  # the same real test images for every model
+            np.save(inputs, load_dataset("mnist-5k").test.x[: 64 * args.serving_batch_size])
+            for job, export in exports:
+                print(f"load test: {export.model_name}, {args.users} users for {args.duration}")
+                stats = run_locust(
+                    address, export.model_name, args.users, args.duration,
+                    args.serving_batch_size, inputs, report_dir / "locust" / export.model_name,
+                )  # fmt: skip
+                serving.append(
+                    {
+                        "model_name": export.model_name,
+                        "version": export.version,
+                        "framework": job.spec.framework,
+                        "format": export.format,
+                        **stats,
+                    }
+                )
+    load = {
+        "users": max(args.users, 1),
+        "duration": args.duration,
+        "batch_size": args.serving_batch_size,
+        "host": address,
+    }
+    command = "twinbench " + " ".join(args.argv)
+    results = build_results(finished, serving, load, command)
+    write_report(report_dir, results)
+    for job in finished:
+        if job.state != tpb.SUCCEEDED:
+            print(f"{job.id} {state_name(job.state)}: {job.error}", file=sys.stderr)
+    t = results["training"]
+    print(
+        table(
+            ["framework", "test acc", "train s", "steady s/epoch", "export", f"sample {args.sample} ->"],
+            [
+                [job.spec.framework, f"{job.test_accuracy:.4f}", f"{job.train_seconds:.1f}",
+                 f"{t[job.spec.framework]['steady_epoch_seconds']:.2f}",
+                 f"{e.model_name} v{e.version}",
+                 f"{int(predictions[e.model_name].argmax())}"
+                 f" ({softmax(predictions[e.model_name]).max():.3f})"]
+                for job, e in exports
+            ],
+        )
+    )  # fmt: skip
+    if serving:
+        print(
+            table(
+                ["served model", "req/s", "p50 ms", "p99 ms", "failures"],
+                [
+                    [s["model_name"], f"{s['requests_per_second']:.1f}",
+                     f"{s['latency_ms']['p50']:.1f}", f"{s['latency_ms']['p99']:.1f}",
+                     str(s["failures"])]
+                    for s in serving
+                ],
+            )
+        )  # fmt: skip
+    for v in results["verdict"]:
+        print(f"{v['question']}: {v['winner']} ({v['ratio']:.2f}x; {v['detail']})")
+    print(f"report: {report_dir / 'report.html'}")
     return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
 
 
@@ -382,12 +440,27 @@ def parser() -> argparse.ArgumentParser:
         "compare", help="train in both frameworks, serve every export, compare (the main job)"
     )
     add_spec_options(compare, 5)
+    compare.add_argument(
+        "--users",
+        type=int,
+        default=8,
+        help="Locust users per served model; 0 skips load (default: 8)",
+    )
+    compare.add_argument(
+        "--duration", default="20s", help="Locust run time per model (default: 20s)"
+    )
+    compare.add_argument(
+        "--serving-batch-size", type=int, default=1, help="images per request (default: 1)"
+    )
+    compare.add_argument("--reports", default="reports", help="report folder (default: reports)")
     compare.add_argument("--sample", type=int, default=0, help="test image to infer (default: 0)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    args.argv = argv
     settings = load_settings()
     try:
         if args.command == "up":

