@@ -273,7 +273,9 @@ def plots(results: dict) -> dict[str, bytes]:
             )
         axes[0].set(xlabel="epoch (hatched: warm-up)", ylabel="seconds", title="Seconds per epoch")
         axes[1].set(xlabel="epoch", ylabel="samples/s", title="Training throughput")
+        epochs = sorted({e["epoch"] for t in training.values() for e in t["epochs"]})
         for ax in axes:
+            ax.set_xticks(epochs)
             ax.legend()
             ax.grid(alpha=0.3, axis="y")
         images["speed.png"] = _png(fig)
@@ -322,6 +324,7 @@ def plots(results: dict) -> dict[str, bytes]:
         axes[0].set(
             xlabel="percentile", ylabel="latency (ms)", title="Latency distribution", yscale="log"
         )
+        axes[0].tick_params(axis="x", labelrotation=45)
         axes[0].legend(fontsize=8)
         axes[0].grid(alpha=0.3)
         names = [s["model_name"] for s in served]

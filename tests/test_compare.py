@@ -1,0 +1,126 @@
+"""The main job end to end: Locust against the live gateway, `twinbench compare`, the report in Chromium."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from twinbench.loadtest import run_locust
+from twinbench.report import SCHEMA_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def test_locust_runs_headless_against_the_gateway(stack, trained, tmp_path):
+    model = trained["tf"][0].exports[-1].model_name
+    import numpy as np
+
+    from twinbench.datasets import load_dataset
+
+    np.save(tmp_path / "in.npy", load_dataset("mnist-5k").test.x[:16])
+    stats = run_locust(
+        stack.gateway_address, model, 2, "3s", 1, tmp_path / "in.npy", tmp_path / "run"
+    )
+    assert stats["requests"] > 10 and stats["failures"] == 0
+    assert (
+        0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p99"] <= stats["latency_ms"]["max"]
+    )
+    with open(tmp_path / "run_stats.csv", newline="") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    assert int(rows[model]["Request Count"]) == stats["requests"]
+    assert (tmp_path / "run_stats_history.csv").exists() and (
+        tmp_path / "run_failures.csv"
+    ).exists()
+
+
+@pytest.fixture(scope="module")
+def report(stack, tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    args = ["--gateway", stack.gateway_address, "compare", "--epochs", "2", "--train-samples", "256",
+            "--users", "2", "--duration", "2s", "--reports", str(reports)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "twinbench.cli", *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (directory,) = reports.iterdir()
+    assert done.stdout.strip().endswith(str(directory / "report.html"))
+    return directory
+
+
+def test_compare_writes_every_file_and_results_match_the_schema(report):
+    names = {p.name for p in report.iterdir()}
+    assert {"report.html", "report.md", "results.json", "curves.png", "serving.png"} <= names
+    results = json.loads((report / "results.json").read_text())
+    jsonschema.validate(results, json.loads(SCHEMA_FILE.read_text()))
+    assert set(results["training"]) == {"torch", "tf"}
+    served = {s["model_name"]: s for s in results["serving"]["models"]}
+    assert set(served) == {
+        "lenet5-torch-torchscript",
+        "lenet5-torch-onnx",
+        "lenet5-tf-savedmodel",
+        "lenet5-tf-onnx",
+    }
+    assert all(s["requests"] > 0 and s["failures"] == 0 for s in served.values())
+    for name in served:
+        assert (report / "locust" / f"{name}_stats.csv").exists()
+    questions = " ".join(v["question"] for v in results["verdict"])
+    assert (
+        "faster to train" in questions
+        and "more accurate" in questions
+        and "faster to serve" in questions
+    )
+    assert "## Verdict" in (report / "report.md").read_text()
+
+
+def _chromium():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (path and driver):
+        if os.environ.get("TWINBENCH_BROWSER_TESTS") == "required":
+            pytest.fail(
+                "chromium and chromedriver are required (apt-get install chromium chromium-driver)"
+            )
+        pytest.skip("no chromium/chromedriver here; CI installs them")
+    return path, driver
+
+
+def test_html_report_renders_in_headless_chromium(report):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,3200"):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get((report / "report.html").as_uri())
+        assert driver.title.startswith("twinbench: lenet5")
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])"
+        )
+        assert len(images) == 4
+        assert all(done and width > 100 for _, done, width in images), images
+        assert driver.execute_script("return document.querySelectorAll('table').length") >= 4
+        # Self-contained: nothing but the page itself and inline data was requested.
+        urls = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert all(u.startswith("data:") for u in urls), urls
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "report.png"))
+    finally:
+        driver.quit()
