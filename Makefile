@@ -13,6 +13,11 @@ $(STAMP): requirements/*.txt pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -r requirements/dev.txt -c requirements/lock.txt
 	$(BIN)/pip install --no-deps -e .
+	@# The compose specification's JSON schema, for the deploy tests (shipped in docker-compose 1.29.2).
+	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/share docker-compose==1.29.2
+	$(BIN)/python -c "import glob, zipfile; \
+		z = zipfile.ZipFile(glob.glob('$(VENV)/share/docker_compose-1.29.2-*.whl')[0]); \
+		open('$(VENV)/share/compose_spec.json', 'wb').write(z.read('compose/config/compose_spec.json'))"
 	touch $@
 
 demo: venv

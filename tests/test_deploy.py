@@ -1,0 +1,154 @@
+"""The container deployment, checked without an engine: linters, schemas, and each image's command run locally."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = sorted([*ROOT.glob("services/*/Dockerfile"), ROOT / "loadtests" / "Dockerfile"])
+COMPOSE = ROOT / "deploy" / "docker-compose.yml"
+COMPOSE_CPU = ROOT / "deploy" / "docker-compose.cpu.yml"
+COMPOSE_SCHEMA = Path(sys.prefix) / "share" / "compose_spec.json"  # fetched by `make venv`
+K8S = ROOT / "deploy" / "k8s"
+TRAINERS = ("torch_trainer", "tf_trainer")
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """Reads Compose's merge tags (`!reset`) as the empty value they leave behind."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+def load_compose(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=ComposeLoader)
+
+
+def test_every_dockerfile_passes_hadolint():
+    assert len(DOCKERFILES) == 4
+    hadolint = Path(sys.prefix) / "bin" / "hadolint"
+    done = subprocess.run([hadolint, *DOCKERFILES], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_CPU], ids=lambda p: p.name)
+def test_compose_files_match_the_compose_specification(path):
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    document = load_compose(path)
+    errors = [e.message for e in jsonschema.Draft201909Validator(schema).iter_errors(document)]
+    assert not errors, errors
+
+
+def test_compose_reserves_gpus_and_keeps_trainers_internal():
+    services = load_compose(COMPOSE)["services"]
+    networks = load_compose(COMPOSE)["networks"]
+    assert networks["internal"]["internal"] is True
+    published = {name for name, s in services.items() if s.get("ports") and not s.get("profiles")}
+    assert published == {"gateway"}
+    for name in TRAINERS:
+        trainer = services[name]
+        assert trainer["networks"] == ["internal"]
+        (device,) = trainer["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert services["gateway"]["depends_on"][name]["condition"] == "service_healthy"
+        assert any(v.endswith(":/data/model_repository") for v in trainer["volumes"])
+        assert trainer["restart"] == "unless-stopped" and "healthcheck" in trainer
+    assert services["tensorboard"]["profiles"] == ["tensorboard"]
+    assert services["locust"]["profiles"] == ["loadtest"]
+    cpu = load_compose(COMPOSE_CPU)["services"]
+    assert all(cpu[name]["deploy"] is None for name in TRAINERS)
+
+
+def test_kubernetes_manifests_validate_and_ask_for_gpus():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    kinds = {}
+    for name in kustomization["resources"]:
+        for doc in yaml.safe_load_all((K8S / name).read_text()):
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
+            kinds.setdefault(doc["kind"], []).append(doc)
+    deployments = {d["metadata"]["name"]: d for d in kinds["Deployment"]}
+    assert set(deployments) == {"gateway", "torch-trainer", "tf-trainer"}
+    assert deployments["gateway"]["spec"]["replicas"] > 1
+    for name, deployment in deployments.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert "grpc" in container["readinessProbe"] and "grpc" in container["livenessProbe"]
+        if name != "gateway":
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {s["metadata"]["name"] for s in kinds["Service"]} == set(deployments)
+    assert "model-repository" in {c["metadata"]["name"] for c in kinds["PersistentVolumeClaim"]}
+
+
+# --- each image's own command, run here as it would run in its container ---
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
+
+
+def image_contract(path: Path) -> tuple[dict[str, str], list[str], list[str]]:
+    """ENV, CMD and the HEALTHCHECK's command of a Dockerfile."""
+    env, cmd, health = {}, [], []
+    for op, arg in dockerfile_instructions(path):
+        if op == "ENV":
+            env.update(dict(pair.split("=", 1) for pair in arg.split()))
+        elif op == "CMD":
+            cmd = json.loads(arg)
+        elif op == "HEALTHCHECK":
+            health = json.loads(arg.split(" CMD ", 1)[1])
+    return env, cmd, health
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_each_image_command_starts_its_service_with_the_compose_environment(tmp_path):
+    compose = load_compose(COMPOSE)["services"]
+    ports = {"50051": free_port(), "50052": free_port(), "50053": free_port()}
+
+    def local(value: str) -> str:
+        value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), value)  # Compose's defaults
+        # Container addresses (service:port, 0.0.0.0:port) become loopback with a free port.
+        match = re.fullmatch(r"[\w.\-]+:(5005[123])", value)
+        return f"127.0.0.1:{ports[match.group(1)]}" if match else value
+
+    procs = {}
+    try:
+        for service in (*TRAINERS, "gateway"):
+            image_env, cmd, health = image_contract(ROOT / "services" / service / "Dockerfile")
+            env = {**image_env, **compose[service].get("environment", {})}
+            assert set(env) >= {"TWINBENCH_HOME", "TWINBENCH_LISTEN"}
+            env = {k: local(str(v)) for k, v in env.items()}
+            env["TWINBENCH_HOME"] = str(tmp_path / service)  # the volume
+            env.pop("PYTHONPATH", None)
+            run_env = {**os.environ, **env}
+            assert cmd[0] == "python" and health[0] == "python"
+            procs[service] = subprocess.Popen(
+                [sys.executable, *cmd[1:]], env=run_env, cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            deadline = time.monotonic() + 120
+            while subprocess.run([sys.executable, *health[1:]], env=run_env, cwd=ROOT).returncode:
+                assert procs[service].poll() is None, f"{service} exited"
+                assert time.monotonic() < deadline, f"{service} never became healthy"
+                time.sleep(0.5)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(30)
+    assert all(proc.returncode == 0 for proc in procs.values())  # SIGTERM is a clean stop

@@ -1,0 +1,28 @@
+"""Container health probe: exits 0 when this service's gRPC health check says SERVING.
+
+`python -m twinbench.healthcheck [ADDRESS]`; the address defaults to TWINBENCH_LISTEN with a
+wildcard host replaced by loopback, so it works unchanged in every image.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twinbench.launcher import is_serving
+
+
+def probe_address(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def main(argv: list[str]) -> int:
+    address = argv[0] if argv else probe_address(os.environ.get("TWINBENCH_LISTEN", ""))
+    return 0 if is_serving(address, timeout_s=3.0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
