@@ -7,7 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Some tests hold both frameworks in one process (the services never do). PyTorch's optimizers
+# import torch._dynamo lazily, and that import crashes once TensorFlow's native libraries are
+# loaded; importing it first avoids the clash.
 import pytest  # noqa: E402
+import torch._dynamo  # noqa: E402, F401
 
 from twinbench.api import trainer_pb2 as tpb  # noqa: E402
 from twinbench.cli import Client  # noqa: E402

@@ -18,14 +18,16 @@ import json, sys
 import numpy as np
 import tritonclient.grpc as triton
 
-address, model = sys.argv[1], sys.argv[2]
+address, model, version = sys.argv[1], sys.argv[2], sys.argv[4]
 image = np.load(sys.argv[3])
 client = triton.InferenceServerClient(url=address)
 index = client.get_model_repository_index(as_json=True)
 meta = client.get_model_metadata(model, as_json=True)
 request = triton.InferInput("input", list(image.shape), "FP32")
 request.set_data_from_numpy(image)
-result = client.infer(model, [request], outputs=[triton.InferRequestedOutput("logits")])
+result = client.infer(
+    model, [request], model_version=version, outputs=[triton.InferRequestedOutput("logits")]
+)
 print(json.dumps({
     "live": client.is_server_live(),
     "ready": client.is_server_ready(),
@@ -51,6 +53,7 @@ def test_tritonclient_talks_to_the_gateway(stack, trained, home, tmp_path):
             stack.gateway_address,
             export.model_name,
             tmp_path / "image.npy",
+            export.version,
         ],
         capture_output=True,
         text=True,

@@ -131,7 +131,7 @@ def describe_job(job: tpb.Job) -> str:
         f"  spec: {spec.framework} {spec.model} on {spec.dataset}, {spec.epochs} epochs,"
         f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
         + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
-        + f", seed {spec.seed}, device {spec.device}",
+        + f", seed {spec.seed}, device {spec.device}, init {spec.init}",
         f"  ran on: {job.device or '-'} ({job.framework_version or '-'}),"
         f" {job.parameter_count:,} parameters",
     ]
@@ -188,6 +188,8 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
             setattr(spec, field, value)
     if args.device:
         spec.device = args.device
+    if args.init:
+        spec.init = args.init
     if args.optimizer:
         spec.optimizer.name = args.optimizer
     if args.lr is not None:
@@ -376,6 +378,21 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
 
 
+def cmd_parity(args: argparse.Namespace) -> int:
+    from twinbench.parity import PARITY_TOLERANCE, check_parity
+
+    failed = 0
+    for name in args.model or sorted(MODELS):
+        result = check_parity(name, seed=args.seed)
+        failed += not result.ok
+        print(
+            f"{name}: {result.parameters:,} parameters, {result.rows} test images,"
+            f" max |torch - keras| logits {result.max_abs_diff:.2e}"
+            f" ({'ok' if result.ok else 'FAILED'}, tolerance {PARITY_TOLERANCE:g})"
+        )
+    return 1 if failed else 0
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     with LocalStack(settings) as stack:
         print(
@@ -411,6 +428,12 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
     p.add_argument("--seed", type=int, help="(default: 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--train-samples", type=int, help="train on the first N rows only")
+    p.add_argument(
+        "--init",
+        choices=["shared", "framework"],
+        help="shared: both frameworks start from the same weights (default);"
+        " framework: each its own default init",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -436,6 +459,13 @@ def parser() -> argparse.ArgumentParser:
     infer.add_argument("--model", required=True, help="a served model, e.g. lenet5-torch-onnx")
     infer.add_argument("--sample", type=int, default=0, help="test image index (default: 0)")
     infer.add_argument("--version", help="(default: the newest)")
+    parity = sub.add_parser(
+        "parity", help="copy PyTorch weights into Keras and compare logits (exit 1 above 1e-5)"
+    )
+    parity.add_argument(
+        "--model", action="append", choices=sorted(MODELS), help="(default: every model)"
+    )
+    parity.add_argument("--seed", type=int, default=0, help="(default: 0)")
     compare = sub.add_parser(
         "compare", help="train in both frameworks, serve every export, compare (the main job)"
     )
@@ -467,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_up(settings, args)
         if args.command == "compare":
             return cmd_compare(settings, args)
+        if args.command == "parity":
+            return cmd_parity(args)
         client = Client(args.gateway, settings)
         handler = {
             "train": cmd_train,

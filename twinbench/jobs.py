@@ -14,6 +14,7 @@ from pathlib import Path
 from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import DATASET_NAMES
 from twinbench.errors import InvalidArgument, JobCancelled, NotFound, TwinbenchError
+from twinbench.init import INIT_MODES
 from twinbench.repository import FRAMEWORK_FORMATS
 from twinbench.specs import get_model_spec
 
@@ -45,6 +46,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     out.batch_size = spec.batch_size if spec.HasField("batch_size") else defaults.batch_size
     out.seed = spec.seed if spec.HasField("seed") else 0
     out.device = spec.device or "auto"
+    out.init = spec.init or "shared"
     opt = out.optimizer
     opt.name = opt.name or defaults.optimizer
     if not opt.HasField("learning_rate"):
@@ -62,6 +64,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         (1 <= out.batch_size <= 65_536, f"batch_size must be 1..65536, got {out.batch_size}"),
         (out.seed >= 0, f"seed must be 0 or more, got {out.seed}"),
         (out.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {out.device!r}"),
+        (out.init in INIT_MODES, f"init must be one of {', '.join(INIT_MODES)}, got {out.init!r}"),
         (opt.name in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (
             0 < opt.learning_rate <= 10,

@@ -83,6 +83,7 @@ def training_record(job: tpb.Job) -> dict:
             "momentum": opt.momentum,
             "epsilon": opt.epsilon,
             "seed": spec.seed,
+            "init": spec.init,
         },
         "epochs": epochs,
         "train_seconds": job.train_seconds,

@@ -15,6 +15,7 @@ import tensorflow as tf  # noqa: E402
 from twinbench.api import trainer_pb2 as pb  # noqa: E402
 from twinbench.datasets import Dataset  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
+from twinbench.init import keras_layout, shared_initial_weights  # noqa: E402
 from twinbench.serving import OnnxRuntime  # noqa: E402
 from twinbench.specs import Conv, Dense, Flatten, ModelSpec, Pool  # noqa: E402
 
@@ -77,6 +78,9 @@ class TFSession:
         keras.utils.set_random_seed(spec.seed)
         with tf.device(self.device):
             self.model = build_model(model_spec)
+            if spec.init == "shared":
+                weights = shared_initial_weights(model_spec, spec.seed)
+                self.model.set_weights(keras_layout(model_spec, weights))
         self.parameter_count = int(self.model.count_params())
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
         opt = spec.optimizer

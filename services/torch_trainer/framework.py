@@ -13,6 +13,7 @@ from torch import nn
 from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import Dataset
 from twinbench.errors import InvalidArgument
+from twinbench.init import Weights, shared_initial_weights
 from twinbench.serving import OnnxRuntime
 from twinbench.specs import Conv, Dense, Flatten, ModelSpec, Pool
 
@@ -55,6 +56,24 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _weighted(model: nn.Sequential) -> list[nn.Module]:
+    return [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def model_weights(model: nn.Sequential) -> Weights:
+    """The (kernel, bias) pairs in twinbench's canonical layout, which is PyTorch's."""
+    return [
+        (m.weight.detach().cpu().numpy(), m.bias.detach().cpu().numpy()) for m in _weighted(model)
+    ]
+
+
+def load_weights(model: nn.Sequential, weights: Weights) -> None:
+    with torch.no_grad():
+        for module, (kernel, bias) in zip(_weighted(model), weights, strict=True):
+            module.weight.copy_(torch.from_numpy(kernel))
+            module.bias.copy_(torch.from_numpy(bias))
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise InvalidArgument("device 'cuda' was asked for, but this trainer sees no CUDA device")
@@ -67,7 +86,10 @@ class TorchSession:
     def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
         self.device = pick_device(spec.device)
         torch.manual_seed(spec.seed)
-        self.model = build_model(model_spec).to(self.device)
+        model = build_model(model_spec)
+        if spec.init == "shared":
+            load_weights(model, shared_initial_weights(model_spec, spec.seed))
+        self.model = model.to(self.device)
         self.input_shape = model_spec.input_shape
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
         self.device_name = (
