@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import threading
 import time
@@ -401,8 +402,6 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             " Ctrl-C stops"
         )
         stopped = threading.Event()
-        import signal
-
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         try:
             while not stopped.wait(1.0):

@@ -221,17 +221,14 @@ class JobManager:
         return job
 
     def get(self, job_id: str) -> pb.Job:
-        with self._lock:
-            ctx = self._contexts.get(job_id)
-            if ctx is not None:
-                return _copy(ctx.job)
+        # Every change to a job is stored as it happens, so the store is always current.
         job = self.store.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}; `twinbench jobs` lists them")
         return job
 
     def list(self) -> list[pb.Job]:
-        return [self.get(job.id) for job in self.store.list()]
+        return self.store.list()
 
     def cancel(self, job_id: str) -> pb.Job:
         with self._lock:

@@ -51,16 +51,32 @@ class InferenceCore:
         self.loaders = loaders
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, int], tuple[ExportInfo, Runtime]] = {}
+        self._versions: dict[str, list[int]] = {}
+        self.refresh()
 
     def _served(self, name: str) -> bool:
         parts = name.rsplit("-", 2)
         return len(parts) == 3 and parts[1] == self.framework and parts[2] in self.loaders
 
+    def refresh(self) -> None:
+        """Rescans the repository: at start, after each job, and when a request names the unknown."""
+        versions = {
+            n: self.repository.versions(n) for n in self.repository.names() if self._served(n)
+        }
+        self._versions = versions  # replaced whole: readers never see it half-built
+
     def names(self) -> list[str]:
-        return [n for n in self.repository.names() if self._served(n)]
+        return sorted(self._versions)
+
+    def versions(self, name: str) -> list[int]:
+        return self._versions.get(name, [])
 
     def _version(self, name: str, version: str) -> int:
-        versions = self.repository.versions(name) if self._served(name) else []
+        """The version a request means; the disk is only read again on a miss, not per request."""
+        versions = self.versions(name)
+        if not versions or (version and (not version.isdigit() or int(version) not in versions)):
+            self.refresh()
+            versions = self.versions(name)
         if not versions:
             raise NotFound(f"unknown model {name!r}; `twinbench models` lists the served ones")
         if not version:
@@ -97,9 +113,10 @@ class InferenceCore:
                 pass  # reported when it is asked for
 
     def repository_index(self) -> pb.RepositoryIndexResponse:
+        self.refresh()
         response = pb.RepositoryIndexResponse()
         for name in self.names():
-            for version in self.repository.versions(name):
+            for version in self.versions(name):
                 response.models.add(name=name, version=str(version), state="READY")
         return response
 
@@ -115,7 +132,7 @@ class InferenceCore:
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=name,
-            versions=[str(v) for v in self.repository.versions(name)],
+            versions=[str(v) for v in self.versions(name)],
             platform=info.platform,
             inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, *info.input_shape])],
             outputs=[tensor(name=OUTPUT_NAME, datatype="FP32", shape=[-1, info.num_classes])],

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
+from twinbench.api.trainer_pb2 import Job
 from twinbench.config import load_settings
 from twinbench.grpc_server import (
     configure_logging,
@@ -12,7 +11,7 @@ from twinbench.grpc_server import (
     run_until_signalled,
     set_serving,
 )
-from twinbench.jobs import JobManager, JobStore
+from twinbench.jobs import JobContext, JobManager, JobStore
 from twinbench.repository import ModelRepository
 from twinbench.servicers import InferenceServicer, TrainerServicer
 from twinbench.serving import InferenceCore
@@ -26,7 +25,13 @@ def serve_trainer(framework: Framework) -> None:
     repository = ModelRepository(settings.model_repository)
     store = JobStore(settings.jobs_db(framework.name))
     core = InferenceCore(repository, framework.name, framework.loaders)
-    run_job = functools.partial(run_training, framework, repository, settings.max_batch_size)
+
+    def run_job(job: Job, ctx: JobContext) -> None:
+        try:
+            run_training(framework, repository, settings.max_batch_size, job, ctx)
+        finally:
+            core.refresh()  # serve what the job published, even if a later export failed
+
     manager = JobManager(framework.name, store, run_job)
 
     server, port, health = create_server(settings.listen_address(service), settings)
