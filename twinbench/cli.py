@@ -18,6 +18,7 @@ from twinbench.api import inference_pb2 as ipb
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import FRAMEWORKS, Settings, load_settings
+from twinbench.errors import TwinbenchError
 from twinbench.jobs import TERMINAL, state_name
 from twinbench.launcher import LocalStack, is_serving
 from twinbench.specs import MODELS
@@ -161,15 +162,29 @@ def describe_job(job: tpb.Job) -> str:
         lines.append("  " + table(headers, rows).replace("\n", "\n  "))
     if job.state == tpb.SUCCEEDED:
         lines.append(
-            f"  test: loss {job.test_loss:.4f}, accuracy {job.test_accuracy:.4f};"
-            f" train {job.train_seconds:.2f} s; peak RSS {job.peak_rss_bytes / 2**20:.0f} MiB"
-            + (f", peak GPU {job.peak_gpu_bytes / 2**20:.0f} MiB" if job.peak_gpu_bytes else "")
+            f"  test: loss {job.test_loss:.4f}, accuracy {job.test_accuracy:.4f}"
+            f"\n  time: train {job.train_seconds:.2f} s, of which warm-up (first step)"
+            f" {job.warmup_seconds:.3f} s; steady {job.steady_samples_per_second:,.0f} samples/s"
+            f"\n  memory: peak RSS {job.peak_rss_bytes / 2**20:.0f} MiB, peak GPU "
+            + (f"{job.peak_gpu_bytes / 2**20:.0f} MiB" if job.peak_gpu_bytes else "- (CPU)")
         )
+        if spec.HasField("target_accuracy"):
+            lines.append(
+                f"  target val accuracy {spec.target_accuracy:g}: "
+                + (
+                    f"epoch {job.target_epoch}, after {job.time_to_target_seconds:.2f} s"
+                    if job.target_epoch
+                    else "not reached"
+                )
+            )
         n = job.num_classes
         if n and len(job.confusion_matrix) == n * n:
             matrix = np.array(job.confusion_matrix).reshape(n, n)
             lines.append("  confusion matrix (rows: true class):")
             lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in matrix]
+    if job.fairness:
+        lines.append("  settings that differ by default between the frameworks, as set here:")
+        lines += [f"    {key}: {value}" for key, value in sorted(job.fairness.items())]
     for e in job.exports:
         lines.append(
             f"  export {e.model_name} v{e.version}: {e.path} sha256 {e.sha256[:12]}"
@@ -191,6 +206,8 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
         spec.device = args.device
     if args.init:
         spec.init = args.init
+    if args.target_accuracy is not None:
+        spec.target_accuracy = args.target_accuracy
     if args.optimizer:
         spec.optimizer.name = args.optimizer
     if args.lr is not None:
@@ -394,6 +411,16 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.download import download
+
+    root = Path(args.dir).resolve() if args.dir else settings.data
+    for line in download(args.name, root):
+        print(line)
+    print(f"{args.name} is ready in {root / args.name}")
+    return 0
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     with LocalStack(settings) as stack:
         print(
@@ -416,7 +443,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> None:
     p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="(default: lenet5)")
-    p.add_argument("--dataset", help="(default: the model's, mnist-5k)")
+    p.add_argument(
+        "--dataset",
+        help="mnist-5k, digits, mnist, fashion-mnist, imagefolder:PATH (under the data folder)"
+        " or synthetic (default: the model's)",
+    )
+    p.add_argument(
+        "--target-accuracy", type=float, help="record when validation accuracy first reaches it"
+    )
     p.add_argument(
         "--epochs", type=int, default=epochs_default, help="(default: %(default)s, or the model's)"
     )
@@ -458,6 +492,13 @@ def parser() -> argparse.ArgumentParser:
     infer.add_argument("--model", required=True, help="a served model, e.g. lenet5-torch-onnx")
     infer.add_argument("--sample", type=int, default=0, help="test image index (default: 0)")
     infer.add_argument("--version", help="(default: the newest)")
+    data = sub.add_parser("data", help="dataset files")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("download", help="fetch a dataset's IDX files (sha256-checked)")
+    fetch.add_argument("name", choices=["mnist", "fashion-mnist"])
+    fetch.add_argument(
+        "--dir", help="data folder (default: TWINBENCH_DATA, or TWINBENCH_HOME/data)"
+    )
     parity = sub.add_parser(
         "parity", help="copy PyTorch weights into Keras and compare logits (exit 1 above 1e-5)"
     )
@@ -498,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(settings, args)
         if args.command == "parity":
             return cmd_parity(args)
+        if args.command == "data":
+            return cmd_data(settings, args)
         client = Client(args.gateway, settings)
         handler = {
             "train": cmd_train,
@@ -509,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         return handler(client, args)
     except grpc.RpcError as exc:
         print(f"twinbench: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except TwinbenchError as exc:
+        print(f"twinbench: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

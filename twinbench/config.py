@@ -14,6 +14,7 @@ FRAMEWORKS = ("torch", "tf")
 @dataclass(frozen=True)
 class Settings:
     home: Path
+    data: Path  # dataset files: mnist/, fashion-mnist/, image folders
     gateway: str  # where clients (CLI, Locust) find the gateway
     torch_trainer: str  # where the gateway finds each trainer
     tf_trainer: str
@@ -57,8 +58,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     def get(name: str, default: str) -> str:
         return env.get(f"TWINBENCH_{name}", default) or default
 
+    home = Path(get("HOME", str(Path.home() / ".twinbench"))).expanduser().resolve()
     return Settings(
-        home=Path(get("HOME", str(Path.home() / ".twinbench"))).expanduser().resolve(),
+        home=home,
+        data=Path(get("DATA", str(home / "data"))).expanduser().resolve(),
         gateway=get("GATEWAY", f"127.0.0.1:{DEFAULT_PORTS['gateway']}"),
         torch_trainer=get("TORCH_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['torch_trainer']}"),
         tf_trainer=get("TF_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['tf_trainer']}"),

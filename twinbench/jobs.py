@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from twinbench.api import trainer_pb2 as pb
-from twinbench.datasets import DATASET_NAMES
+from twinbench.datasets import check_dataset_name
 from twinbench.errors import InvalidArgument, JobCancelled, NotFound, TwinbenchError
 from twinbench.init import INIT_MODES
 from twinbench.repository import FRAMEWORK_FORMATS
@@ -40,8 +40,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     out = pb.JobSpec()
     out.CopyFrom(spec)
     out.dataset = spec.dataset or defaults.dataset
-    if out.dataset not in DATASET_NAMES:
-        raise InvalidArgument(f"unknown dataset {out.dataset!r}; known: {', '.join(DATASET_NAMES)}")
+    check_dataset_name(out.dataset)
     out.epochs = spec.epochs if spec.HasField("epochs") else defaults.epochs
     out.batch_size = spec.batch_size if spec.HasField("batch_size") else defaults.batch_size
     out.seed = spec.seed if spec.HasField("seed") else 0

@@ -41,7 +41,8 @@ def check_parity(model_name: str, seed: int = 0, rows: int = 64) -> Parity:
     keras_model = build_keras(spec)
     keras_model.set_weights(keras_layout(spec, model_weights(torch_model)))
 
-    batch = load_dataset("mnist-5k").test.x[:rows]
+    source = "mnist-5k" if spec.input_shape == (1, 28, 28) else "synthetic"
+    batch = load_dataset(source, spec).test.x[:rows]
     with torch.inference_mode():
         torch_logits = torch_model(torch.from_numpy(batch)).numpy()
     keras_logits = keras_model(np.ascontiguousarray(batch.transpose(0, 2, 3, 1)), training=False)

@@ -87,11 +87,11 @@ def training_record(job: tpb.Job) -> dict:
         },
         "epochs": epochs,
         "train_seconds": job.train_seconds,
+        "warmup_step_seconds": job.warmup_seconds,
+        "fairness": dict(job.fairness),
         "warmup_epoch_seconds": epochs[0]["seconds"] if epochs else 0.0,
         "steady_epoch_seconds": float(np.mean([e["seconds"] for e in steady])) if steady else 0.0,
-        "steady_samples_per_second": (
-            float(np.mean([e["samples_per_second"] for e in steady])) if steady else 0.0
-        ),
+        "steady_samples_per_second": job.steady_samples_per_second,
         "test_loss": job.test_loss,
         "test_accuracy": job.test_accuracy,
         "confusion_matrix": matrix,
@@ -374,7 +374,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     ("test accuracy", lambda t: f"{t['test_accuracy']:.4f}"),
                     ("test loss", lambda t: f"{t['test_loss']:.4f}"),
                     ("train seconds (all epochs)", lambda t: f"{t['train_seconds']:.2f}"),
-                    ("warm-up epoch seconds", lambda t: f"{t['warmup_epoch_seconds']:.2f}"),
+                    ("warm-up: first step seconds", lambda t: f"{t['warmup_step_seconds']:.3f}"),
+                    ("warm-up: first epoch seconds", lambda t: f"{t['warmup_epoch_seconds']:.2f}"),
                     ("steady epoch seconds", lambda t: f"{t['steady_epoch_seconds']:.2f}"),
                     ("steady samples/s", lambda t: f"{t['steady_samples_per_second']:,.0f}"),
                     ("peak host RSS (process)", lambda t: _mib(t["peak_rss_bytes"])),
@@ -419,6 +420,14 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ]
             if training
             else [],
+        ),
+        (
+            "Settings that differ by default, as set",
+            ["", *(LABELS[fw] for fw in training)],
+            [
+                [key, *(t["fairness"].get(key, "-") for t in training.values())]
+                for key in sorted({k for t in training.values() for k in t["fairness"]})
+            ],
         ),
         (
             "Environment",

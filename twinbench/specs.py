@@ -38,6 +38,19 @@ Layer = Conv | Pool | Flatten | Dense
 
 
 @dataclass(frozen=True)
+class Augment:
+    """Per-step training augmentation, the same semantics in both frameworks.
+
+    horizontal_flip: mirror left-right with probability 0.5 (never vertical).
+    rotation_degrees: rotate by a uniform angle in [-d, +d] degrees, nearest-neighbour
+    interpolation, zeros outside the image (Keras takes this as factor d/360).
+    """
+
+    horizontal_flip: bool = False
+    rotation_degrees: float = 0.0
+
+
+@dataclass(frozen=True)
 class TrainDefaults:
     optimizer: str
     learning_rate: float
@@ -55,6 +68,7 @@ class ModelSpec:
     input_shape: tuple[int, int, int]  # C, H, W
     layers: tuple[Layer, ...]
     defaults: TrainDefaults
+    augment: Augment | None = None
 
     @property
     def num_classes(self) -> int:
@@ -127,6 +141,42 @@ MODELS: dict[str, ModelSpec] = {
         defaults=TrainDefaults(
             optimizer="sgd", learning_rate=0.0236, momentum=0.0643, batch_size=64, epochs=21
         ),
+    ),
+    "mnist_cnn": ModelSpec(
+        name="mnist_cnn",
+        description="A simple MNIST CNN: conv 32@3x3, maxpool 2, conv 64@3x3, maxpool 2, dense 128-10",
+        input_shape=(1, 28, 28),
+        layers=(
+            Conv(32, 3),
+            Pool("max", 2),
+            Conv(64, 3),
+            Pool("max", 2),
+            Flatten(),
+            Dense(128),
+            Dense(10, activation=None),
+        ),
+        defaults=TrainDefaults(optimizer="adam", learning_rate=0.001, batch_size=64, epochs=5),
+    ),
+    "cnn3": ModelSpec(
+        name="cnn3",
+        description="CNN3 at 224x224x3: conv blocks 32/64/128 (3x3, no padding, ReLU, maxpool 2),"
+        " dense 64-2; horizontal flip and rotation +-30 degrees",
+        input_shape=(3, 224, 224),
+        layers=(
+            Conv(32, 3),
+            Pool("max", 2),
+            Conv(64, 3),
+            Pool("max", 2),
+            Conv(128, 3),
+            Pool("max", 2),
+            Flatten(),
+            Dense(64),
+            Dense(2, activation=None),
+        ),
+        defaults=TrainDefaults(
+            optimizer="adam", learning_rate=0.001, batch_size=32, epochs=6, dataset="synthetic"
+        ),
+        augment=Augment(horizontal_flip=True, rotation_degrees=30.0),
     ),
 }
 

@@ -28,7 +28,7 @@ def serve_trainer(framework: Framework) -> None:
 
     def run_job(job: Job, ctx: JobContext) -> None:
         try:
-            run_training(framework, repository, settings.max_batch_size, job, ctx)
+            run_training(framework, repository, settings, job, ctx)
         finally:
             core.refresh()  # serve what the job published, even if a later export failed
 

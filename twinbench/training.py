@@ -7,7 +7,9 @@ form each batch, how loss and accuracy are computed, what a second measures) liv
 
 from __future__ import annotations
 
+import os
 import resource
+import threading
 import time
 from pathlib import Path
 from typing import Protocol
@@ -15,12 +17,14 @@ from typing import Protocol
 import numpy as np
 
 from twinbench.api import trainer_pb2 as pb
+from twinbench.config import Settings
 from twinbench.datasets import Dataset, Split, epoch_order, load_dataset
 from twinbench.errors import InvalidArgument, TwinbenchError
 from twinbench.jobs import JobContext
 from twinbench.repository import ModelRepository, model_name
 from twinbench.serving import Loader, Runtime
 from twinbench.specs import ModelSpec, get_model_spec
+from twinbench.tbevents import EventWriter
 
 # Largest |reloaded export - in-memory model| accepted on a test batch of logits.
 EXPORT_TOLERANCE = 1e-4
@@ -46,6 +50,9 @@ class Session(Protocol):
         """Writes the model in `fmt` at `path` (a file, or a folder for SavedModel)."""
 
     def peak_gpu_bytes(self) -> int: ...
+
+    def fairness(self) -> dict[str, str]:
+        """How this framework set the constants that silently differ (see DESIGN's table)."""
 
 
 class Framework(Protocol):
@@ -76,16 +83,68 @@ def _evaluate(session: Session, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
     return cross_entropy(logits, y), float((predicted == y).mean()), predicted
 
 
+class PeakRss:
+    """The largest resident set size of this process while a job runs, sampled in the background."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _rss_bytes() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the lifetime peak is the best we have
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+SHARED_FAIRNESS = {
+    "data order": "one seeded permutation per epoch, shared by both frameworks",
+    "split": "fixed, seeded in shared code; the same rows for every job",
+    "loss": "mean cross-entropy on logits (the models output logits)",
+    "evaluation": "loss and accuracy computed in shared code from each framework's logits",
+    "timing": "first step reported apart as warm-up; per-step augmentation included",
+}
+
+
 def run_training(
     framework: Framework,
     repository: ModelRepository,
-    max_batch_size: int,
+    settings: Settings,
     job: pb.Job,
     ctx: JobContext,
 ) -> None:
+    with PeakRss() as rss:
+        _train_and_export(framework, repository, settings, job, ctx, rss)
+
+
+def _train_and_export(
+    framework: Framework,
+    repository: ModelRepository,
+    settings: Settings,
+    job: pb.Job,
+    ctx: JobContext,
+    rss: PeakRss,
+) -> None:
     spec = job.spec
     model = get_model_spec(spec.model)
-    data = load_dataset(spec.dataset)
+    data = load_dataset(spec.dataset, model, settings.data)
     if data.input_shape != model.input_shape:
         raise InvalidArgument(
             f"model {model.name} takes {model.input_shape}, dataset {data.name} has {data.input_shape}"
@@ -102,28 +161,33 @@ def run_training(
         j.framework_version = framework.version
         j.parameter_count = session.parameter_count
         j.num_classes = data.num_classes
+        j.fairness.update({**SHARED_FAIRNESS, **session.fairness()})
 
     ctx.update(started)
+    board = EventWriter(settings.runs / f"{spec.model}-{data.name.replace(':', '_')}" / job.id)
 
     n, batch_size = len(train), spec.batch_size
     batches = -(-n // batch_size)
-    train_seconds = 0.0
-    for epoch in range(1, spec.epochs + 1):
-        order = epoch_order(n, spec.seed, epoch)
-        loss_sum, correct = 0.0, 0
-        start = time.perf_counter()
-        for b in range(batches):
-            ctx.check_cancelled()
-            rows = order[b * batch_size : (b + 1) * batch_size]
-            loss, hits = session.train_batch(train_x[rows], train.y[rows])
-            loss_sum += loss * len(rows)
-            correct += hits
-            ctx.progress(epoch, b + 1, batches, loss_sum / min(n, (b + 1) * batch_size))
-        seconds = time.perf_counter() - start
-        train_seconds += seconds
-        val_loss, val_accuracy, _ = _evaluate(session, val_x, data.val.y)
-        ctx.epoch_done(
-            pb.EpochMetrics(
+    train_seconds = warmup_seconds = time_to_target = 0.0
+    target_epoch = 0
+    try:
+        for epoch in range(1, spec.epochs + 1):
+            order = epoch_order(n, spec.seed, epoch)
+            loss_sum, correct = 0.0, 0
+            start = time.perf_counter()
+            for b in range(batches):
+                ctx.check_cancelled()
+                rows = order[b * batch_size : (b + 1) * batch_size]
+                loss, hits = session.train_batch(train_x[rows], train.y[rows])
+                if epoch == 1 and b == 0:
+                    warmup_seconds = time.perf_counter() - start  # loss is fetched: synchronized
+                loss_sum += loss * len(rows)
+                correct += hits
+                ctx.progress(epoch, b + 1, batches, loss_sum / min(n, (b + 1) * batch_size))
+            seconds = time.perf_counter() - start
+            train_seconds += seconds
+            val_loss, val_accuracy, _ = _evaluate(session, val_x, data.val.y)
+            metrics = pb.EpochMetrics(
                 epoch=epoch,
                 train_loss=loss_sum / n,
                 train_accuracy=correct / n,
@@ -132,25 +196,46 @@ def run_training(
                 seconds=seconds,
                 samples_per_second=n / seconds,
             )
-        )
+            ctx.epoch_done(metrics)
+            board.scalars(
+                epoch,
+                {
+                    "loss/train": metrics.train_loss,
+                    "loss/validation": val_loss,
+                    "accuracy/train": metrics.train_accuracy,
+                    "accuracy/validation": val_accuracy,
+                    "speed/epoch_seconds": seconds,
+                    "speed/samples_per_second": metrics.samples_per_second,
+                },
+            )
+            if spec.HasField("target_accuracy") and not target_epoch:
+                if val_accuracy >= spec.target_accuracy:
+                    target_epoch, time_to_target = epoch, train_seconds
+    finally:
+        board.close()
 
     test_loss, test_accuracy, predicted = _evaluate(session, test_x, data.test.y)
     matrix = confusion_matrix(data.test.y, predicted, data.num_classes)
+    steady_steps_seconds = train_seconds - warmup_seconds
+    steady_samples = n * spec.epochs - min(n, batch_size)
 
     def finished(j: pb.Job) -> None:
         j.train_seconds = train_seconds
+        j.warmup_seconds = warmup_seconds
+        j.steady_samples_per_second = steady_samples / max(steady_steps_seconds, 1e-9)
+        j.time_to_target_seconds = time_to_target
+        j.target_epoch = target_epoch
         j.test_loss = test_loss
         j.test_accuracy = test_accuracy
         j.confusion_matrix[:] = matrix.ravel().tolist()
-        # ru_maxrss is in KiB on Linux, and covers the whole process lifetime.
-        j.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        j.peak_rss_bytes = max(rss.peak, _rss_bytes())
         j.peak_gpu_bytes = session.peak_gpu_bytes()
 
     ctx.update(finished)
 
     for fmt in spec.export_formats:
         ctx.check_cancelled()
-        export = _export(framework, session, repository, job, data, fmt, max_batch_size)
+        export = _export(framework, session, repository, job, data, fmt, settings.max_batch_size)
         ctx.update(lambda j, e=export: j.exports.append(e))
 
 

@@ -17,7 +17,7 @@ from twinbench.datasets import Dataset  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
 from twinbench.init import keras_layout, shared_initial_weights  # noqa: E402
 from twinbench.serving import OnnxRuntime  # noqa: E402
-from twinbench.specs import Conv, Dense, Flatten, ModelSpec, Pool  # noqa: E402
+from twinbench.specs import Augment, Conv, Dense, Flatten, ModelSpec, Pool  # noqa: E402
 
 PREDICT_BATCH = 1024
 ONNX_OPSET = 17
@@ -46,6 +46,26 @@ def build_model(spec: ModelSpec) -> keras.Sequential:
             layers.append(keras.layers.Flatten())
         elif isinstance(layer, Dense):
             layers.append(keras.layers.Dense(layer.units, activation=layer.activation))
+    return keras.Sequential(layers)
+
+
+def build_augment(augment: Augment | None, seed: int) -> keras.Sequential | None:
+    """Keras's augmentation layers, set to PyTorch's semantics (see the spec's Augment)."""
+    if augment is None:
+        return None
+    layers = []
+    if augment.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if augment.rotation_degrees:
+        layers.append(
+            keras.layers.RandomRotation(
+                augment.rotation_degrees / 360.0,  # Keras takes a fraction of a full turn
+                fill_mode="constant",
+                interpolation="nearest",
+                fill_value=0.0,
+                seed=seed,
+            )
+        )
     return keras.Sequential(layers)
 
 
@@ -89,6 +109,8 @@ class TFSession:
         else:
             self.optimizer = keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum)
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.spec, self.model_spec = spec, model_spec
+        self.augment = build_augment(model_spec.augment, spec.seed)
         c, h, w = self.input_shape
         image = tf.TensorSpec([None, h, w, c], tf.float32)
         # Fixed signatures: one trace for every batch size. XLA stays off, as in eager PyTorch.
@@ -99,7 +121,28 @@ class TFSession:
             lambda x: self.model(x, training=False), input_signature=[image], jit_compile=False
         )
 
+    def fairness(self) -> dict[str, str]:
+        opt, augment = self.spec.optimizer, self.model_spec.augment
+        return {
+            "init": "shared: Glorot uniform, zero biases, drawn from the seed in shared code"
+            if self.spec.init == "shared"
+            else "Keras's own: Glorot uniform, zero biases",
+            "optimizer": f"Adam, epsilon {opt.epsilon:g} added before the bias correction"
+            if opt.name == "adam"
+            else f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v",
+            "padding": "'same' (symmetric for stride 1 and odd kernels)",
+            "tf32": "off",
+            "compilation": "tf.function with fixed signatures, XLA off (jit_compile=False)",
+            "augmentation": "none"
+            if not augment
+            else f"RandomFlip('horizontal'): {augment.horizontal_flip}; RandomRotation"
+            f"({augment.rotation_degrees:g}/360), nearest, constant fill 0",
+            "gpu memory": "memory growth on",
+        }
+
     def _step(self, x, y):
+        if self.augment is not None:
+            x = self.augment(x, training=True)
         with tf.GradientTape() as tape:
             logits = self.model(x, training=True)
             loss = self.loss(y, logits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from twinbench.datasets import Dataset
 from twinbench.errors import InvalidArgument
 from twinbench.init import Weights, shared_initial_weights
 from twinbench.serving import OnnxRuntime
-from twinbench.specs import Conv, Dense, Flatten, ModelSpec, Pool
+from twinbench.specs import Augment, Conv, Dense, Flatten, ModelSpec, Pool
 
 # Request tensors are read-only views over the request bytes; the models never write to them.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -82,8 +83,34 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+class TorchAugment:
+    """Training augmentation on the device, with its own seeded generator."""
+
+    def __init__(self, augment: Augment, seed: int) -> None:
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.augment.horizontal_flip:
+            flip = (torch.rand(n, generator=self.generator) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.augment.rotation_degrees:
+            limit = math.radians(self.augment.rotation_degrees)
+            angle = (torch.rand(n, generator=self.generator) * 2 - 1) * limit
+            cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n)
+            theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(n, 2, 3)
+            grid = nn.functional.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+            x = nn.functional.grid_sample(
+                x, grid, mode="nearest", padding_mode="zeros", align_corners=False
+            )
+        return x
+
+
 class TorchSession:
     def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
+        self.spec = spec
+        self.model_spec = model_spec
         self.device = pick_device(spec.device)
         torch.manual_seed(spec.seed)
         model = build_model(model_spec)
@@ -106,6 +133,26 @@ class TorchSession:
             )
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        augment = model_spec.augment
+        self.augment = TorchAugment(augment, spec.seed) if augment else None
+
+    def fairness(self) -> dict[str, str]:
+        opt, augment = self.spec.optimizer, self.model_spec.augment
+        return {
+            "init": "shared: Glorot uniform, zero biases, drawn from the seed in shared code"
+            if self.spec.init == "shared"
+            else "PyTorch's own: Kaiming uniform (a=sqrt 5), biases U(+-1/sqrt fan_in)",
+            "optimizer": f"Adam, eps {opt.epsilon:g} added after the bias correction"
+            if opt.name == "adam"
+            else f"SGD, momentum {opt.momentum:g}: v = mu v + g, w -= lr v",
+            "padding": "'same' as symmetric zero padding of kernel//2 (stride 1 only)",
+            "tf32": "off for matmul and cuDNN",
+            "compilation": "eager (no torch.compile)",
+            "augmentation": "none"
+            if not augment
+            else f"horizontal flip p=0.5: {augment.horizontal_flip}; rotation"
+            f" +-{augment.rotation_degrees:g} degrees, nearest, zero fill (grid_sample)",
+        }
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return x  # the shared layout is already NCHW
@@ -114,6 +161,8 @@ class TorchSession:
         self.model.train()
         inputs = torch.from_numpy(x).to(self.device, non_blocking=True)
         labels = torch.from_numpy(y).to(self.device, non_blocking=True)
+        if self.augment:
+            inputs = self.augment(inputs)
         logits = self.model(inputs)
         loss = nn.functional.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)

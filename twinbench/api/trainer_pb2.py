@@ -24,43 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btwinbench/api/trainer.proto\x12\x0ctwinbench.v1\"\xb0\x02\n\x07JobSpec\x12\x11\n\tframework\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x13\n\x06\x65pochs\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nbatch_size\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12*\n\toptimizer\x18\x06 \x01(\x0b\x32\x17.twinbench.v1.Optimizer\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x16\n\x0e\x65xport_formats\x18\t \x03(\t\x12\x1a\n\rtrain_samples\x18\n \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04init\x18\x0b \x01(\tB\t\n\x07_epochsB\r\n\x0b_batch_sizeB\x07\n\x05_seedB\x10\n\x0e_train_samples\"\x8d\x01\n\tOptimizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\rlearning_rate\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08momentum\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x10\n\x0e_learning_rateB\x0b\n\t_momentumB\n\n\x08_epsilon\"\x9e\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\ntrain_loss\x18\x02 \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\x03 \x01(\x01\x12\x10\n\x08val_loss\x18\x04 \x01(\x01\x12\x14\n\x0cval_accuracy\x18\x05 \x01(\x01\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x07 \x01(\x01\"v\n\x0bModelExport\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x14\n\x0cmax_abs_diff\x18\x06 \x01(\x01\"\xe5\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.twinbench.v1.JobSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.twinbench.v1.JobState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x19\n\x11\x66ramework_version\x18\t \x01(\t\x12\x17\n\x0fparameter_count\x18\n \x01(\x03\x12*\n\x06\x65pochs\x18\x0b \x03(\x0b\x32\x1a.twinbench.v1.EpochMetrics\x12\x15\n\rtrain_seconds\x18\x0c \x01(\x01\x12\x11\n\ttest_loss\x18\r \x01(\x01\x12\x15\n\rtest_accuracy\x18\x0e \x01(\x01\x12\x18\n\x10\x63onfusion_matrix\x18\x0f \x03(\x03\x12\x13\n\x0bnum_classes\x18\x10 \x01(\x05\x12\x16\n\x0epeak_rss_bytes\x18\x11 \x01(\x03\x12\x16\n\x0epeak_gpu_bytes\x18\x12 \x01(\x03\x12*\n\x07\x65xports\x18\x13 \x03(\x0b\x32\x19.twinbench.v1.ModelExport\"L\n\rBatchProgress\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x05\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x05\x12\x0c\n\x04loss\x18\x04 \x01(\x01\"\xa3\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12 \n\x03job\x18\x02 \x01(\x0b\x32\x11.twinbench.v1.JobH\x00\x12+\n\x05\x65poch\x18\x03 \x01(\x0b\x32\x1a.twinbench.v1.EpochMetricsH\x00\x12/\n\x08progress\x18\x04 \x01(\x0b\x32\x1b.twinbench.v1.BatchProgressH\x00\x42\x07\n\x05\x65vent\"7\n\x10\x43reateJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.twinbench.v1.JobSpec\"4\n\x11\x43reateJobResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.twinbench.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.twinbench.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xe1\x02\n\x07Trainer\x12L\n\tCreateJob\x12\x1e.twinbench.v1.CreateJobRequest\x1a\x1f.twinbench.v1.CreateJobResponse\x12\x43\n\x08WatchJob\x12\x1d.twinbench.v1.WatchJobRequest\x1a\x16.twinbench.v1.JobEvent0\x01\x12\x38\n\x06GetJob\x12\x1b.twinbench.v1.GetJobRequest\x1a\x11.twinbench.v1.Job\x12I\n\x08ListJobs\x12\x1d.twinbench.v1.ListJobsRequest\x1a\x1e.twinbench.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.twinbench.v1.CancelJobRequest\x1a\x11.twinbench.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btwinbench/api/trainer.proto\x12\x0ctwinbench.v1\"\xe2\x02\n\x07JobSpec\x12\x11\n\tframework\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x13\n\x06\x65pochs\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nbatch_size\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12*\n\toptimizer\x18\x06 \x01(\x0b\x32\x17.twinbench.v1.Optimizer\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x16\n\x0e\x65xport_formats\x18\t \x03(\t\x12\x1a\n\rtrain_samples\x18\n \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04init\x18\x0b \x01(\t\x12\x1c\n\x0ftarget_accuracy\x18\x0c \x01(\x01H\x04\x88\x01\x01\x42\t\n\x07_epochsB\r\n\x0b_batch_sizeB\x07\n\x05_seedB\x10\n\x0e_train_samplesB\x12\n\x10_target_accuracy\"\x8d\x01\n\tOptimizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\rlearning_rate\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08momentum\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x10\n\x0e_learning_rateB\x0b\n\t_momentumB\n\n\x08_epsilon\"\x9e\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\ntrain_loss\x18\x02 \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\x03 \x01(\x01\x12\x10\n\x08val_loss\x18\x04 \x01(\x01\x12\x14\n\x0cval_accuracy\x18\x05 \x01(\x01\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x07 \x01(\x01\"v\n\x0bModelExport\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x14\n\x0cmax_abs_diff\x18\x06 \x01(\x01\"\xba\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.twinbench.v1.JobSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.twinbench.v1.JobState\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x19\n\x11\x66ramework_version\x18\t \x01(\t\x12\x17\n\x0fparameter_count\x18\n \x01(\x03\x12*\n\x06\x65pochs\x18\x0b \x03(\x0b\x32\x1a.twinbench.v1.EpochMetrics\x12\x15\n\rtrain_seconds\x18\x0c \x01(\x01\x12\x11\n\ttest_loss\x18\r \x01(\x01\x12\x15\n\rtest_accuracy\x18\x0e \x01(\x01\x12\x18\n\x10\x63onfusion_matrix\x18\x0f \x03(\x03\x12\x13\n\x0bnum_classes\x18\x10 \x01(\x05\x12\x16\n\x0epeak_rss_bytes\x18\x11 \x01(\x03\x12\x16\n\x0epeak_gpu_bytes\x18\x12 \x01(\x03\x12*\n\x07\x65xports\x18\x13 \x03(\x0b\x32\x19.twinbench.v1.ModelExport\x12\x16\n\x0ewarmup_seconds\x18\x14 \x01(\x01\x12!\n\x19steady_samples_per_second\x18\x15 \x01(\x01\x12\x1e\n\x16time_to_target_seconds\x18\x16 \x01(\x01\x12\x14\n\x0ctarget_epoch\x18\x17 \x01(\x05\x12\x31\n\x08\x66\x61irness\x18\x18 \x03(\x0b\x32\x1f.twinbench.v1.Job.FairnessEntry\x1a/\n\rFairnessEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\rBatchProgress\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x05\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x05\x12\x0c\n\x04loss\x18\x04 \x01(\x01\"\xa3\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12 \n\x03job\x18\x02 \x01(\x0b\x32\x11.twinbench.v1.JobH\x00\x12+\n\x05\x65poch\x18\x03 \x01(\x0b\x32\x1a.twinbench.v1.EpochMetricsH\x00\x12/\n\x08progress\x18\x04 \x01(\x0b\x32\x1b.twinbench.v1.BatchProgressH\x00\x42\x07\n\x05\x65vent\"7\n\x10\x43reateJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.twinbench.v1.JobSpec\"4\n\x11\x43reateJobResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.twinbench.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.twinbench.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xe1\x02\n\x07Trainer\x12L\n\tCreateJob\x12\x1e.twinbench.v1.CreateJobRequest\x1a\x1f.twinbench.v1.CreateJobResponse\x12\x43\n\x08WatchJob\x12\x1d.twinbench.v1.WatchJobRequest\x1a\x16.twinbench.v1.JobEvent0\x01\x12\x38\n\x06GetJob\x12\x1b.twinbench.v1.GetJobRequest\x1a\x11.twinbench.v1.Job\x12I\n\x08ListJobs\x12\x1d.twinbench.v1.ListJobsRequest\x1a\x1e.twinbench.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.twinbench.v1.CancelJobRequest\x1a\x11.twinbench.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'twinbench.api.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1796
-  _globals['_JOBSTATE']._serialized_end=1900
+  _globals['_JOB_FAIRNESSENTRY']._loaded_options = None
+  _globals['_JOB_FAIRNESSENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSTATE']._serialized_start=2059
+  _globals['_JOBSTATE']._serialized_end=2163
   _globals['_JOBSPEC']._serialized_start=46
-  _globals['_JOBSPEC']._serialized_end=350
-  _globals['_OPTIMIZER']._serialized_start=353
-  _globals['_OPTIMIZER']._serialized_end=494
-  _globals['_EPOCHMETRICS']._serialized_start=497
-  _globals['_EPOCHMETRICS']._serialized_end=655
-  _globals['_MODELEXPORT']._serialized_start=657
-  _globals['_MODELEXPORT']._serialized_end=775
-  _globals['_JOB']._serialized_start=778
-  _globals['_JOB']._serialized_end=1263
-  _globals['_BATCHPROGRESS']._serialized_start=1265
-  _globals['_BATCHPROGRESS']._serialized_end=1341
-  _globals['_JOBEVENT']._serialized_start=1344
-  _globals['_JOBEVENT']._serialized_end=1507
-  _globals['_CREATEJOBREQUEST']._serialized_start=1509
-  _globals['_CREATEJOBREQUEST']._serialized_end=1564
-  _globals['_CREATEJOBRESPONSE']._serialized_start=1566
-  _globals['_CREATEJOBRESPONSE']._serialized_end=1618
-  _globals['_WATCHJOBREQUEST']._serialized_start=1620
-  _globals['_WATCHJOBREQUEST']._serialized_end=1653
-  _globals['_GETJOBREQUEST']._serialized_start=1655
-  _globals['_GETJOBREQUEST']._serialized_end=1686
-  _globals['_LISTJOBSREQUEST']._serialized_start=1688
-  _globals['_LISTJOBSREQUEST']._serialized_end=1705
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1707
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1758
-  _globals['_CANCELJOBREQUEST']._serialized_start=1760
-  _globals['_CANCELJOBREQUEST']._serialized_end=1794
-  _globals['_TRAINER']._serialized_start=1903
-  _globals['_TRAINER']._serialized_end=2256
+  _globals['_JOBSPEC']._serialized_end=400
+  _globals['_OPTIMIZER']._serialized_start=403
+  _globals['_OPTIMIZER']._serialized_end=544
+  _globals['_EPOCHMETRICS']._serialized_start=547
+  _globals['_EPOCHMETRICS']._serialized_end=705
+  _globals['_MODELEXPORT']._serialized_start=707
+  _globals['_MODELEXPORT']._serialized_end=825
+  _globals['_JOB']._serialized_start=828
+  _globals['_JOB']._serialized_end=1526
+  _globals['_JOB_FAIRNESSENTRY']._serialized_start=1479
+  _globals['_JOB_FAIRNESSENTRY']._serialized_end=1526
+  _globals['_BATCHPROGRESS']._serialized_start=1528
+  _globals['_BATCHPROGRESS']._serialized_end=1604
+  _globals['_JOBEVENT']._serialized_start=1607
+  _globals['_JOBEVENT']._serialized_end=1770
+  _globals['_CREATEJOBREQUEST']._serialized_start=1772
+  _globals['_CREATEJOBREQUEST']._serialized_end=1827
+  _globals['_CREATEJOBRESPONSE']._serialized_start=1829
+  _globals['_CREATEJOBRESPONSE']._serialized_end=1881
+  _globals['_WATCHJOBREQUEST']._serialized_start=1883
+  _globals['_WATCHJOBREQUEST']._serialized_end=1916
+  _globals['_GETJOBREQUEST']._serialized_start=1918
+  _globals['_GETJOBREQUEST']._serialized_end=1949
+  _globals['_LISTJOBSREQUEST']._serialized_start=1951
+  _globals['_LISTJOBSREQUEST']._serialized_end=1968
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1970
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2021
+  _globals['_CANCELJOBREQUEST']._serialized_start=2023
+  _globals['_CANCELJOBREQUEST']._serialized_end=2057
+  _globals['_TRAINER']._serialized_start=2166
+  _globals['_TRAINER']._serialized_end=2519
 # @@protoc_insertion_point(module_scope)

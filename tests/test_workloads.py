@@ -1,0 +1,82 @@
+"""Every workload trains to the end in both frameworks, through the real services."""
+
+import grpc
+import pytest
+
+from conftest import wait_for
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.cli import describe_job
+
+# A few steps each: this proves the plumbing of every workload, not its accuracy.
+WORKLOADS = {
+    "mlp": dict(dataset="mnist-5k", train_samples=128, epochs=2),
+    "mnist_cnn": dict(dataset="digits", train_samples=128, epochs=2),
+    "cnn3": dict(dataset="synthetic", train_samples=32, epochs=1, batch_size=16),
+}
+FORMATS = {"torch": ["torchscript", "onnx"], "tf": ["savedmodel", "onnx"]}
+
+
+@pytest.fixture(scope="module")
+def workload_jobs(client):
+    jobs = {}
+    for model, options in WORKLOADS.items():
+        spec = tpb.JobSpec(framework="both", model=model, target_accuracy=0.05, **options)
+        for job in client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs:
+            jobs[(model, job.spec.framework)] = job.id
+    return {key: wait_for(client, job_id, timeout_s=600)[0] for key, job_id in jobs.items()}
+
+
+@pytest.mark.parametrize("model", sorted(WORKLOADS))
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_every_workload_runs_to_the_end_and_exports(workload_jobs, model, framework):
+    job = workload_jobs[(model, framework)]
+    assert job.state == tpb.SUCCEEDED, job.error
+    assert [e.format for e in job.exports] == FORMATS[framework]
+    assert all(e.max_abs_diff <= 1e-4 for e in job.exports)
+    assert len(job.epochs) == WORKLOADS[model]["epochs"]
+    assert job.warmup_seconds > 0 and job.steady_samples_per_second > 0
+    assert job.peak_rss_bytes > 50 * 2**20
+    assert job.target_epoch == 1 and 0 < job.time_to_target_seconds <= job.train_seconds
+    assert job.fairness["optimizer"].startswith("Adam" if model != "mlp" else "SGD")
+    assert "shared" in job.fairness["init"]
+    if model == "cnn3":
+        assert "rotation" in job.fairness["augmentation"].lower()
+
+
+def test_jobs_show_prints_every_figure(workload_jobs):
+    text = describe_job(workload_jobs[("cnn3", "tf")])
+    for figure in ("test: loss", "warm-up (first step)", "steady", "peak RSS", "peak GPU",
+                   "target val accuracy", "confusion matrix", "augmentation", "export cnn3-tf-onnx",
+                   "tensorflow 2.21", "init shared"):  # fmt: skip
+        assert figure in text, figure
+
+
+def test_both_frameworks_write_tensorboard_runs_side_by_side(workload_jobs, home):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for framework in ("torch", "tf"):
+        job = workload_jobs[("mlp", framework)]
+        run = home / "runs" / "mlp-mnist-5k" / job.id
+        events = EventAccumulator(str(run))
+        events.Reload()
+        assert {"loss/train", "accuracy/validation", "speed/samples_per_second"} <= set(
+            events.Tags()["scalars"]
+        )
+        losses = [e.value for e in events.Scalars("loss/train")]
+        assert len(losses) == 2
+        assert losses[0] == pytest.approx(job.epochs[0].train_loss, rel=1e-6)
+
+
+def test_a_job_on_missing_data_fails_with_the_reason(client):
+    spec = tpb.JobSpec(framework="torch", model="lenet5", dataset="mnist", epochs=1)
+    (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
+    final, _ = wait_for(client, job.id)
+    assert final.state == tpb.FAILED
+    assert "twinbench data download mnist" in final.error
+
+
+def test_a_dataset_path_outside_the_data_folder_is_refused(client):
+    spec = tpb.JobSpec(framework="both", model="cnn3", dataset="imagefolder:../../etc")
+    with pytest.raises(grpc.RpcError) as err:
+        client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
