@@ -103,6 +103,8 @@ class TFSession:
                 self.model.set_weights(keras_layout(model_spec, weights))
         self.parameter_count = int(self.model.count_params())
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
+        if "GPU" in self.device:  # the peak of this job, not of the process
+            tf.config.experimental.reset_memory_stats(self.device.split("device:")[-1])
         opt = spec.optimizer
         if opt.name == "adam":
             self.optimizer = keras.optimizers.Adam(opt.learning_rate, epsilon=opt.epsilon)
