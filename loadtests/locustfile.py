@@ -11,6 +11,7 @@ Options (each also read from the environment variable in brackets):
   --latency-file F  on exit, save every latency (ms, float64) to this .npy; Locust's own CSV
                     percentiles are rounded to whole milliseconds, too coarse for fast models
 The host defaults to TWINBENCH_GATEWAY or 127.0.0.1:50051; load goes nowhere else.
+TWINBENCH_TOKEN (a bearer token) and TWINBENCH_TLS_CA (a CA file: TLS) are used as the CLI uses them.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def _images(path: str) -> np.ndarray:
     return load_dataset("mnist-5k").test.x
 
 
-def _ready_models(stub) -> list[str]:
-    index = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=10)
+def _ready_models(stub, metadata) -> list[str]:
+    request = pb.RepositoryIndexRequest(ready=True)
+    index = stub.RepositoryIndex(request, timeout=10, metadata=metadata)
     return sorted({m.name for m in index.models if m.state == "READY"})
 
 
@@ -76,15 +78,23 @@ class V2User(User):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        self.channel = grpc.insecure_channel(
-            self.host,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        channel_options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        ca = os.environ.get("TWINBENCH_TLS_CA")
+        if ca:
+            with open(ca, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(f.read())
+            self.channel = grpc.secure_channel(self.host, credentials, options=channel_options)
+        else:
+            self.channel = grpc.insecure_channel(self.host, options=channel_options)
+        token = os.environ.get("TWINBENCH_TOKEN")
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        models = [m for m in options.models.split(",") if m] or _ready_models(self.stub)
+        models = [m for m in options.models.split(",") if m] or _ready_models(
+            self.stub, self.metadata
+        )
         if not models:
             raise RuntimeError(f"no served models at {self.host}; train one first")
         images = _images(options.input_file)
@@ -106,7 +116,8 @@ class V2User(User):
         start = time.perf_counter()
         exception, length = None, 0
         try:
-            length = self.stub.ModelInfer(request, timeout=30).ByteSize()
+            reply = self.stub.ModelInfer(request, timeout=30, metadata=self.metadata)
+            length = reply.ByteSize()
         except grpc.RpcError as exc:
             exception = exc
         elapsed_ms = (time.perf_counter() - start) * 1000

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch._dynamo  # noqa: E402, F401
 
 from twinbench.api import trainer_pb2 as tpb  # noqa: E402
-from twinbench.cli import Client  # noqa: E402
+from twinbench.client import Client  # noqa: E402
 from twinbench.config import load_settings  # noqa: E402
 from twinbench.launcher import LocalStack  # noqa: E402
 
@@ -59,3 +59,12 @@ def trained(client):
     with ThreadPoolExecutor() as pool:  # watch both from the start: the jobs run side by side
         results = pool.map(lambda job: wait_for(client, job.id), jobs)
         return {job.spec.framework: result for job, result in zip(jobs, results, strict=True)}
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tally import TALLY
+
+    if TALLY:
+        terminalreporter.section("reliability")
+        for key in sorted(TALLY):
+            terminalreporter.write_line(f"{key}: {TALLY[key]}")

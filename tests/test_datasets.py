@@ -43,6 +43,7 @@ import struct  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tally import TALLY  # noqa: E402
 from twinbench.datasets import DatasetError, check_dataset_name, read_idx  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
 from twinbench.specs import MODELS  # noqa: E402
@@ -142,6 +143,7 @@ BAD_DATA = [
 
 @pytest.mark.parametrize("case, message", BAD_DATA, ids=[c for c, _ in BAD_DATA])
 def test_bad_data_gets_a_clear_error(tmp_path, case, message):
+    TALLY["bad inputs tried"] += 1
     load = _bad(tmp_path, case)
     load_dataset.cache_clear()
     with pytest.raises(InvalidArgument, match=message) as err:

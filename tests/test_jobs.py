@@ -62,15 +62,15 @@ def test_store_survives_reopening(tmp_path):
 def test_restart_fails_the_running_job_and_runs_the_queued_one(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite")
     spec = resolve_spec(tpb.JobSpec(framework="torch", model="lenet5"))
-    store.put(tpb.Job(id="torch-was-running", spec=spec, state=tpb.RUNNING, created_at=1))
-    store.put(tpb.Job(id="torch-was-queued", spec=spec, state=tpb.QUEUED, created_at=2))
+    store.put(tpb.Job(id="torch-0000000000a1", spec=spec, state=tpb.RUNNING, created_at=1))
+    store.put(tpb.Job(id="torch-0000000000a2", spec=spec, state=tpb.QUEUED, created_at=2))
     ran = []
     manager = JobManager("torch", store, lambda job, ctx: ran.append(job.id))
     manager.start()
-    job = _wait_terminal(manager, "torch-was-queued")
+    job = _wait_terminal(manager, "torch-0000000000a2")
     manager.stop()
-    assert ran == ["torch-was-queued"] and job.state == tpb.SUCCEEDED
-    lost = store.get("torch-was-running")
+    assert ran == ["torch-0000000000a2"] and job.state == tpb.SUCCEEDED
+    lost = store.get("torch-0000000000a1")
     assert lost.state == tpb.FAILED and "stopped while this job was running" in lost.error
 
 
@@ -104,7 +104,7 @@ def test_jobs_run_one_at_a_time_in_order_and_cancel(tmp_path):
     manager.stop()
     assert not overlap.is_set()
     with pytest.raises(NotFound):
-        manager.get("torch-missing")
+        manager.get("torch-0000000000ff")
 
 
 def _wait(condition, timeout_s=10.0):

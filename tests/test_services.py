@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import wait_for
+from tally import TALLY
 from tests_support import in_process_logits
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
@@ -114,6 +115,12 @@ BAD_INFERENCES = [
     ("no inputs", _image_request(empty=True), "INVALID_ARGUMENT", "no inputs"),
     ("no model name", _image_request(model=""), "INVALID_ARGUMENT", "names no model"),
     ("unknown model", _image_request(model="nope-torch-onnx"), "NOT_FOUND", "unknown model"),
+    (
+        "model name as a path",
+        _image_request(model="../lenet5-torch-onnx"),
+        "INVALID_ARGUMENT",
+        "not a model name",
+    ),
     ("unknown version", _image_request(version="99"), "NOT_FOUND", "no version '99'"),
     ("unknown output", _image_request(output="probs"), "INVALID_ARGUMENT", "no output 'probs'"),
     (
@@ -131,6 +138,7 @@ BAD_INFERENCES = [
 def test_bad_inference_gets_its_code_and_the_next_request_works(
     client, trained, case, request_, code, message
 ):
+    TALLY["bad inputs tried"] += 1
     with pytest.raises(grpc.RpcError) as err:
         client.inference.ModelInfer(request_)
     assert err.value.code() == grpc.StatusCode[code]
@@ -140,8 +148,14 @@ def test_bad_inference_gets_its_code_and_the_next_request_works(
 
 BAD_JOB_CALLS = [
     ("unknown job", "GetJob", tpb.GetJobRequest(job_id="torch-000000000000"), "NOT_FOUND"),
-    ("job of no framework", "GetJob", tpb.GetJobRequest(job_id="jax-1"), "NOT_FOUND"),
-    ("cancel unknown job", "CancelJob", tpb.CancelJobRequest(job_id="tf-missing"), "NOT_FOUND"),
+    ("job of no framework", "GetJob", tpb.GetJobRequest(job_id="jax-1"), "INVALID_ARGUMENT"),
+    (
+        "cancel unknown job",
+        "CancelJob",
+        tpb.CancelJobRequest(job_id="tf-0123456789ab"),
+        "NOT_FOUND",
+    ),
+    ("job id as a path", "GetJob", tpb.GetJobRequest(job_id="../torch-1"), "INVALID_ARGUMENT"),
     (
         "unknown framework",
         "CreateJob",
@@ -183,6 +197,7 @@ BAD_JOB_CALLS = [
     "case, method, request_, code", BAD_JOB_CALLS, ids=[c[0] for c in BAD_JOB_CALLS]
 )
 def test_bad_job_calls_get_their_code(client, case, method, request_, code):
+    TALLY["bad inputs tried"] += 1
     with pytest.raises(grpc.RpcError) as err:
         getattr(client.trainer, method)(request_)
     assert err.value.code() == grpc.StatusCode[code]

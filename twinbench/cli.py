@@ -15,28 +15,14 @@ import grpc
 import numpy as np
 
 from twinbench.api import inference_pb2 as ipb
-from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
+from twinbench.client import Client
 from twinbench.config import FRAMEWORKS, Settings, load_settings
 from twinbench.errors import TwinbenchError
 from twinbench.jobs import TERMINAL, state_name
 from twinbench.launcher import LocalStack, is_serving
 from twinbench.specs import MODELS
 from twinbench.tensors import infer_request, output_array
-
-
-class Client:
-    """Both APIs of the gateway over one channel."""
-
-    def __init__(self, address: str, settings: Settings) -> None:
-        self.address = address
-        self.channel = grpc.insecure_channel(address, options=settings.grpc_options())
-        self.trainer = trainer_pb2_grpc.TrainerStub(self.channel)
-        self.inference = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-
-    def close(self) -> None:
-        self.channel.close()
-
 
 # --- job progress ---
 
@@ -302,7 +288,7 @@ def cmd_infer(client: Client, args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def services(settings: Settings, address: str) -> Iterator[str]:
     """The gateway's address: the running one, or a local stack started now and stopped after."""
-    if is_serving(address):
+    if is_serving(address, tls_ca=settings.tls_ca):
         yield address
         return
     print(f"no gateway at {address}; starting the services (state in {settings.home})")

@@ -22,6 +22,12 @@ class Settings:
     max_message_bytes: int
     backend_timeout_s: float
     max_batch_size: int
+    max_queued_jobs: int  # per trainer; more get RESOURCE_EXHAUSTED
+    token: str  # when set, the gateway wants `authorization: Bearer <token>`
+    inference_open: bool  # inference needs no token even when one is set
+    tls_cert: Path | None  # the gateway's certificate and key (PEM); both or neither
+    tls_key: Path | None
+    tls_ca: Path | None  # what clients trust to reach a TLS gateway
 
     @property
     def model_repository(self) -> Path:
@@ -69,4 +75,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_message_bytes=int(get("MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
         backend_timeout_s=float(get("BACKEND_TIMEOUT_S", "30")),
         max_batch_size=int(get("MAX_BATCH_SIZE", "256")),
+        max_queued_jobs=int(get("MAX_QUEUED_JOBS", "16")),
+        token=env.get("TWINBENCH_TOKEN", ""),
+        inference_open=get("INFERENCE_OPEN", "false").lower() in ("1", "true", "yes"),
+        tls_cert=_path(env.get("TWINBENCH_TLS_CERT")),
+        tls_key=_path(env.get("TWINBENCH_TLS_KEY")),
+        tls_ca=_path(env.get("TWINBENCH_TLS_CA")),
     )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None

@@ -60,16 +60,29 @@ def map_errors(cls: type) -> type:
 
 
 def create_server(
-    address: str, settings: Settings, max_workers: int = 32
+    address: str,
+    settings: Settings,
+    max_workers: int = 32,
+    interceptors: tuple[grpc.ServerInterceptor, ...] = (),
+    tls: tuple[Path, Path] | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A server bound to `address` (port 0 picks a free one), with the health service NOT_SERVING."""
+    """A server bound to `address` (port 0 picks a free one), with the health service NOT_SERVING.
+
+    `tls` is (certificate, key), PEM files; without it the port is plaintext.
+    """
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), options=settings.grpc_options()
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=settings.grpc_options(),
+        interceptors=interceptors,
     )
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    if tls:
+        cert, key = (path.read_bytes() for path in tls)
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
     return server, port, health_servicer

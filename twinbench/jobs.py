@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -13,7 +14,13 @@ from pathlib import Path
 
 from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import check_dataset_name
-from twinbench.errors import InvalidArgument, JobCancelled, NotFound, TwinbenchError
+from twinbench.errors import (
+    InvalidArgument,
+    JobCancelled,
+    NotFound,
+    ResourceExhausted,
+    TwinbenchError,
+)
 from twinbench.init import INIT_MODES
 from twinbench.repository import FRAMEWORK_FORMATS
 from twinbench.specs import get_model_spec
@@ -23,6 +30,16 @@ log = logging.getLogger(__name__)
 TERMINAL = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+JOB_ID = re.compile(r"^(torch|tf)-[0-9a-f]{12}$")
+
+
+def check_job_id(job_id: str) -> None:
+    if not JOB_ID.match(job_id):
+        raise InvalidArgument(
+            f"{job_id[:80]!r} is not a job id (torch-<12 hex digits> or tf-<12 hex digits>)"
+        )
 
 
 def state_name(state: int) -> str:
@@ -133,6 +150,7 @@ class JobContext:
         self._manager = manager
         self.job = job  # the live record: change it only through update()
         self.cancel_requested = threading.Event()
+        self.shutting_down = False  # the cancel came from the trainer stopping, not a user
         self._last_progress = 0.0
 
     def check_cancelled(self) -> None:
@@ -173,8 +191,11 @@ RunJob = Callable[[pb.Job, JobContext], None]
 class JobManager:
     """Queues jobs for one trainer and runs them one at a time on a worker thread."""
 
-    def __init__(self, framework: str, store: JobStore, run_job: RunJob) -> None:
+    def __init__(
+        self, framework: str, store: JobStore, run_job: RunJob, max_queued: int = 16
+    ) -> None:
         self.framework = framework
+        self.max_queued = max_queued
         self.store = store
         self.run_job = run_job
         self._lock = threading.RLock()
@@ -186,9 +207,13 @@ class JobManager:
     def start(self) -> None:
         """Recovers what a previous process left, then starts the worker."""
         for job in self.store.list(states=(pb.RUNNING,)):
-            job.state = pb.FAILED
-            job.error = "the trainer stopped while this job was running"
-            job.finished_at = time.time()
+            if job.spec.resume:
+                job.state = pb.QUEUED  # picked up below; training resumes from its checkpoint
+                job.error = f"resuming after epoch {len(job.epochs)}: the trainer had stopped"
+            else:
+                job.state = pb.FAILED
+                job.error = "the trainer stopped while this job was running"
+                job.finished_at = time.time()
             self.store.put(job)
         for job in self.store.list(states=(pb.QUEUED,)):
             self._logs[job.id] = _EventLog()
@@ -196,9 +221,10 @@ class JobManager:
         self._worker.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Cancels the running job (it is recorded as cancelled) and stops the worker."""
+        """Interrupts the running job at its next step (see `_run`) and stops the worker."""
         with self._lock:
             for ctx in self._contexts.values():
+                ctx.shutting_down = True
                 ctx.cancel_requested.set()
         self._queue.put(None)
         self._worker.join(timeout_s)
@@ -207,6 +233,12 @@ class JobManager:
         spec = resolve_spec(spec)
         if spec.framework != self.framework:
             raise InvalidArgument(f"this is the {self.framework} trainer; got {spec.framework!r}")
+        queued = len(self.store.list(states=(pb.QUEUED,)))
+        if queued >= self.max_queued:
+            raise ResourceExhausted(
+                f"the {self.framework} trainer has {queued} jobs queued, its limit; "
+                "wait for one to finish or cancel one"
+            )
         job = pb.Job(
             id=f"{self.framework}-{uuid.uuid4().hex[:12]}",
             spec=spec,
@@ -220,6 +252,7 @@ class JobManager:
         return job
 
     def get(self, job_id: str) -> pb.Job:
+        check_job_id(job_id)
         # Every change to a job is stored as it happens, so the store is always current.
         job = self.store.get(job_id)
         if job is None:
@@ -230,6 +263,7 @@ class JobManager:
         return self.store.list()
 
     def cancel(self, job_id: str) -> pb.Job:
+        check_job_id(job_id)
         with self._lock:
             ctx = self._contexts.get(job_id)
             if ctx is not None:
@@ -287,7 +321,13 @@ class JobManager:
         try:
             self.run_job(job, ctx)
         except JobCancelled:
-            self._finish(job, pb.CANCELLED, "cancelled while running")
+            if not ctx.shutting_down:
+                self._finish(job, pb.CANCELLED, "cancelled while running")
+            elif job.spec.resume:
+                reason = f"the trainer stopped; resumes after epoch {len(job.epochs)}"
+                self._finish(job, pb.QUEUED, reason)
+            else:
+                self._finish(job, pb.FAILED, "interrupted: the trainer stopped during the job")
         except TwinbenchError as exc:
             self._finish(job, pb.FAILED, str(exc))
         except Exception as exc:  # noqa: BLE001 - a failed job is a record, not a crash
@@ -297,10 +337,12 @@ class JobManager:
             self._finish(job, pb.SUCCEEDED, "")
 
     def _finish(self, job: pb.Job, state: int, error: str) -> None:
+        """Ends the job's run: in a final state, or QUEUED again when it will resume later."""
         with self._lock:
             job.state = state
             job.error = error
-            job.finished_at = time.time()
+            if state in TERMINAL:
+                job.finished_at = time.time()
             self.store.put(job)
             self._contexts.pop(job.id, None)
             event_log = self._logs.pop(job.id, None)

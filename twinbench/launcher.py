@@ -17,9 +17,13 @@ from twinbench.config import DEFAULT_PORTS, Settings
 TRAINERS = ("torch_trainer", "tf_trainer")
 
 
-def is_serving(address: str, timeout_s: float = 1.0) -> bool:
-    """True when the gRPC health service at `address` says SERVING."""
-    with grpc.insecure_channel(address) as channel:
+def is_serving(address: str, timeout_s: float = 1.0, tls_ca: Path | None = None) -> bool:
+    """True when the gRPC health service at `address` says SERVING (over TLS with `tls_ca`)."""
+    if tls_ca:
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca.read_bytes()))
+    else:
+        channel = grpc.insecure_channel(address)
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
@@ -32,17 +36,25 @@ def is_serving(address: str, timeout_s: float = 1.0) -> bool:
 class LocalStack:
     """Starts torch_trainer, tf_trainer and the gateway; `ports` of 0 let each pick a free one."""
 
-    def __init__(self, settings: Settings, ports: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ports: dict[str, int] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.ports = dict(DEFAULT_PORTS if ports is None else ports)
+        self.extra_env = env or {}  # more TWINBENCH_* settings for the services
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property
     def gateway_address(self) -> str:
-        return f"127.0.0.1:{self.ports['gateway']}"
+        return self.address("gateway")
 
     def address(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports[service]}"
+        # A TLS certificate names a host, not an IP address: clients use localhost then.
+        host = "localhost" if service == "gateway" and self.settings.tls_cert else "127.0.0.1"
+        return f"{host}:{self.ports[service]}"
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -64,7 +76,7 @@ class LocalStack:
             raise
 
     def _env(self, service: str) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         env.update(
             TWINBENCH_HOME=str(self.settings.home),
             TWINBENCH_LISTEN=f"127.0.0.1:{self.ports[service]}",
@@ -102,7 +114,8 @@ class LocalStack:
             port_file = self._port_file(service)
             if port_file.exists():
                 self.ports[service] = int(port_file.read_text())
-                if is_serving(self.address(service)):
+                tls_ca = self.settings.tls_ca if service == "gateway" else None
+                if is_serving(self.address(service), tls_ca=tls_ca):
                     return
             time.sleep(0.2)
         raise TimeoutError(
@@ -129,8 +142,17 @@ class LocalStack:
     def restart(self, service: str, timeout_s: float = 180.0) -> None:
         """Stops one service and starts it again on the same port."""
         self.stop_service(service)
+        self.start_service(service, timeout_s)
+
+    def start_service(self, service: str, timeout_s: float = 180.0) -> None:
         self._spawn(service)
         self._await(service, timeout_s)
+
+    def kill(self, service: str) -> None:
+        """SIGKILL: the service gets no chance to clean up, as in a crash."""
+        proc = self.procs.pop(service)
+        proc.kill()
+        proc.wait()
 
     def stop(self) -> None:
         for service in ("gateway", *TRAINERS):

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from twinbench.errors import InvalidArgument
+
 # format -> (file or folder name inside a version, Triton platform, framework that writes it)
 FORMATS: dict[str, tuple[str, str]] = {
     "torchscript": ("model.pt", "pytorch_libtorch"),
@@ -25,6 +27,15 @@ INFO_FILE = "export.json"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+
+
+def check_model_name(name: str) -> None:
+    """Model names become paths: a strict character set, so none can leave the repository."""
+    if not NAME_PATTERN.match(name):
+        raise InvalidArgument(
+            f"{name[:80]!r} is not a model name: lower-case letters, digits, '.', '_' and '-',"
+            " starting with a letter or digit"
+        )
 
 
 def model_name(model: str, framework: str, fmt: str) -> str:
@@ -150,6 +161,14 @@ class ModelRepository:
             yield staging
         finally:
             staging.discard()  # a no-op once published
+
+    def remove_staging(self, framework: str) -> list[Path]:
+        """Deletes what a killed export of `framework` left half-written; never listed or served."""
+        removed = []
+        for staging in self.root.glob(f"*-{framework}-*/.staging-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+        return removed
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))

@@ -13,7 +13,13 @@ import numpy as np
 from twinbench import __version__
 from twinbench.api import inference_pb2 as pb
 from twinbench.errors import InvalidArgument, NotFound, Unavailable
-from twinbench.repository import INPUT_NAME, OUTPUT_NAME, ExportInfo, ModelRepository
+from twinbench.repository import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ExportInfo,
+    ModelRepository,
+    check_model_name,
+)
 from twinbench.tensors import TensorError, add_output, decode_inputs
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,8 @@ class InferenceCore:
     def _version(self, name: str, version: str) -> int:
         """The version a request means; the disk is only read again on a miss, not per request."""
         versions = self.versions(name)
+        if not versions:
+            check_model_name(name)
         if not versions or (version and (not version.isdigit() or int(version) not in versions)):
             self.refresh()
             versions = self.versions(name)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
-from twinbench.api.trainer_pb2 import Job
-from twinbench.config import load_settings
+from twinbench.api.trainer_pb2 import QUEUED, RUNNING, Job
+from twinbench.config import Settings, load_settings
 from twinbench.grpc_server import (
     configure_logging,
     create_server,
@@ -15,7 +17,9 @@ from twinbench.jobs import JobContext, JobManager, JobStore
 from twinbench.repository import ModelRepository
 from twinbench.servicers import InferenceServicer, TrainerServicer
 from twinbench.serving import InferenceCore
-from twinbench.training import Framework, run_training
+from twinbench.training import Framework, checkpoints_for, run_training
+
+log = logging.getLogger(__name__)
 
 
 def serve_trainer(framework: Framework) -> None:
@@ -32,16 +36,27 @@ def serve_trainer(framework: Framework) -> None:
         finally:
             core.refresh()  # serve what the job published, even if a later export failed
 
-    manager = JobManager(framework.name, store, run_job)
+    manager = JobManager(framework.name, store, run_job, settings.max_queued_jobs)
+    for staging in repository.remove_staging(framework.name):
+        log.warning("removed %s, left by an export that did not finish", staging)
 
     server, port, health = create_server(settings.listen_address(service), settings)
     trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(manager), server)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
     core.preload()
     manager.start()
+    _remove_stale_checkpoints(settings, store)
     server.start()
     set_serving(health, True)
     try:
         run_until_signalled(server, health, service, port, settings, on_stop=manager.stop)
     finally:
         store.close()
+
+
+def _remove_stale_checkpoints(settings: Settings, store: JobStore) -> None:
+    """Checkpoints are kept only for jobs that will resume (left QUEUED by an interruption)."""
+    waiting = {job.id for job in store.list(states=(QUEUED, RUNNING))}
+    for directory in (settings.home / "checkpoints").glob("*"):
+        if directory.name not in waiting:
+            checkpoints_for(settings, directory.name).remove()

@@ -7,14 +7,17 @@ form each batch, how loss and accuracy are computed, what a second measures) liv
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from google.protobuf import json_format
 
 from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings
@@ -53,6 +56,11 @@ class Session(Protocol):
 
     def fairness(self) -> dict[str, str]:
         """How this framework set the constants that silently differ (see DESIGN's table)."""
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Weights and optimizer state, in one file."""
+
+    def load_checkpoint(self, path: Path) -> None: ...
 
 
 class Framework(Protocol):
@@ -123,6 +131,43 @@ SHARED_FAIRNESS = {
 }
 
 
+class Checkpoints:
+    """One job's checkpoints: a file per finished epoch, and state.json naming the latest.
+
+    state.json is replaced atomically after the epoch's file is whole, so a crash at any moment
+    leaves a consistent pair: weights, optimizer state, spec and epoch.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def latest(self) -> tuple[int, Path] | None:
+        try:
+            state = json.loads((self.directory / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return state["epoch"], self.directory / state["file"]
+
+    def save(self, session: Session, spec: pb.JobSpec, epoch: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{epoch}.ckpt"
+        session.save_checkpoint(self.directory / name)
+        state = {"epoch": epoch, "file": name, "spec": json_format.MessageToDict(spec)}
+        tmp = self.directory / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.directory / "state.json")
+        for old in self.directory.glob("epoch-*.ckpt"):
+            if old.name != name:
+                old.unlink()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def checkpoints_for(settings: Settings, job_id: str) -> Checkpoints:
+    return Checkpoints(settings.home / "checkpoints" / job_id)
+
+
 def run_training(
     framework: Framework,
     repository: ModelRepository,
@@ -130,8 +175,13 @@ def run_training(
     job: pb.Job,
     ctx: JobContext,
 ) -> None:
-    with PeakRss() as rss:
-        _train_and_export(framework, repository, settings, job, ctx, rss)
+    checkpoints = checkpoints_for(settings, job.id)
+    try:
+        with PeakRss() as rss:
+            _train_and_export(framework, repository, settings, job, ctx, rss, checkpoints)
+    finally:
+        if not (ctx.shutting_down and job.spec.resume):
+            checkpoints.remove()  # only a job that will resume needs them
 
 
 def _train_and_export(
@@ -141,6 +191,7 @@ def _train_and_export(
     job: pb.Job,
     ctx: JobContext,
     rss: PeakRss,
+    checkpoints: Checkpoints,
 ) -> None:
     spec = job.spec
     model = get_model_spec(spec.model)
@@ -169,9 +220,27 @@ def _train_and_export(
     n, batch_size = len(train), spec.batch_size
     batches = -(-n // batch_size)
     train_seconds = warmup_seconds = time_to_target = 0.0
-    target_epoch = 0
+    target_epoch = first_epoch = 0
+    resumed = checkpoints.latest()
+    if resumed:
+        done, path = resumed
+        session.load_checkpoint(path)
+        kept = list(job.epochs[:done])  # an epoch recorded after the checkpoint is trained again
+
+        def rewind(j: pb.Job) -> None:
+            del j.epochs[:]
+            j.epochs.extend(kept)
+
+        ctx.update(rewind)
+        train_seconds = sum(e.seconds for e in kept)
+        warmup_seconds, first_epoch = job.warmup_seconds, done
+        reached = [e for e in kept if spec.HasField("target_accuracy")
+                   and e.val_accuracy >= spec.target_accuracy]  # fmt: skip
+        if reached:
+            target_epoch = reached[0].epoch
+            time_to_target = sum(e.seconds for e in kept[:target_epoch])
     try:
-        for epoch in range(1, spec.epochs + 1):
+        for epoch in range(first_epoch + 1, spec.epochs + 1):
             order = epoch_order(n, spec.seed, epoch)
             loss_sum, correct = 0.0, 0
             start = time.perf_counter()
@@ -179,7 +248,7 @@ def _train_and_export(
                 ctx.check_cancelled()
                 rows = order[b * batch_size : (b + 1) * batch_size]
                 loss, hits = session.train_batch(train_x[rows], train.y[rows])
-                if epoch == 1 and b == 0:
+                if epoch == first_epoch + 1 and b == 0 and not resumed:
                     warmup_seconds = time.perf_counter() - start  # loss is fetched: synchronized
                 loss_sum += loss * len(rows)
                 correct += hits
@@ -211,13 +280,18 @@ def _train_and_export(
             if spec.HasField("target_accuracy") and not target_epoch:
                 if val_accuracy >= spec.target_accuracy:
                     target_epoch, time_to_target = epoch, train_seconds
+            checkpoints.save(session, spec, epoch)  # outside the timed part, like evaluation
     finally:
         board.close()
 
     test_loss, test_accuracy, predicted = _evaluate(session, test_x, data.test.y)
     matrix = confusion_matrix(data.test.y, predicted, data.num_classes)
-    steady_steps_seconds = train_seconds - warmup_seconds
-    steady_samples = n * spec.epochs - min(n, batch_size)
+    steady_steps_seconds = (
+        train_seconds
+        - sum(e.seconds for e in job.epochs[:first_epoch])
+        - (0.0 if resumed else warmup_seconds)
+    )
+    steady_samples = n * (spec.epochs - first_epoch) - (0 if resumed else min(n, batch_size))
 
     def finished(j: pb.Job) -> None:
         j.train_seconds = train_seconds

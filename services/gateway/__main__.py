@@ -2,6 +2,7 @@
 
 import threading
 
+from services.gateway.auth import BearerTokenInterceptor
 from services.gateway.router import Gateway
 from services.gateway.servicers import GatewayInferenceServicer, GatewayTrainerServicer
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
@@ -18,7 +19,15 @@ def main() -> None:
     configure_logging()
     settings = load_settings()
     gateway = Gateway(settings)
-    server, port, health = create_server(settings.listen_address("gateway"), settings)
+    interceptors = (
+        (BearerTokenInterceptor(settings.token, settings.inference_open),) if settings.token else ()
+    )
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SystemExit("set both TWINBENCH_TLS_CERT and TWINBENCH_TLS_KEY, or neither")
+    tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+    server, port, health = create_server(
+        settings.listen_address("gateway"), settings, interceptors=interceptors, tls=tls
+    )
     trainer_pb2_grpc.add_TrainerServicer_to_server(GatewayTrainerServicer(gateway), server)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         GatewayInferenceServicer(gateway), server

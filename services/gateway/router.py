@@ -19,7 +19,8 @@ from twinbench.errors import (
     Unavailable,
     UpstreamError,
 )
-from twinbench.jobs import resolve_spec
+from twinbench.jobs import check_job_id, resolve_spec
+from twinbench.repository import check_model_name
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,14 @@ class Backend:
     def __init__(self, framework: str, address: str, settings: Settings) -> None:
         self.framework = framework
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=settings.grpc_options())
+        options = [
+            *settings.grpc_options(),
+            # A restarted trainer is found again within a second, not after a long backoff.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        self.channel = grpc.insecure_channel(address, options=options)
         self.trainer = trainer_pb2_grpc.TrainerStub(self.channel)
         self.inference = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
@@ -90,10 +98,8 @@ class Gateway:
     # --- training ---
 
     def _job_backend(self, job_id: str) -> Backend:
-        backend = self.backends.get(job_id.split("-", 1)[0])
-        if backend is None:
-            raise NotFound(f"no job {job_id!r}; `twinbench jobs` lists them")
-        return backend
+        check_job_id(job_id)  # its prefix names the trainer that owns it
+        return self.backends[job_id.split("-", 1)[0]]
 
     def create_job(self, spec: tpb.JobSpec, remaining: float | None) -> tpb.CreateJobResponse:
         frameworks = list(FRAMEWORKS) if spec.framework == "both" else [spec.framework]
@@ -168,6 +174,7 @@ class Gateway:
         if backend is None:
             if not name:
                 raise InvalidArgument("the request names no model")
+            check_model_name(name)  # garbage never costs a look at the backends
             self.refresh_routes()  # a model exported since the last look
             backend = self._routes.get(name)
             if backend is None:

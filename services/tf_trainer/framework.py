@@ -142,6 +142,22 @@ class TFSession:
             "gpu memory": "memory growth on",
         }
 
+    def save_checkpoint(self, path: Path) -> None:
+        arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
+        arrays.update({f"o{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        with np.load(path) as arrays:
+            weights = [arrays[f"w{i}"] for i in range(len(self.model.get_weights()))]
+            self.model.set_weights(weights)
+            # The optimizer creates its slots on first use: create them now, then fill them.
+            self.optimizer.build(self.model.trainable_variables)
+            for i, variable in enumerate(self.optimizer.variables):
+                variable.assign(arrays[f"o{i}"])
+
     def _step(self, x, y):
         if self.augment is not None:
             x = self.augment(x, training=True)

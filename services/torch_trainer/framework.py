@@ -157,6 +157,21 @@ class TorchSession:
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return x  # the shared layout is already NCHW
 
+    def save_checkpoint(self, path: Path) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.augment:
+            state["augment_rng"] = self.augment.generator.get_state()
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.augment and "augment_rng" in state:
+            self.augment.generator.set_state(state["augment_rng"].cpu())
+
     def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self.model.train()
         inputs = torch.from_numpy(x).to(self.device, non_blocking=True)
