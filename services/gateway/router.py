@@ -140,11 +140,17 @@ class Gateway:
         return tpb.ListJobsResponse(jobs=jobs)
 
     def watch_job(
-        self, job_id: str, on_done: Callable[[Callable[[], None]], object]
+        self,
+        job_id: str,
+        remaining: float | None,
+        on_done: Callable[[Callable[[], None]], object],
     ) -> Iterator[tpb.JobEvent]:
-        """Relays the backend's stream; `on_done` registers the cancel of the backend call."""
+        """Relays the backend's stream; `on_done` registers the cancel of the backend call.
+
+        A stream lasts as long as its job, so its only deadline is the client's own.
+        """
         backend = self._job_backend(job_id)
-        stream = backend.trainer.WatchJob(tpb.WatchJobRequest(job_id=job_id))
+        stream = backend.trainer.WatchJob(tpb.WatchJobRequest(job_id=job_id), timeout=remaining)
         on_done(stream.cancel)  # the client leaving ends the backend stream too
         try:
             yield from stream

@@ -18,7 +18,9 @@ class GatewayTrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return self.gateway.create_job(request.spec, context.time_remaining())
 
     def WatchJob(self, request, context):
-        yield from self.gateway.watch_job(request.job_id, context.add_callback)
+        yield from self.gateway.watch_job(
+            request.job_id, context.time_remaining(), context.add_callback
+        )
 
     def GetJob(self, request, context):
         return self.gateway.get_job(request.job_id, context.time_remaining())
