@@ -32,9 +32,14 @@ def settings(home):
     return load_settings({"TWINBENCH_HOME": str(home)})
 
 
+# Two models are served with dynamic batching, so every test that infers on them exercises it.
+BATCHED = "lenet5-torch-onnx,lenet5-tf-savedmodel"
+
+
 @pytest.fixture(scope="session")
 def stack(settings):
-    with LocalStack(settings, ports={"gateway": 0, "torch_trainer": 0, "tf_trainer": 0}) as s:
+    ports = {"gateway": 0, "torch_trainer": 0, "tf_trainer": 0}
+    with LocalStack(settings, ports, env={"TWINBENCH_DYNAMIC_BATCHING": BATCHED}) as s:
         yield s
 
 

@@ -407,6 +407,33 @@ def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.bench import run_serving_bench, summary
+
+    print(
+        f"{'path':<24} {'model':<26} {'conc':>4} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}"
+    )
+
+    def report(f) -> None:
+        print(
+            f"{f.path:<24} {f.model:<26} {f.concurrency:>4} {f.requests:>9,} {f.p50_ms:>8.3f}"
+            f" {f.p99_ms:>8.3f} {f.rps:>9,.0f}",
+            flush=True,
+        )
+
+    figures = run_serving_bench(
+        settings,
+        model=args.model,
+        formats=tuple(args.formats.split(",")),
+        concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
+        seconds=args.seconds,
+        report=report,
+    )
+    for line in summary(figures):
+        print(line)
+    return 0
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     with LocalStack(settings) as stack:
         print(
@@ -485,6 +512,17 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "--dir", help="data folder (default: TWINBENCH_DATA, or TWINBENCH_HOME/data)"
     )
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    serving = bench_sub.add_parser(
+        "serving", help="runtime vs trainer vs gateway vs gateway with dynamic batching"
+    )
+    serving.add_argument("--model", choices=sorted(MODELS), default="lenet5")
+    serving.add_argument("--formats", default="onnx,torchscript", help="(default: %(default)s)")
+    serving.add_argument("--concurrency", default="1,8,32", help="(default: %(default)s)")
+    serving.add_argument(
+        "--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)"
+    )
     parity = sub.add_parser(
         "parity", help="copy PyTorch weights into Keras and compare logits (exit 1 above 1e-5)"
     )
@@ -527,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_parity(args)
         if args.command == "data":
             return cmd_data(settings, args)
+        if args.command == "bench":
+            return cmd_bench(settings, args)
         client = Client(args.gateway, settings)
         handler = {
             "train": cmd_train,

@@ -23,6 +23,9 @@ class Settings:
     backend_timeout_s: float
     max_batch_size: int
     max_queued_jobs: int  # per trainer; more get RESOURCE_EXHAUSTED
+    dynamic_batching: str  # "off", "on" (every model), or a comma-separated list of model names
+    batch_max_rows: int  # the most rows one merged batch holds
+    batch_delay_s: float  # how long the first request waits for company (0: only what is queued)
     token: str  # when set, the gateway wants `authorization: Bearer <token>`
     inference_open: bool  # inference needs no token even when one is set
     tls_cert: Path | None  # the gateway's certificate and key (PEM); both or neither
@@ -50,6 +53,12 @@ class Settings:
     def listen_address(self, service: str) -> str:
         return self.listen or f"127.0.0.1:{DEFAULT_PORTS[service]}"
 
+    def batches(self, model_name: str) -> bool:
+        """Whether `model_name` is served with dynamic batching."""
+        if self.dynamic_batching in ("off", ""):
+            return False
+        return self.dynamic_batching == "on" or model_name in self.dynamic_batching.split(",")
+
     def grpc_options(self) -> list[tuple[str, int]]:
         """Message limits set explicitly on both ends: gRPC's 4 MiB receive default is too small for batches."""
         return [
@@ -76,6 +85,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_timeout_s=float(get("BACKEND_TIMEOUT_S", "30")),
         max_batch_size=int(get("MAX_BATCH_SIZE", "256")),
         max_queued_jobs=int(get("MAX_QUEUED_JOBS", "16")),
+        dynamic_batching=get("DYNAMIC_BATCHING", "off"),
+        batch_max_rows=int(get("BATCH_MAX_ROWS", "64")),
+        batch_delay_s=float(get("BATCH_DELAY_US", "0")) / 1e6,
         token=env.get("TWINBENCH_TOKEN", ""),
         inference_open=get("INFERENCE_OPEN", "false").lower() in ("1", "true", "yes"),
         tls_cert=_path(env.get("TWINBENCH_TLS_CERT")),

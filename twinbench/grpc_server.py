@@ -51,6 +51,12 @@ def handle_errors(method: Callable) -> Callable:
     return unary
 
 
+def time_remaining(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline in seconds, or None when it set none (gRPC then says ~3e11 years)."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e9 else remaining
+
+
 def map_errors(cls: type) -> type:
     """Class decorator: applies `handle_errors` to every RPC method (names start upper-case)."""
     for name, member in list(vars(cls).items()):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
@@ -12,6 +15,7 @@ import numpy as np
 
 from twinbench import __version__
 from twinbench.api import inference_pb2 as pb
+from twinbench.config import Settings
 from twinbench.errors import InvalidArgument, NotFound, Unavailable
 from twinbench.repository import (
     INPUT_NAME,
@@ -48,10 +52,67 @@ class OnnxRuntime:
         return self.session.run(None, {self.input_name: batch})[0]
 
 
+class DynamicBatcher:
+    """Merges concurrent requests for one model version into one runtime call, as Triton does.
+
+    The first request waits at most `delay_s` for company (0: it takes only what is already
+    queued, so a lone caller pays nothing); results are split back to their callers in order.
+    """
+
+    def __init__(self, runtime: Runtime, max_rows: int, delay_s: float) -> None:
+        self.runtime = runtime
+        self.max_rows = max_rows
+        self.delay_s = delay_s
+        self._queue: queue.SimpleQueue[tuple[np.ndarray, Future]] = queue.SimpleQueue()
+        threading.Thread(target=self._work, name="dynamic-batcher", daemon=True).start()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        done: Future = Future()
+        self._queue.put((batch, done))
+        return done.result()
+
+    def _collect(self) -> list[tuple[np.ndarray, Future]]:
+        items = [self._queue.get()]
+        rows = len(items[0][0])
+        deadline = time.perf_counter() + self.delay_s
+        while rows < self.max_rows:
+            try:
+                wait = deadline - time.perf_counter()
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            items.append(item)
+            rows += len(item[0])
+        return items
+
+    def _work(self) -> None:
+        while True:
+            items = self._collect()
+            batches = [batch for batch, _ in items]
+            try:
+                merged = batches[0] if len(batches) == 1 else np.concatenate(batches)
+                out = self.runtime.infer(merged)
+            except Exception as exc:  # noqa: BLE001 - every caller gets the error
+                for _, done in items:
+                    done.set_exception(exc)
+                continue
+            start = 0
+            for batch, done in items:
+                done.set_result(out[start : start + len(batch)])
+                start += len(batch)
+
+
 class InferenceCore:
     """Serves the versions of `framework`'s exports whose formats it has loaders for."""
 
-    def __init__(self, repository: ModelRepository, framework: str, loaders: dict[str, Loader]):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        framework: str,
+        loaders: dict[str, Loader],
+        settings: Settings | None = None,
+    ):
+        self.settings = settings
         self.repository = repository
         self.framework = framework
         self.loaders = loaders
@@ -106,6 +167,10 @@ class InferenceCore:
                 path = self.repository.version_dir(*key) / info.filename
                 try:
                     runtime = self.loaders[info.format](path)
+                    if self.settings and self.settings.batches(name):
+                        runtime = DynamicBatcher(
+                            runtime, self.settings.batch_max_rows, self.settings.batch_delay_s
+                        )
                 except Exception as exc:
                     log.exception("cannot load %s version %d", *key)
                     raise Unavailable(f"model {name!r} version {key[1]} failed to load") from exc

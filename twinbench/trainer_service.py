@@ -28,7 +28,7 @@ def serve_trainer(framework: Framework) -> None:
     service = f"{framework.name}_trainer"
     repository = ModelRepository(settings.model_repository)
     store = JobStore(settings.jobs_db(framework.name))
-    core = InferenceCore(repository, framework.name, framework.loaders)
+    core = InferenceCore(repository, framework.name, framework.loaders, settings)
 
     def run_job(job: Job, ctx: JobContext) -> None:
         try:

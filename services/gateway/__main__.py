@@ -4,8 +4,12 @@ import threading
 
 from services.gateway.auth import BearerTokenInterceptor
 from services.gateway.router import Gateway
-from services.gateway.servicers import GatewayInferenceServicer, GatewayTrainerServicer
-from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
+from services.gateway.servicers import (
+    GatewayInferenceServicer,
+    GatewayTrainerServicer,
+    inference_handler,
+)
+from twinbench.api import trainer_pb2_grpc
 from twinbench.config import load_settings
 from twinbench.grpc_server import (
     configure_logging,
@@ -29,9 +33,7 @@ def main() -> None:
         settings.listen_address("gateway"), settings, interceptors=interceptors, tls=tls
     )
     trainer_pb2_grpc.add_TrainerServicer_to_server(GatewayTrainerServicer(gateway), server)
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        GatewayInferenceServicer(gateway), server
-    )
+    server.add_generic_rpc_handlers((inference_handler(GatewayInferenceServicer(gateway)),))
     server.start()
     stop = threading.Event()
 

@@ -27,6 +27,46 @@ log = logging.getLogger(__name__)
 INDEX_TIMEOUT_S = 2.0
 
 
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data):
+            raise InvalidArgument("the request is not a valid ModelInferRequest")
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def model_name_of(raw: bytes) -> str:
+    """Field 1 (model_name) of a serialized ModelInferRequest, read without parsing the rest.
+
+    Serializers write fields in number order, so this usually reads a few bytes; the tensors
+    are never looked at.
+    """
+    i = 0
+    while i < len(raw):
+        key, i = _varint(raw, i)
+        field, wire = key >> 3, key & 7
+        if wire == 2:  # length-delimited
+            length, i = _varint(raw, i)
+            if field == 1:
+                return raw[i : i + length].decode("utf-8", "replace")
+            i += length
+        elif wire == 0:
+            _, i = _varint(raw, i)
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise InvalidArgument("the request is not a valid ModelInferRequest")
+    return ""
+
+
 class Backend:
     """One trainer: a persistent channel and its two stubs."""
 
@@ -43,6 +83,8 @@ class Backend:
         self.channel = grpc.insecure_channel(address, options=options)
         self.trainer = trainer_pb2_grpc.TrainerStub(self.channel)
         self.inference = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        # The hot path: request and response pass through as bytes, never parsed here.
+        self.infer_raw = self.channel.unary_unary(INFER_METHOD)
 
     def call(self, method: Callable, request, timeout: float):
         """Calls the backend; its failures become domain errors that name it."""
@@ -187,9 +229,9 @@ class Gateway:
                 raise NotFound(f"unknown model {name!r}; `twinbench models` lists the served ones")
         return backend
 
-    def infer(self, request: ipb.ModelInferRequest, remaining: float | None):
-        backend = self.route(request.model_name)
-        return backend.call(backend.inference.ModelInfer, request, self._timeout(remaining))
+    def infer(self, raw_request: bytes, remaining: float | None) -> bytes:
+        backend = self.route(model_name_of(raw_request))
+        return backend.call(backend.infer_raw, raw_request, self._timeout(remaining))
 
     def model_ready(self, request: ipb.ModelReadyRequest, remaining: float | None):
         try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import grpc
+
 from services.gateway.router import Gateway
 from twinbench import __version__
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
-from twinbench.grpc_server import map_errors
+from twinbench.grpc_server import map_errors, time_remaining
 
 
 @map_errors
@@ -15,21 +17,21 @@ class GatewayTrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self.gateway = gateway
 
     def CreateJob(self, request, context):
-        return self.gateway.create_job(request.spec, context.time_remaining())
+        return self.gateway.create_job(request.spec, time_remaining(context))
 
     def WatchJob(self, request, context):
         yield from self.gateway.watch_job(
-            request.job_id, context.time_remaining(), context.add_callback
+            request.job_id, time_remaining(context), context.add_callback
         )
 
     def GetJob(self, request, context):
-        return self.gateway.get_job(request.job_id, context.time_remaining())
+        return self.gateway.get_job(request.job_id, time_remaining(context))
 
     def ListJobs(self, request, context):
-        return self.gateway.list_jobs(context.time_remaining())
+        return self.gateway.list_jobs(time_remaining(context))
 
     def CancelJob(self, request, context):
-        return self.gateway.cancel_job(request.job_id, context.time_remaining())
+        return self.gateway.cancel_job(request.job_id, time_remaining(context))
 
 
 @map_errors
@@ -44,7 +46,7 @@ class GatewayInferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return ipb.ServerReadyResponse(ready=self.gateway.server_ready())
 
     def ModelReady(self, request, context):
-        return self.gateway.model_ready(request, context.time_remaining())
+        return self.gateway.model_ready(request, time_remaining(context))
 
     def ServerMetadata(self, request, context):
         return ipb.ServerMetadataResponse(
@@ -52,10 +54,29 @@ class GatewayInferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     def ModelMetadata(self, request, context):
-        return self.gateway.model_metadata(request, context.time_remaining())
+        return self.gateway.model_metadata(request, time_remaining(context))
 
     def ModelInfer(self, request, context):
-        return self.gateway.infer(request, context.time_remaining())
+        # `request` is the serialized message: see inference_handler.
+        return self.gateway.infer(request, time_remaining(context))
 
     def RepositoryIndex(self, request, context):
         return self.gateway.repository_index(request.ready)
+
+
+def inference_handler(servicer: GatewayInferenceServicer) -> grpc.GenericRpcHandler:
+    """The V2 service with ModelInfer taking and returning bytes, so the gateway never parses a
+    tensor; every other method as the generated code registers it."""
+    handlers = {}
+    for method in ipb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
+            continue
+        request = getattr(ipb, method.input_type.name)
+        response = getattr(ipb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
