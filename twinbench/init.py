@@ -13,6 +13,7 @@ import numpy as np
 from twinbench.specs import Conv, Dense, ModelSpec
 
 INIT_MODES = ("shared", "framework")
+SHARED_INIT = "shared: Glorot uniform, zero biases, drawn from the seed in shared code"
 
 Weights = list[tuple[np.ndarray, np.ndarray]]  # (kernel, bias) per conv or dense layer, in order
 

@@ -225,7 +225,8 @@ def _train_and_export(
     if resumed:
         done, path = resumed
         session.load_checkpoint(path)
-        kept = list(job.epochs[:done])  # an epoch recorded after the checkpoint is trained again
+        # Copies: an epoch recorded after the checkpoint was written is trained again.
+        kept = [pb.EpochMetrics.FromString(e.SerializeToString()) for e in job.epochs[:done]]
 
         def rewind(j: pb.Job) -> None:
             del j.epochs[:]

@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402
 from twinbench.api import trainer_pb2 as pb  # noqa: E402
 from twinbench.datasets import Dataset  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
-from twinbench.init import keras_layout, shared_initial_weights  # noqa: E402
+from twinbench.init import SHARED_INIT, keras_layout, shared_initial_weights  # noqa: E402
 from twinbench.serving import OnnxRuntime  # noqa: E402
 from twinbench.specs import Augment, Conv, Dense, Flatten, ModelSpec, Pool  # noqa: E402
 
@@ -126,7 +126,7 @@ class TFSession:
     def fairness(self) -> dict[str, str]:
         opt, augment = self.spec.optimizer, self.model_spec.augment
         return {
-            "init": "shared: Glorot uniform, zero biases, drawn from the seed in shared code"
+            "init": SHARED_INIT
             if self.spec.init == "shared"
             else "Keras's own: Glorot uniform, zero biases",
             "optimizer": f"Adam, epsilon {opt.epsilon:g} added before the bias correction"

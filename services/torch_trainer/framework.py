@@ -14,7 +14,7 @@ from torch import nn
 from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import Dataset
 from twinbench.errors import InvalidArgument
-from twinbench.init import Weights, shared_initial_weights
+from twinbench.init import SHARED_INIT, Weights, shared_initial_weights
 from twinbench.serving import OnnxRuntime
 from twinbench.specs import Augment, Conv, Dense, Flatten, ModelSpec, Pool
 
@@ -139,7 +139,7 @@ class TorchSession:
     def fairness(self) -> dict[str, str]:
         opt, augment = self.spec.optimizer, self.model_spec.augment
         return {
-            "init": "shared: Glorot uniform, zero biases, drawn from the seed in shared code"
+            "init": SHARED_INIT
             if self.spec.init == "shared"
             else "PyTorch's own: Kaiming uniform (a=sqrt 5), biases U(+-1/sqrt fan_in)",
             "optimizer": f"Adam, eps {opt.epsilon:g} added after the bias correction"
