@@ -25,10 +25,6 @@ class ResourceExhausted(TwinbenchError):
     code = "RESOURCE_EXHAUSTED"
 
 
-class Unauthenticated(TwinbenchError):
-    code = "UNAUTHENTICATED"
-
-
 class DeadlineExceeded(TwinbenchError):
     code = "DEADLINE_EXCEEDED"
 

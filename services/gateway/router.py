@@ -201,21 +201,29 @@ class Gateway:
 
     # --- inference ---
 
+    def _index(self, backend: Backend) -> ipb.RepositoryIndexResponse | None:
+        """The backend's index, with the routing table brought up to date; None when it is down.
+
+        A backend that is down keeps its last known models: they answer UNAVAILABLE, not
+        NOT_FOUND.
+        """
+        try:
+            index = backend.inference.RepositoryIndex(
+                ipb.RepositoryIndexRequest(), timeout=INDEX_TIMEOUT_S
+            )
+        except grpc.RpcError:
+            return None
+        names = {m.name for m in index.models}
+        with self._routes_lock:
+            for name in [n for n, b in self._routes.items() if b is backend and n not in names]:
+                del self._routes[name]
+            for name in names:
+                self._routes[name] = backend
+        return index
+
     def refresh_routes(self) -> None:
         for backend in self.backends.values():
-            try:
-                index = backend.inference.RepositoryIndex(
-                    ipb.RepositoryIndexRequest(), timeout=INDEX_TIMEOUT_S
-                )
-            except grpc.RpcError:
-                continue  # keep its last known models: they answer UNAVAILABLE, not NOT_FOUND
-            names = {m.name for m in index.models}
-            with self._routes_lock:
-                for name in [n for n, b in self._routes.items() if b is backend]:
-                    if name not in names:
-                        del self._routes[name]
-                for name in names:
-                    self._routes[name] = backend
+            self._index(backend)
 
     def route(self, name: str) -> Backend:
         backend = self._routes.get(name)
@@ -258,17 +266,10 @@ class Gateway:
         """Every backend's models; those of a backend that is down are listed UNAVAILABLE."""
         response = ipb.RepositoryIndexResponse()
         for backend in self.backends.values():
-            try:
-                index = backend.inference.RepositoryIndex(
-                    ipb.RepositoryIndexRequest(), timeout=INDEX_TIMEOUT_S
-                )
+            index = self._index(backend)
+            if index is not None:
                 response.models.extend(index.models)
-                with self._routes_lock:
-                    for model in index.models:
-                        self._routes[model.name] = backend
-            except grpc.RpcError:
-                if ready_only:
-                    continue
+            elif not ready_only:
                 reason = f"the {backend.framework} trainer is unavailable"
                 with self._routes_lock:
                     lost = sorted(n for n, b in self._routes.items() if b is backend)

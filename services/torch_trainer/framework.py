@@ -184,7 +184,9 @@ class TorchSession:
         loss.backward()
         self.optimizer.step()
         hits = (logits.argmax(dim=1) == labels).sum()
-        return float(loss.item()), int(hits.item())
+        # One transfer, so one device synchronisation per step, not two.
+        loss_value, hit_count = torch.stack([loss.detach(), hits.to(loss.dtype)]).tolist()
+        return loss_value, int(hit_count)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         self.model.eval()
