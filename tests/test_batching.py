@@ -1,48 +1,199 @@
-"""Dynamic batching merges concurrent requests and gives every caller its own answer."""
+"""The inference link and dynamic batching: frames keep their order, every caller gets its own answer."""
 
+import socket
+import threading
+import time
 from concurrent import futures
 
 import numpy as np
 import pytest
 
 from conftest import BATCHED
+from tally import TALLY
 from tests_support import in_process_logits
+from twinbench.api import inference_pb2 as ipb
 from twinbench.datasets import load_dataset
-from twinbench.serving import DynamicBatcher
+from twinbench.errors import Unavailable
+from twinbench.link import (
+    OK,
+    BatchingCaller,
+    LinkClient,
+    LinkError,
+    LinkServer,
+    decode_replies,
+    decode_requests,
+    encode_replies,
+    encode_requests,
+    status_name,
+)
+from twinbench.repository import ModelRepository
+from twinbench.serving import InferenceCore
 from twinbench.tensors import infer_request, output_array
+
+# --- the frame format ---
+
+
+def test_frames_round_trip_in_order():
+    requests = [b"", b"a", bytes(range(256)) * 10]
+    assert decode_requests(encode_requests(requests)[4:]) == requests
+    replies = [(OK, b"x"), (3, b"no such output")]
+    assert decode_replies(encode_replies(replies)[4:], 2) == replies
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        encode_requests([b"abc"])[4:-1],  # ends inside an item
+        encode_requests([b"abc"])[4:] + b"!",  # bytes after the last item
+        b"\0\0\0\2\0\0",  # ends inside an item header
+    ],
+)
+def test_a_malformed_frame_is_refused(body):
+    with pytest.raises(LinkError):
+        decode_requests(body)
+
+
+# --- batching, on a fake link ---
 
 
 class Recorder:
-    """A runtime that remembers the batch sizes it was called with (and doubles its input)."""
+    """A link that answers each request with itself reversed, and remembers its frame sizes."""
 
-    def __init__(self) -> None:
-        self.calls: list[int] = []
+    def __init__(self, delay_s: float = 0.002) -> None:
+        self.frames: list[int] = []
+        self.delay_s = delay_s
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.calls.append(len(batch))
-        return batch * 2
-
-
-def test_the_batcher_merges_and_splits_in_order():
-    recorder = Recorder()
-    batcher = DynamicBatcher(recorder, max_rows=64, delay_s=0.05)
-    inputs = [np.full((1 + i % 3, 4), i, np.float32) for i in range(40)]
-    with futures.ThreadPoolExecutor(40) as pool:
-        outputs = list(pool.map(batcher.infer, inputs))
-    for x, y in zip(inputs, outputs, strict=True):
-        np.testing.assert_array_equal(y, x * 2)
-    assert sum(recorder.calls) == sum(len(x) for x in inputs)
-    assert len(recorder.calls) < len(inputs)  # requests were merged
+    def call(self, requests, timeout):
+        self.frames.append(len(requests))
+        time.sleep(self.delay_s)  # long enough for others to queue up behind a frame
+        return [(OK, r[::-1]) for r in requests]
 
 
-def test_a_runtime_error_reaches_every_caller_in_the_batch():
-    class Broken:
-        def infer(self, batch):
-            raise RuntimeError("boom")
+def test_batching_merges_concurrent_requests_and_answers_each_its_own():
+    link = Recorder()
+    batcher = BatchingCaller(link.call, max_items=8, max_bytes=1 << 20)
+    requests = [f"request-{i}".encode() for i in range(200)]
+    with futures.ThreadPoolExecutor(32) as pool:
+        replies = list(pool.map(lambda r: batcher.call(r, 5.0), requests))
+    assert replies == [(OK, r[::-1]) for r in requests]
+    assert sum(link.frames) == len(requests)
+    assert max(link.frames) <= 8  # the cap holds
+    assert len(link.frames) < len(requests) / 2, link.frames  # and requests were merged
 
-    batcher = DynamicBatcher(Broken(), max_rows=8, delay_s=0.01)
-    with pytest.raises(RuntimeError, match="boom"):
-        batcher.infer(np.zeros((1, 2), np.float32))
+
+def test_a_lone_request_is_sent_at_once():
+    link = Recorder(delay_s=0)
+    batcher = BatchingCaller(link.call, max_items=8, max_bytes=1 << 20)
+    assert [batcher.call(b"ab", 1.0) for _ in range(3)] == [(OK, b"ba")] * 3
+    assert link.frames == [1, 1, 1]
+
+
+def test_a_frame_never_passes_the_byte_limit_but_always_carries_one_request():
+    link = Recorder()
+    batcher = BatchingCaller(link.call, max_items=64, max_bytes=250)
+    with futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: batcher.call(b"x" * n, 5.0), [100] * 30 + [400]))
+    assert max(link.frames) <= 2
+    assert sum(link.frames) == 31
+
+
+def test_a_failed_frame_fails_every_request_in_it_and_the_next_frame_works():
+    failures = iter([True])
+
+    def flaky(requests, timeout):
+        time.sleep(0.005)
+        if next(failures, False):
+            raise Unavailable("the trainer is unavailable")
+        return [(OK, r) for r in requests]
+
+    batcher = BatchingCaller(flaky, max_items=64, max_bytes=1 << 20)
+
+    def ask(i):
+        try:
+            return batcher.call(b"%d" % i, 5.0)
+        except Unavailable:
+            return "unavailable"
+
+    with futures.ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(ask, range(64)))
+    assert "unavailable" in replies
+    assert all(r == "unavailable" or r == (OK, b"%d" % i) for i, r in enumerate(replies))
+    assert replies[-1] == (OK, b"63")
+
+
+# --- the link over a real socket ---
+
+
+def test_the_link_client_survives_a_restarted_server_and_reports_a_dead_one():
+    echo = lambda requests: [(OK, r) for r in requests]  # noqa: E731
+    server = LinkServer("127.0.0.1:0", echo, limit=1 << 20)
+    server.start()
+    port = server.port
+    client = LinkClient(f"127.0.0.1:{port}", "echo trainer", limit=1 << 20)
+    assert client.call([b"one", b"two"], 2.0) == [(OK, b"one"), (OK, b"two")]
+    server.stop()
+    TALLY["faults injected"] += 1
+    with pytest.raises(Unavailable, match="echo trainer at 127.0.0.1"):
+        client.call([b"three"], 2.0)  # the pooled connection is dead, and so is the server
+    server = LinkServer(f"127.0.0.1:{port}", echo, limit=1 << 20)
+    server.start()
+    try:
+        assert client.call([b"four"], 2.0) == [(OK, b"four")]
+        TALLY["faults survived"] += 1
+    finally:
+        server.stop()
+        client.close()
+
+
+def test_a_link_server_closes_a_connection_that_breaks_the_format_and_serves_on():
+    server = LinkServer("127.0.0.1:0", lambda rs: [(OK, r) for r in rs], limit=1024)
+    server.start()
+    try:
+        for garbage in (b"\xff\xff\xff\xff", b"\0\0\0\x08\0\0\0\x09abcd"):  # too big; overrun
+            TALLY["bad inputs tried"] += 1
+            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+                sock.sendall(garbage)
+                assert sock.recv(16) == b""  # closed, with nothing sent back
+        client = LinkClient(f"127.0.0.1:{server.port}", "echo trainer", limit=1024)
+        assert client.call([b"fine"], 2.0) == [(OK, b"fine")]
+        client.close()
+    finally:
+        server.stop()
+
+
+# --- the trainer's side of a frame, on real exports ---
+
+
+def test_a_frame_of_mixed_requests_gets_a_reply_for_each(trained, home):
+    from services.torch_trainer.framework import TorchFramework
+
+    job, _ = trained["torch"]
+    export = next(e for e in job.exports if e.format == "onnx")
+    core = InferenceCore(
+        ModelRepository(home / "model_repository"), "torch", TorchFramework.loaders
+    )
+    images = load_dataset("mnist-5k").test.x[:5]
+    bad_shape = infer_request(export.model_name, images[:1].reshape(1, 28, 28))
+    first_request, last_request = (
+        infer_request(export.model_name, x) for x in (images[:2], images[2:])
+    )
+    first_request.id, last_request.id = "a", "b"
+    frame = [
+        first_request.SerializeToString(),
+        b"\xff\xff not protobuf",
+        bad_shape.SerializeToString(),
+        infer_request("nope-torch-onnx", images[:1]).SerializeToString(),
+        last_request.SerializeToString(),
+    ]
+    TALLY["bad inputs tried"] += 3
+    replies = core.infer_frame(frame)
+    codes = [status_name(status) for status, _ in replies]
+    assert codes == ["OK", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "NOT_FOUND", "OK"]
+    expected = in_process_logits(home, export, images)
+    first, last = (ipb.ModelInferResponse.FromString(replies[i][1]) for i in (0, 4))
+    assert (first.id, last.id) == ("a", "b")
+    np.testing.assert_allclose(output_array(first, "logits"), expected[:2], atol=1e-5)
+    np.testing.assert_allclose(output_array(last, "logits"), expected[2:5], atol=1e-5)
 
 
 @pytest.mark.parametrize("model", BATCHED.split(","))
@@ -51,12 +202,17 @@ def test_concurrent_distinct_requests_each_get_their_own_answer(client, trained,
     job, _ = trained[framework]
     export = next(e for e in job.exports if e.model_name == model)
     images = load_dataset("mnist-5k").test.x[:96]
-    # Requests of 1 or 2 images, all different, sent at once from 32 threads.
-    slices = [(i, i + 1 + i % 2) for i in range(0, 90, 3)]
+    # Requests of 1 or 2 images, all different, sent at once from 32 threads, three rounds.
+    slices = [(i, i + 1 + i % 2) for i in range(0, 90, 3)] * 3
+    barrier = threading.Barrier(32)
 
     def ask(bounds):
         start, stop = bounds
         request = infer_request(model, images[start:stop], version=export.version)
+        try:
+            barrier.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            pass
         return output_array(client.inference.ModelInfer(request), "logits")
 
     with futures.ThreadPoolExecutor(32) as pool:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORTS = {"gateway": 50051, "torch_trainer": 50052, "tf_trainer": 50053}
+# Each trainer's inference link (twinbench.link), which only the gateway calls.
+DEFAULT_LINK_PORTS = {"torch_trainer": 50062, "tf_trainer": 50063}
 FRAMEWORKS = ("torch", "tf")
 
 
@@ -18,14 +20,17 @@ class Settings:
     gateway: str  # where clients (CLI, Locust) find the gateway
     torch_trainer: str  # where the gateway finds each trainer
     tf_trainer: str
+    torch_trainer_link: str  # where the gateway finds each trainer's inference link
+    tf_trainer_link: str
     listen: str | None  # this service's bind address; None: loopback on its default port
+    link_listen: str | None  # a trainer's inference link; None: the host of `listen`, port 5006x
     max_message_bytes: int
     backend_timeout_s: float
     max_batch_size: int
     max_queued_jobs: int  # per trainer; more get RESOURCE_EXHAUSTED
     dynamic_batching: str  # "off", "on" (every model), or a comma-separated list of model names
-    batch_max_rows: int  # the most rows one merged batch holds
-    batch_delay_s: float  # how long the first request waits for company (0: only what is queued)
+    batch_max_rows: int  # the most requests the gateway merges, and rows a trainer runs at once
+    batch_delay_s: float  # how long a batch waits for company (0: only what is already queued)
     token: str  # when set, the gateway wants `authorization: Bearer <token>`
     inference_open: bool  # inference needs no token even when one is set
     tls_cert: Path | None  # the gateway's certificate and key (PEM); both or neither
@@ -50,8 +55,15 @@ class Settings:
     def trainer_address(self, framework: str) -> str:
         return {"torch": self.torch_trainer, "tf": self.tf_trainer}[framework]
 
+    def trainer_link_address(self, framework: str) -> str:
+        return {"torch": self.torch_trainer_link, "tf": self.tf_trainer_link}[framework]
+
     def listen_address(self, service: str) -> str:
         return self.listen or f"127.0.0.1:{DEFAULT_PORTS[service]}"
+
+    def link_listen_address(self, service: str) -> str:
+        host = self.listen_address(service).rsplit(":", 1)[0]
+        return self.link_listen or f"{host}:{DEFAULT_LINK_PORTS[service]}"
 
     def batches(self, model_name: str) -> bool:
         """Whether `model_name` is served with dynamic batching."""
@@ -74,13 +86,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return env.get(f"TWINBENCH_{name}", default) or default
 
     home = Path(get("HOME", str(Path.home() / ".twinbench"))).expanduser().resolve()
+    torch_trainer = get("TORCH_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['torch_trainer']}")
+    tf_trainer = get("TF_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['tf_trainer']}")
+
+    def link(trainer_address: str, service: str) -> str:
+        """By default a trainer's link is on the host of its gRPC address."""
+        return f"{trainer_address.rsplit(':', 1)[0]}:{DEFAULT_LINK_PORTS[service]}"
+
     return Settings(
         home=home,
         data=Path(get("DATA", str(home / "data"))).expanduser().resolve(),
         gateway=get("GATEWAY", f"127.0.0.1:{DEFAULT_PORTS['gateway']}"),
-        torch_trainer=get("TORCH_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['torch_trainer']}"),
-        tf_trainer=get("TF_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['tf_trainer']}"),
+        torch_trainer=torch_trainer,
+        tf_trainer=tf_trainer,
+        torch_trainer_link=get("TORCH_TRAINER_LINK", link(torch_trainer, "torch_trainer")),
+        tf_trainer_link=get("TF_TRAINER_LINK", link(tf_trainer, "tf_trainer")),
         listen=env.get("TWINBENCH_LISTEN") or None,
+        link_listen=env.get("TWINBENCH_LINK_LISTEN") or None,
         max_message_bytes=int(get("MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
         backend_timeout_s=float(get("BACKEND_TIMEOUT_S", "30")),
         max_batch_size=int(get("MAX_BATCH_SIZE", "256")),

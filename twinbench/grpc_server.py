@@ -117,7 +117,7 @@ def run_until_signalled(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    _write_port_file(settings.home / "run" / f"{name}.port", port)
+    write_port_file(settings.home / "run" / f"{name}.port", port)
     log.info("%s listening on port %d", name, port)
     stopping.wait()
     set_serving(health_servicer, False)
@@ -126,7 +126,7 @@ def run_until_signalled(
     log.info("%s stopped", name)
 
 
-def _write_port_file(path: Path, port: int) -> None:
+def write_port_file(path: Path, port: int) -> None:
     """Tells a launcher which port was bound (port 0 in tests); written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from twinbench.config import DEFAULT_PORTS, Settings
+from twinbench.config import DEFAULT_LINK_PORTS, DEFAULT_PORTS, Settings
 
 TRAINERS = ("torch_trainer", "tf_trainer")
 
@@ -44,6 +44,8 @@ class LocalStack:
     ) -> None:
         self.settings = settings
         self.ports = dict(DEFAULT_PORTS if ports is None else ports)
+        # A trainer asked to pick a free port picks a free one for its inference link too.
+        self.link_ports = {t: 0 if self.ports[t] == 0 else DEFAULT_LINK_PORTS[t] for t in TRAINERS}
         self.extra_env = env or {}  # more TWINBENCH_* settings for the services
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -82,16 +84,21 @@ class LocalStack:
             TWINBENCH_LISTEN=f"127.0.0.1:{self.ports[service]}",
             TWINBENCH_TORCH_TRAINER=self.address("torch_trainer"),
             TWINBENCH_TF_TRAINER=self.address("tf_trainer"),
+            TWINBENCH_TORCH_TRAINER_LINK=f"127.0.0.1:{self.link_ports['torch_trainer']}",
+            TWINBENCH_TF_TRAINER_LINK=f"127.0.0.1:{self.link_ports['tf_trainer']}",
             PYTHONUNBUFFERED="1",
         )
+        if service in TRAINERS:
+            env["TWINBENCH_LINK_LISTEN"] = f"127.0.0.1:{self.link_ports[service]}"
         return env
 
-    def _port_file(self, service: str) -> Path:
-        return self.settings.home / "run" / f"{service}.port"
+    def _port_file(self, service: str, kind: str = "") -> Path:
+        return self.settings.home / "run" / f"{service}{kind}.port"
 
     def _spawn(self, service: str) -> None:
         self.settings.logs.mkdir(parents=True, exist_ok=True)
         self._port_file(service).unlink(missing_ok=True)
+        self._port_file(service, ".link").unlink(missing_ok=True)
         log = open(self.settings.logs / f"{service}.log", "ab")  # noqa: SIM115 - the child owns it
         self.procs[service] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
@@ -114,6 +121,8 @@ class LocalStack:
             port_file = self._port_file(service)
             if port_file.exists():
                 self.ports[service] = int(port_file.read_text())
+                if service in TRAINERS:  # its link's port file was written first
+                    self.link_ports[service] = int(self._port_file(service, ".link").read_text())
                 tls_ca = self.settings.tls_ca if service == "gateway" else None
                 if is_serving(self.address(service), tls_ca=tls_ca):
                     return

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from twinbench import __version__
 from twinbench.api import inference_pb2 as pb
-from twinbench.config import Settings
-from twinbench.errors import InvalidArgument, NotFound, Unavailable
+from twinbench.errors import InvalidArgument, NotFound, TwinbenchError, Unavailable
+from twinbench.link import INTERNAL, OK, Reply, status_of
 from twinbench.repository import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -52,56 +50,6 @@ class OnnxRuntime:
         return self.session.run(None, {self.input_name: batch})[0]
 
 
-class DynamicBatcher:
-    """Merges concurrent requests for one model version into one runtime call, as Triton does.
-
-    The first request waits at most `delay_s` for company (0: it takes only what is already
-    queued, so a lone caller pays nothing); results are split back to their callers in order.
-    """
-
-    def __init__(self, runtime: Runtime, max_rows: int, delay_s: float) -> None:
-        self.runtime = runtime
-        self.max_rows = max_rows
-        self.delay_s = delay_s
-        self._queue: queue.SimpleQueue[tuple[np.ndarray, Future]] = queue.SimpleQueue()
-        threading.Thread(target=self._work, name="dynamic-batcher", daemon=True).start()
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        done: Future = Future()
-        self._queue.put((batch, done))
-        return done.result()
-
-    def _collect(self) -> list[tuple[np.ndarray, Future]]:
-        items = [self._queue.get()]
-        rows = len(items[0][0])
-        deadline = time.perf_counter() + self.delay_s
-        while rows < self.max_rows:
-            try:
-                wait = deadline - time.perf_counter()
-                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            items.append(item)
-            rows += len(item[0])
-        return items
-
-    def _work(self) -> None:
-        while True:
-            items = self._collect()
-            batches = [batch for batch, _ in items]
-            try:
-                merged = batches[0] if len(batches) == 1 else np.concatenate(batches)
-                out = self.runtime.infer(merged)
-            except Exception as exc:  # noqa: BLE001 - every caller gets the error
-                for _, done in items:
-                    done.set_exception(exc)
-                continue
-            start = 0
-            for batch, done in items:
-                done.set_result(out[start : start + len(batch)])
-                start += len(batch)
-
-
 class InferenceCore:
     """Serves the versions of `framework`'s exports whose formats it has loaders for."""
 
@@ -110,9 +58,9 @@ class InferenceCore:
         repository: ModelRepository,
         framework: str,
         loaders: dict[str, Loader],
-        settings: Settings | None = None,
+        max_rows: int = 64,
     ):
-        self.settings = settings
+        self.max_rows = max_rows  # the most rows one merged batch of an inference-link frame holds
         self.repository = repository
         self.framework = framework
         self.loaders = loaders
@@ -167,10 +115,6 @@ class InferenceCore:
                 path = self.repository.version_dir(*key) / info.filename
                 try:
                     runtime = self.loaders[info.format](path)
-                    if self.settings and self.settings.batches(name):
-                        runtime = DynamicBatcher(
-                            runtime, self.settings.batch_max_rows, self.settings.batch_delay_s
-                        )
                 except Exception as exc:
                     log.exception("cannot load %s version %d", *key)
                     raise Unavailable(f"model {name!r} version {key[1]} failed to load") from exc
@@ -217,6 +161,49 @@ class InferenceCore:
         )
 
     def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        info, runtime, batch = self._prepare(request)
+        return self._response(request, info, runtime.infer(batch))
+
+    def infer_frame(self, requests: list[bytes]) -> list[Reply]:
+        """Serves one frame of the inference link: serialized requests in, a reply for each.
+
+        Requests for the same model version are run as one batch (up to `batch_max_rows`
+        rows), which is where the gateway's dynamic batching pays; a bad request gets its own
+        error and does not spoil the others.
+        """
+        replies: list[Reply | None] = [None] * len(requests)
+        runs: dict[tuple[str, int], list[tuple[int, pb.ModelInferRequest, np.ndarray]]] = {}
+        runtimes: dict[tuple[str, int], tuple[ExportInfo, Runtime]] = {}
+        for i, raw in enumerate(requests):
+            try:
+                request = _parse(raw)
+                info, runtime, batch = self._prepare(request)
+            except TwinbenchError as exc:
+                replies[i] = (status_of(exc), str(exc).encode())
+                continue
+            runs.setdefault((info.name, info.version), []).append((i, request, batch))
+            runtimes[(info.name, info.version)] = (info, runtime)
+        for key, items in runs.items():
+            info, runtime = runtimes[key]
+            limit = min(info.max_batch_size, self.max_rows)
+            for chunk in _chunks(items, limit):
+                try:
+                    logits = runtime.infer(np.concatenate([batch for _, _, batch in chunk]))
+                except Exception:  # noqa: BLE001 - every request of the chunk hears of it
+                    log.exception("%s version %d failed on a batch", *key)
+                    failed = (INTERNAL, f"model {key[0]!r} failed; see the trainer's log".encode())
+                    for i, _, _ in chunk:
+                        replies[i] = failed
+                    continue
+                start = 0
+                for i, request, batch in chunk:
+                    rows = logits[start : start + len(batch)]
+                    start += len(batch)
+                    replies[i] = (OK, self._response(request, info, rows).SerializeToString())
+        return replies
+
+    def _prepare(self, request: pb.ModelInferRequest) -> tuple[ExportInfo, Runtime, np.ndarray]:
+        """The model version a request names and its input, checked."""
         info, runtime = self.load(request.model_name, request.model_version)
         batch = self._input(request, info)
         for out in request.outputs:
@@ -224,7 +211,12 @@ class InferenceCore:
                 raise InvalidArgument(
                     f"model {info.name!r} has no output {out.name!r}; it has {OUTPUT_NAME!r}"
                 )
-        logits = runtime.infer(batch)
+        return info, runtime, batch
+
+    @staticmethod
+    def _response(
+        request: pb.ModelInferRequest, info: ExportInfo, logits: np.ndarray
+    ) -> pb.ModelInferResponse:
         response = pb.ModelInferResponse(
             model_name=info.name, model_version=str(info.version), id=request.id
         )
@@ -256,3 +248,24 @@ class InferenceCore:
                 f"for model {info.name!r}"
             )
         return batch
+
+
+def _parse(raw: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument("the request is not a valid ModelInferRequest") from None
+
+
+def _chunks(items: list, max_rows: int) -> list[list]:
+    """Consecutive groups of whole requests, each group at most `max_rows` rows (or one request)."""
+    chunks: list[list] = []
+    rows = max_rows
+    for item in items:
+        n = len(item[2])
+        if rows + n > max_rows:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(item)
+        rows += n
+    return chunks

@@ -12,8 +12,10 @@ from twinbench.grpc_server import (
     create_server,
     run_until_signalled,
     set_serving,
+    write_port_file,
 )
 from twinbench.jobs import JobContext, JobManager, JobStore
+from twinbench.link import FRAME_SLACK_BYTES, LinkServer
 from twinbench.repository import ModelRepository
 from twinbench.servicers import InferenceServicer, TrainerServicer
 from twinbench.serving import InferenceCore
@@ -28,7 +30,7 @@ def serve_trainer(framework: Framework) -> None:
     service = f"{framework.name}_trainer"
     repository = ModelRepository(settings.model_repository)
     store = JobStore(settings.jobs_db(framework.name))
-    core = InferenceCore(repository, framework.name, framework.loaders, settings)
+    core = InferenceCore(repository, framework.name, framework.loaders, settings.batch_max_rows)
 
     def run_job(job: Job, ctx: JobContext) -> None:
         try:
@@ -43,13 +45,26 @@ def serve_trainer(framework: Framework) -> None:
     server, port, health = create_server(settings.listen_address(service), settings)
     trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(manager), server)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    link = LinkServer(
+        settings.link_listen_address(service),
+        core.infer_frame,
+        limit=settings.max_message_bytes + FRAME_SLACK_BYTES,
+    )
     core.preload()
     manager.start()
     _remove_stale_checkpoints(settings, store)
+    link.start()
+    # Written before the gRPC port file, so a launcher that sees that one finds this one too.
+    write_port_file(settings.home / "run" / f"{service}.link.port", link.port)
     server.start()
     set_serving(health, True)
+
+    def stop() -> None:
+        link.stop()
+        manager.stop()
+
     try:
-        run_until_signalled(server, health, service, port, settings, on_stop=manager.stop)
+        run_until_signalled(server, health, service, port, settings, on_stop=stop)
     finally:
         store.close()
 

@@ -20,14 +20,12 @@ from twinbench.errors import (
     UpstreamError,
 )
 from twinbench.jobs import check_job_id, resolve_spec
+from twinbench.link import FRAME_SLACK_BYTES, OK, BatchingCaller, LinkClient, status_name
 from twinbench.repository import check_model_name
 
 log = logging.getLogger(__name__)
 
 INDEX_TIMEOUT_S = 2.0
-
-
-INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -83,8 +81,12 @@ class Backend:
         self.channel = grpc.insecure_channel(address, options=options)
         self.trainer = trainer_pb2_grpc.TrainerStub(self.channel)
         self.inference = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        # The hot path: request and response pass through as bytes, never parsed here.
-        self.infer_raw = self.channel.unary_unary(INFER_METHOD)
+        # The hot path: ModelInfer requests and replies pass through the link as bytes.
+        self.link = LinkClient(
+            settings.trainer_link_address(framework),
+            f"{framework} trainer",
+            limit=settings.max_message_bytes + FRAME_SLACK_BYTES,
+        )
 
     def call(self, method: Callable, request, timeout: float):
         """Calls the backend; its failures become domain errors that name it."""
@@ -104,17 +106,20 @@ class Backend:
         return UpstreamError(code.name, exc.details() or code.name)
 
     def close(self) -> None:
+        self.link.close()
         self.channel.close()
 
 
 class Gateway:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.timeout_s = settings.backend_timeout_s
         self.backends = {
             fw: Backend(fw, settings.trainer_address(fw), settings) for fw in FRAMEWORKS
         }
         self._routes: dict[str, Backend] = {}  # model name -> backend serving it
         self._routes_lock = threading.Lock()
+        self._batchers: dict[str, BatchingCaller] = {}  # model name -> its dynamic batching
 
     def close(self) -> None:
         for backend in self.backends.values():
@@ -238,8 +243,32 @@ class Gateway:
         return backend
 
     def infer(self, raw_request: bytes, remaining: float | None) -> bytes:
-        backend = self.route(model_name_of(raw_request))
-        return backend.call(backend.infer_raw, raw_request, self._timeout(remaining))
+        """A serialized ModelInferRequest in, a serialized ModelInferResponse out."""
+        name = model_name_of(raw_request)
+        backend = self.route(name)
+        timeout = self._timeout(remaining)
+        if self.settings.batches(name):
+            status, payload = self._batcher(name, backend).call(raw_request, timeout)
+        else:
+            ((status, payload),) = backend.link.call([raw_request], timeout)
+        if status != OK:
+            raise UpstreamError(status_name(status), payload.decode("utf-8", "replace"))
+        return payload
+
+    def _batcher(self, name: str, backend: Backend) -> BatchingCaller:
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            with self._routes_lock:
+                batcher = self._batchers.setdefault(
+                    name,
+                    BatchingCaller(
+                        backend.link.call,
+                        max_items=self.settings.batch_max_rows,
+                        max_bytes=self.settings.max_message_bytes,
+                        delay_s=self.settings.batch_delay_s,
+                    ),
+                )
+        return batcher
 
     def model_ready(self, request: ipb.ModelReadyRequest, remaining: float | None):
         try:
