@@ -5,21 +5,27 @@ through the gateway, (d) through the gateway with dynamic batching on; each at s
 concurrencies, with p50, p99 and requests per second, and the ratios that matter: the gateway's
 cost (c - b at p50) and what batching buys at the highest concurrency (d / c requests per second).
 It prints figures; it asserts nothing (this machine's noise is not a test failure).
+
+The load comes from a process of its own (`twinbench.loadgen`) on a CPU of its own, as it would
+from another machine: on a small machine a client sharing the server's CPUs measures mostly
+itself. With one CPU in all, everything shares it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import numpy as np
 
-from twinbench.api import inference_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
 from twinbench.config import Settings
@@ -29,6 +35,12 @@ from twinbench.repository import ModelRepository, model_name
 from twinbench.tensors import infer_request
 
 FREE_PORTS = {"gateway": 0, "torch_trainer": 0, "tf_trainer": 0}
+PATHS = {
+    "a": "a runtime in process",
+    "b": "b trainer directly",
+    "c": "c through the gateway",
+    "d": "d gateway + batching",
+}
 
 
 @dataclasses.dataclass
@@ -40,6 +52,16 @@ class Figures:
     p50_ms: float
     p99_ms: float
     rps: float
+    client_cpu: float | None = None  # the load generator's share of one CPU; None: in process
+    round: int = 0  # c and d are measured in alternating rounds
+
+
+def cpu_split() -> tuple[set[int], set[int]]:
+    """(the load generator's CPUs, the services' CPUs): one for the load, the rest for serving."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    return {cpus[0]}, set(cpus[1:])
 
 
 def measure(
@@ -90,10 +112,70 @@ def _ensure_exports(stack: LocalStack, settings: Settings, model: str) -> None:
     client.close()
 
 
-def _remote(address: str, request) -> Callable[[], object]:
-    channel = grpc.insecure_channel(address)
-    stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-    return lambda: stub.ModelInfer(request, timeout=30)
+def measure_remote(
+    address: str, request: bytes, concurrency: int, seconds: float, cpus: set[int] | None
+) -> tuple[int, float, float, float, float]:
+    """Runs the load generator process against `address`, on `cpus` (None: wherever)."""
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(request)
+        f.flush()
+        out = subprocess.run(
+            [sys.executable, "-m", "twinbench.loadgen", address, f.name, str(concurrency),
+             str(seconds)],
+            capture_output=True, text=True, check=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )  # fmt: skip
+    r = json.loads(out.stdout.splitlines()[-1])
+    return r["requests"], r["p50_ms"], r["p99_ms"], r["rps"], r["client_cpu"]
+
+
+def _restart_gateway(stack: LocalStack, batching: str | None) -> None:
+    """The stack's gateway restarted with TWINBENCH_DYNAMIC_BATCHING=`batching` (None: unset)."""
+    if batching is None:
+        stack.extra_env.pop("TWINBENCH_DYNAMIC_BATCHING", None)
+    else:
+        stack.extra_env["TWINBENCH_DYNAMIC_BATCHING"] = batching
+    stack.restart("gateway")
+
+
+def bench_stack(
+    stack: LocalStack,
+    requests: dict[str, bytes],
+    concurrencies: tuple[int, ...],
+    seconds: float,
+    rounds: int = 1,
+    report: Callable[[Figures], None] = print,
+    client_cpus: set[int] | None = None,
+) -> list[Figures]:
+    """Paths b, c and d for each served model (name -> a serialized request) of a running stack.
+
+    c and d alternate `rounds` times, so that a slow minute of a shared machine does not land
+    on one side only; the gateway is restarted with batching off, then on, and left as it was.
+    The load generator runs on `client_cpus` (None: wherever the system puts it).
+    """
+    out: list[Figures] = []
+
+    def record(path: str, address: str, round_: int = 0) -> None:
+        for name, request in requests.items():
+            target = address or stack.address(f"{name.split('-')[1]}_trainer")
+            for concurrency in concurrencies:
+                n, p50, p99, rps, cpu = measure_remote(
+                    target, request, concurrency, seconds, client_cpus
+                )
+                out.append(Figures(PATHS[path], name, concurrency, n, p50, p99, rps, cpu, round_))
+                report(out[-1])
+
+    before = stack.extra_env.get("TWINBENCH_DYNAMIC_BATCHING")
+    record("b", "")
+    try:
+        for round_ in range(rounds):
+            _restart_gateway(stack, "off")
+            record("c", stack.gateway_address, round_)
+            _restart_gateway(stack, "on")
+            record("d", stack.gateway_address, round_)
+    finally:
+        _restart_gateway(stack, before)
+    return out
 
 
 def run_serving_bench(
@@ -102,6 +184,7 @@ def run_serving_bench(
     formats: tuple[str, ...] = ("onnx", "torchscript"),
     concurrencies: tuple[int, ...] = (1, 8, 32),
     seconds: float = 5.0,
+    rounds: int = 1,
     report: Callable[[Figures], None] = print,
 ) -> list[Figures]:
     from services.torch_trainer.framework import TorchFramework  # the runtimes, in process
@@ -109,58 +192,67 @@ def run_serving_bench(
     home = Path(tempfile.mkdtemp(prefix="twinbench-bench-"))
     local = dataclasses.replace(settings, home=home, data=settings.data)
     image = load_dataset("mnist-5k").test.x[:1]
+    client_cpus, server_cpus = cpu_split()
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, server_cpus)  # the services started below inherit it
     out: list[Figures] = []
-
-    def record(path: str, name: str, call: Callable[[], object]) -> None:
-        for concurrency in concurrencies:
-            n, p50, p99, rps = measure(call, concurrency, seconds)
-            figures = Figures(path, name, concurrency, n, p50, p99, rps)
-            out.append(figures)
-            report(figures)
-
-    env = {"TWINBENCH_HOME": str(home)}
-    with LocalStack(local, FREE_PORTS, env) as stack:
-        _ensure_exports(stack, local, model)
-        repository = ModelRepository(local.model_repository)
-        for fmt in formats:
-            name = model_name(model, "torch", fmt)
-            version = repository.versions(name)[-1]
-            info = repository.info(name, version)
-            runtime = TorchFramework.loaders[fmt](
-                repository.version_dir(name, version) / info.filename
-            )
-            request = infer_request(name, image)
-            record("a runtime in process", name, lambda r=runtime: r.infer(image))
-            record("b trainer directly", name, _remote(stack.address("torch_trainer"), request))
-            record("c through the gateway", name, _remote(stack.gateway_address, request))
-    env["TWINBENCH_DYNAMIC_BATCHING"] = "on"
-    with LocalStack(dataclasses.replace(local, dynamic_batching="on"), FREE_PORTS, env) as stack:
-        for fmt in formats:
-            name = model_name(model, "torch", fmt)
-            record(
-                "d gateway + batching",
-                name,
-                _remote(stack.gateway_address, infer_request(name, image)),
-            )
+    try:
+        with LocalStack(local, FREE_PORTS, {"TWINBENCH_HOME": str(home)}) as stack:
+            _ensure_exports(stack, local, model)
+            repository = ModelRepository(local.model_repository)
+            names = [model_name(model, "torch", fmt) for fmt in formats]
+            for name in names:
+                version = repository.versions(name)[-1]
+                info = repository.info(name, version)
+                path = repository.version_dir(name, version) / info.filename
+                runtime = TorchFramework.loaders[info.format](path, local.serving_threads or None)
+                for concurrency in concurrencies:
+                    n, p50, p99, rps = measure(
+                        lambda r=runtime: r.infer(image), concurrency, seconds
+                    )
+                    out.append(Figures(PATHS["a"], name, concurrency, n, p50, p99, rps))
+                    report(out[-1])
+            requests = {name: infer_request(name, image).SerializeToString() for name in names}
+            out += bench_stack(stack, requests, concurrencies, seconds, rounds, report, client_cpus)
+    finally:
+        os.sched_setaffinity(0, before)
     return out
 
 
 def summary(figures: list[Figures]) -> list[str]:
-    """The ratios: the gateway's cost at p50 and concurrency 1, batching's gain at the top."""
+    """The ratios: the gateway's cost at p50 and concurrency 1, batching's gain at the top.
+
+    Over several rounds, each ratio is taken within a round and the median is given.
+    """
     lines = []
-    by = {(f.path[0], f.model, f.concurrency): f for f in figures}
     top = max(f.concurrency for f in figures)
+
+    def pick(path: str, name: str, concurrency: int) -> dict[int, Figures]:
+        return {
+            f.round: f
+            for f in figures
+            if f.path[0] == path and f.model == name and f.concurrency == concurrency
+        }
+
     for name in sorted({f.model for f in figures}):
-        direct, gateway = by.get(("b", name, 1)), by.get(("c", name, 1))
+        direct, gateway = pick("b", name, 1), pick("c", name, 1)
         if direct and gateway:
+            b = direct[0]
+            adds = [g.p50_ms - b.p50_ms for g in gateway.values()]
             lines.append(
-                f"{name}: the gateway adds {gateway.p50_ms - direct.p50_ms:.3f} ms at p50"
-                f" (concurrency 1: {direct.p50_ms:.3f} ms direct, {gateway.p50_ms:.3f} ms through it)"
+                f"{name}: the gateway adds {float(np.median(adds)):.3f} ms at p50"
+                f" (concurrency 1: {b.p50_ms:.3f} ms direct,"
+                f" {float(np.median([g.p50_ms for g in gateway.values()])):.3f} ms through it)"
             )
-        off, on = by.get(("c", name, top)), by.get(("d", name, top))
-        if off and on:
+        off, on = pick("c", name, top), pick("d", name, top)
+        rounds = sorted(set(off) & set(on))
+        if rounds:
+            ratios = [on[r].rps / off[r].rps for r in rounds]
+            each = f"; rounds: {', '.join(f'{x:.2f}x' for x in ratios)}" if len(ratios) > 1 else ""
             lines.append(
-                f"{name}: dynamic batching at concurrency {top}: {on.rps:,.0f} vs {off.rps:,.0f}"
-                f" requests/s ({on.rps / off.rps:.2f}x)"
+                f"{name}: dynamic batching at concurrency {top}:"
+                f" {float(np.median([on[r].rps for r in rounds])):,.0f} vs"
+                f" {float(np.median([off[r].rps for r in rounds])):,.0f} requests/s"
+                f" ({float(np.median(ratios)):.2f}x{each})"
             )
     return lines

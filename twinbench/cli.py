@@ -286,14 +286,15 @@ def cmd_infer(client: Client, args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def services(settings: Settings, address: str) -> Iterator[str]:
-    """The gateway's address: the running one, or a local stack started now and stopped after."""
+def services(settings: Settings, address: str) -> Iterator[tuple[str, LocalStack | None]]:
+    """The gateway's address and the stack behind it: the running one (no stack), or a local
+    stack started now and stopped after."""
     if is_serving(address, tls_ca=settings.tls_ca):
-        yield address
+        yield address, None
         return
     print(f"no gateway at {address}; starting the services (state in {settings.home})")
     with LocalStack(settings) as stack:
-        yield stack.gateway_address
+        yield stack.gateway_address, stack
     print("stopped the services it started")
 
 
@@ -306,7 +307,8 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     report_dir = Path(args.reports).resolve() / f"{stamp}-{args.model}"
     finished: list[tpb.Job] = []
     serving: list[dict] = []
-    with services(settings, args.gateway) as address:
+    serving_cost: dict | None = None
+    with services(settings, args.gateway) as (address, stack):
         client = Client(address, settings)
         # One framework at a time: run together, they would share the CPU and skew the timings.
         for framework in FRAMEWORKS:
@@ -338,6 +340,8 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
                         **stats,
                     }
                 )
+        if stack and args.bench_seconds > 0 and exports:
+            serving_cost = serving_cost_of(stack, [e for _, e in exports], args.bench_seconds)
     load = {
         "users": max(args.users, 1),
         "duration": args.duration,
@@ -345,7 +349,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         "host": address,
     }
     command = "twinbench " + " ".join(args.argv)
-    results = build_results(finished, serving, load, command)
+    results = build_results(finished, serving, load, command, serving_cost)
     write_report(report_dir, results)
     for job in finished:
         if job.state != tpb.SUCCEEDED:
@@ -382,6 +386,31 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
 
 
+def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
+    """The serving benchmark's paths b-d on compare's own stack, for the report."""
+    import dataclasses
+
+    from twinbench.bench import bench_stack, summary
+    from twinbench.datasets import load_dataset
+
+    print(f"serving cost: the trainers directly, the gateway, with batching ({seconds:g} s each)")
+    image = load_dataset("mnist-5k").test.x[:1]
+    requests = {
+        e.model_name: infer_request(e.model_name, image, version=e.version).SerializeToString()
+        for e in exports
+    }
+    figures = bench_stack(stack, requests, (1, 32), seconds, report=lambda f: None)
+    lines = summary(figures)
+    for line in lines:
+        print(line)
+    return {
+        "figures": [dataclasses.asdict(f) for f in figures],
+        "summary": lines,
+        "note": "load from one process beside the services, sharing their CPUs; "
+        "`twinbench bench serving` gives the load a CPU of its own",
+    }
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     from twinbench.parity import PARITY_TOLERANCE, check_parity
 
@@ -411,13 +440,15 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from twinbench.bench import run_serving_bench, summary
 
     print(
-        f"{'path':<24} {'model':<26} {'conc':>4} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}"
+        f"{'path':<24} {'model':<26} {'conc':>4} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'req/s':>9} {'client cpu':>10}"
     )
 
     def report(f) -> None:
+        cpu = "" if f.client_cpu is None else f"{f.client_cpu:.0%}"
         print(
             f"{f.path:<24} {f.model:<26} {f.concurrency:>4} {f.requests:>9,} {f.p50_ms:>8.3f}"
-            f" {f.p99_ms:>8.3f} {f.rps:>9,.0f}",
+            f" {f.p99_ms:>8.3f} {f.rps:>9,.0f} {cpu:>10}",
             flush=True,
         )
 
@@ -427,6 +458,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         formats=tuple(args.formats.split(",")),
         concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
         seconds=args.seconds,
+        rounds=args.rounds,
         report=report,
     )
     for line in summary(figures):
@@ -521,7 +553,13 @@ def parser() -> argparse.ArgumentParser:
     serving.add_argument("--formats", default="onnx,torchscript", help="(default: %(default)s)")
     serving.add_argument("--concurrency", default="1,8,32", help="(default: %(default)s)")
     serving.add_argument(
-        "--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)"
+        "--seconds", type=float, default=3.0, help="per measurement (default: %(default)s)"
+    )
+    serving.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternations of c and d, against a machine's drift (default: %(default)s)",
     )
     parity = sub.add_parser(
         "parity", help="copy PyTorch weights into Keras and compare logits (exit 1 above 1e-5)"
@@ -548,6 +586,13 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--reports", default="reports", help="report folder (default: reports)")
     compare.add_argument("--sample", type=int, default=0, help="test image to infer (default: 0)")
+    compare.add_argument(
+        "--bench-seconds",
+        type=float,
+        default=2.0,
+        help="per serving-cost measurement, when compare starts the services; 0 skips"
+        " (default: %(default)s)",
+    )
     return p
 
 

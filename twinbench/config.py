@@ -31,6 +31,7 @@ class Settings:
     dynamic_batching: str  # "off", "on" (every model), or a comma-separated list of model names
     batch_max_rows: int  # the most requests the gateway merges, and rows a trainer runs at once
     batch_delay_s: float  # how long a batch waits for company (0: only what is already queued)
+    serving_threads: int  # CPU threads per inference call (ONNX Runtime, TorchScript); 0: default
     token: str  # when set, the gateway wants `authorization: Bearer <token>`
     inference_open: bool  # inference needs no token even when one is set
     tls_cert: Path | None  # the gateway's certificate and key (PEM); both or neither
@@ -107,9 +108,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_timeout_s=float(get("BACKEND_TIMEOUT_S", "30")),
         max_batch_size=int(get("MAX_BATCH_SIZE", "256")),
         max_queued_jobs=int(get("MAX_QUEUED_JOBS", "16")),
-        dynamic_batching=get("DYNAMIC_BATCHING", "off"),
+        dynamic_batching=get("DYNAMIC_BATCHING", "on"),
         batch_max_rows=int(get("BATCH_MAX_ROWS", "64")),
         batch_delay_s=float(get("BATCH_DELAY_US", "0")) / 1e6,
+        serving_threads=int(get("SERVING_THREADS", "1")),
         token=env.get("TWINBENCH_TOKEN", ""),
         inference_open=get("INFERENCE_OPEN", "false").lower() in ("1", "true", "yes"),
         tls_cert=_path(env.get("TWINBENCH_TLS_CERT")),

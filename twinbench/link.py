@@ -136,7 +136,8 @@ class LinkServer:
     def __init__(self, address: str, handle: Callable[[list[bytes]], list[Reply]], limit: int):
         host, port = address.rsplit(":", 1)
         connections: set[socket.socket] = set()
-        self._connections = connections
+        stopping = threading.Event()
+        self._connections, self._stopping = connections, stopping
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
@@ -146,6 +147,8 @@ class LinkServer:
                 try:
                     while True:
                         requests = decode_requests(read_frame(sock, limit))
+                        if stopping.is_set():
+                            return  # unanswered: the gateway tries again elsewhere or says so
                         sock.sendall(encode_replies(handle(requests)))
                 except (ConnectionError, OSError):
                     pass  # the gateway went away, closed a connection it gave up on, or we stop
@@ -169,6 +172,7 @@ class LinkServer:
 
     def stop(self) -> None:
         """Takes no new connections; each open one ends after the frame it is serving, if any."""
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         for sock in list(self._connections):

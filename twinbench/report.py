@@ -198,7 +198,14 @@ def verdicts(training: dict, serving: list[dict]) -> list[dict]:
     return out
 
 
-def build_results(jobs: list[tpb.Job], serving: list[dict], load: dict, command: str) -> dict:
+def build_results(
+    jobs: list[tpb.Job],
+    serving: list[dict],
+    load: dict,
+    command: str,
+    serving_cost: dict | None = None,
+) -> dict:
+    """`serving_cost`: {"figures": [...], "summary": [...], "note": ...} from twinbench.bench."""
     training = {job.spec.framework: training_record(job) for job in jobs}
     return {
         "schema": SCHEMA,
@@ -208,6 +215,7 @@ def build_results(jobs: list[tpb.Job], serving: list[dict], load: dict, command:
         "training": training,
         "serving": {**load, "models": serving},
         "verdict": verdicts(training, serving),
+        **({"serving_cost": serving_cost} if serving_cost else {}),
     }
 
 
@@ -411,6 +419,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 for s in results["serving"]["models"]
             ],
         ),
+        *_serving_cost_table(results.get("serving_cost")),
         (
             "Hyperparameters",
             ["", *(LABELS[fw] for fw in training)],
@@ -444,6 +453,24 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ),
     ]
     return out
+
+
+def _serving_cost_table(cost: dict | None) -> list[tuple[str, list[str], list[list[str]]]]:
+    if not cost:
+        return []
+    rows = [
+        [f["path"], f["model"], str(f["concurrency"]), f"{f['p50_ms']:.3f}", f"{f['p99_ms']:.3f}",
+         f"{f['rps']:,.0f}"]
+        for f in cost["figures"]
+    ]  # fmt: skip
+    rows += [[line, "", "", "", "", ""] for line in [*cost["summary"], cost["note"]]]
+    return [
+        (
+            "Serving cost: the trainer directly, through the gateway, with dynamic batching",
+            ["path", "model", "concurrency", "p50 ms", "p99 ms", "req/s"],
+            rows,
+        )
+    ]
 
 
 IMAGE_TITLES = {

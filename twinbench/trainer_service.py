@@ -30,7 +30,13 @@ def serve_trainer(framework: Framework) -> None:
     service = f"{framework.name}_trainer"
     repository = ModelRepository(settings.model_repository)
     store = JobStore(settings.jobs_db(framework.name))
-    core = InferenceCore(repository, framework.name, framework.loaders, settings.batch_max_rows)
+    core = InferenceCore(
+        repository,
+        framework.name,
+        framework.loaders,
+        max_rows=settings.batch_max_rows,
+        threads=settings.serving_threads or None,
+    )
 
     def run_job(job: Job, ctx: JobContext) -> None:
         try:

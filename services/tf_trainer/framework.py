@@ -214,7 +214,10 @@ def _gpu_name() -> str:
 
 
 class SavedModelRuntime:
-    def __init__(self, path: Path) -> None:
+    """A SavedModel's serving signature. TensorFlow's thread pools belong to the process (and to
+    the training it also runs), so `threads` is not applied here."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
         self.loaded = tf.saved_model.load(str(path))
         self.fn = self.loaded.signatures["serving_default"]
 
