@@ -118,12 +118,12 @@ def free_port() -> int:
 
 def test_each_image_command_starts_its_service_with_the_compose_environment(tmp_path):
     compose = load_compose(COMPOSE)["services"]
-    ports = {"50051": free_port(), "50052": free_port(), "50053": free_port()}
+    ports = {p: free_port() for p in ("50051", "50052", "50053", "50062", "50063")}
 
     def local(value: str) -> str:
         value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), value)  # Compose's defaults
         # Container addresses (service:port, 0.0.0.0:port) become loopback with a free port.
-        match = re.fullmatch(r"[\w.\-]+:(5005[123])", value)
+        match = re.fullmatch(r"[\w.\-]+:(5005[123]|5006[23])", value)
         return f"127.0.0.1:{ports[match.group(1)]}" if match else value
 
     procs = {}

@@ -145,11 +145,12 @@ def test_the_gateway_speaks_only_tls_when_configured(guarded):
 
 def test_trainers_listen_on_loopback_only(guarded):
     stack, _, _ = guarded
+    out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
     for service in ("torch_trainer", "tf_trainer"):
         assert stack.address(service).startswith("127.0.0.1:")
-        out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
-        listening = [line for line in out.splitlines() if f":{stack.ports[service]} " in line]
-        assert listening and all("127.0.0.1" in line.split()[3] for line in listening), listening
+        for port in (stack.ports[service], stack.link_ports[service]):  # gRPC, inference link
+            listening = [line for line in out.splitlines() if f":{port} " in line]
+            assert listening and all("127.0.0.1" in line.split()[3] for line in listening), port
 
 
 # --- limits ---
