@@ -49,7 +49,7 @@ def status_of(exc: TwinbenchError) -> int:
 
 
 def status_name(status: int) -> str:
-    return next(code.name for code in grpc.StatusCode if code.value[0] == status)
+    return next((code.name for code in grpc.StatusCode if code.value[0] == status), "UNKNOWN")
 
 
 def encode_requests(requests: list[bytes]) -> bytes:

@@ -257,17 +257,16 @@ class Gateway:
 
     def _batcher(self, name: str, backend: Backend) -> BatchingCaller:
         batcher = self._batchers.get(name)
-        if batcher is None:
-            with self._routes_lock:
-                batcher = self._batchers.setdefault(
-                    name,
-                    BatchingCaller(
-                        backend.link.call,
-                        max_items=self.settings.batch_max_rows,
-                        max_bytes=self.settings.max_message_bytes,
-                        delay_s=self.settings.batch_delay_s,
-                    ),
-                )
+        if batcher is None:  # setdefault is atomic: two first callers end up with the same one
+            batcher = self._batchers.setdefault(
+                name,
+                BatchingCaller(
+                    backend.link.call,
+                    max_items=self.settings.batch_max_rows,
+                    max_bytes=self.settings.max_message_bytes,
+                    delay_s=self.settings.batch_delay_s,
+                ),
+            )
         return batcher
 
     def model_ready(self, request: ipb.ModelReadyRequest, remaining: float | None):
