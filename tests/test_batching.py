@@ -13,7 +13,7 @@ from tally import TALLY
 from tests_support import in_process_logits
 from twinbench.api import inference_pb2 as ipb
 from twinbench.datasets import load_dataset
-from twinbench.errors import Unavailable
+from twinbench.errors import DeadlineExceeded, Unavailable
 from twinbench.link import (
     OK,
     BatchingCaller,
@@ -140,6 +140,28 @@ def test_the_link_client_survives_a_restarted_server_and_reports_a_dead_one():
     try:
         assert client.call([b"four"], 2.0) == [(OK, b"four")]
         TALLY["faults survived"] += 1
+    finally:
+        server.stop()
+        client.close()
+
+
+def test_a_late_reply_is_a_deadline_and_never_the_answer_to_the_next_call():
+    first = iter([True])
+
+    def slow_once(requests):
+        if next(first, False):
+            time.sleep(0.5)
+        return [(OK, r) for r in requests]
+
+    server = LinkServer("127.0.0.1:0", slow_once, limit=1024)
+    server.start()
+    client = LinkClient(f"127.0.0.1:{server.port}", "slow trainer", limit=1024)
+    try:
+        TALLY["bad inputs tried"] += 1
+        with pytest.raises(DeadlineExceeded, match="slow trainer did not answer in time"):
+            client.call([b"first"], 0.1)
+        time.sleep(0.6)  # the late reply has arrived by now, on the connection that was closed
+        assert client.call([b"second"], 2.0) == [(OK, b"second")]
     finally:
         server.stop()
         client.close()
