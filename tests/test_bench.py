@@ -6,7 +6,7 @@ import json
 
 import jsonschema
 
-from twinbench.bench import bench_stack, summary
+from twinbench.bench import bench_stack, ratios, summary
 from twinbench.datasets import load_dataset
 from twinbench.report import SCHEMA_FILE, build_results, markdown
 from twinbench.tensors import infer_request
@@ -30,9 +30,12 @@ def test_bench_measures_each_path_and_its_figures_reach_the_report(stack, traine
     assert any("the gateway adds" in line for line in lines)
     assert any("dynamic batching at concurrency 4" in line for line in lines)
 
-    cost = {"figures": [dataclasses.asdict(f) for f in figures], "summary": lines, "note": "test"}
+    (short,) = ratios(figures)
+    assert short["model"] == export.model_name and short["concurrency"] == 4
+    assert short["batching_gain"] == short["batched_rps"] / short["unbatched_rps"]
+    cost = {"figures": [dataclasses.asdict(f) for f in figures], "summary": [short], "note": "test"}
     results = build_results([job], [], {"users": 1, "duration": "0s", "batch_size": 1,
                                         "host": stack.gateway_address}, "test", cost)  # fmt: skip
     jsonschema.validate(results, json.loads(SCHEMA_FILE.read_text()))
     text = markdown(results, {})
-    assert "## Serving cost" in text and "d gateway + batching" in text
+    assert "## Serving cost: test" in text and "d gateway + batching" in text

@@ -219,12 +219,9 @@ def run_serving_bench(
     return out
 
 
-def summary(figures: list[Figures]) -> list[str]:
-    """The ratios: the gateway's cost at p50 and concurrency 1, batching's gain at the top.
-
-    Over several rounds, each ratio is taken within a round and the median is given.
-    """
-    lines = []
+def ratios(figures: list[Figures]) -> list[dict]:
+    """Per model: the gateway's cost at p50 and concurrency 1, and batching's gain at the top
+    concurrency. Over several rounds, each is taken within a round and the median is given."""
     top = max(f.concurrency for f in figures)
 
     def pick(path: str, name: str, concurrency: int) -> dict[int, Figures]:
@@ -234,25 +231,44 @@ def summary(figures: list[Figures]) -> list[str]:
             if f.path[0] == path and f.model == name and f.concurrency == concurrency
         }
 
+    def median(values) -> float:
+        return float(np.median(list(values)))
+
+    out = []
     for name in sorted({f.model for f in figures}):
         direct, gateway = pick("b", name, 1), pick("c", name, 1)
-        if direct and gateway:
-            b = direct[0]
-            adds = [g.p50_ms - b.p50_ms for g in gateway.values()]
-            lines.append(
-                f"{name}: the gateway adds {float(np.median(adds)):.3f} ms at p50"
-                f" (concurrency 1: {b.p50_ms:.3f} ms direct,"
-                f" {float(np.median([g.p50_ms for g in gateway.values()])):.3f} ms through it)"
-            )
         off, on = pick("c", name, top), pick("d", name, top)
         rounds = sorted(set(off) & set(on))
-        if rounds:
-            ratios = [on[r].rps / off[r].rps for r in rounds]
-            each = f"; rounds: {', '.join(f'{x:.2f}x' for x in ratios)}" if len(ratios) > 1 else ""
-            lines.append(
-                f"{name}: dynamic batching at concurrency {top}:"
-                f" {float(np.median([on[r].rps for r in rounds])):,.0f} vs"
-                f" {float(np.median([off[r].rps for r in rounds])):,.0f} requests/s"
-                f" ({float(np.median(ratios)):.2f}x{each})"
-            )
+        if not (direct and gateway and rounds):
+            continue
+        b = direct[0]
+        out.append(
+            {
+                "model": name,
+                "direct_p50_ms": b.p50_ms,
+                "gateway_p50_ms": median(g.p50_ms for g in gateway.values()),
+                "gateway_adds_ms": median(g.p50_ms - b.p50_ms for g in gateway.values()),
+                "concurrency": top,
+                "unbatched_rps": median(off[r].rps for r in rounds),
+                "batched_rps": median(on[r].rps for r in rounds),
+                "batching_gain": median(on[r].rps / off[r].rps for r in rounds),
+                "batching_gain_by_round": [on[r].rps / off[r].rps for r in rounds],
+            }
+        )
+    return out
+
+
+def summary(figures: list[Figures]) -> list[str]:
+    """`ratios` as sentences."""
+    lines = []
+    for r in ratios(figures):
+        each = r["batching_gain_by_round"]
+        rounds = f"; rounds: {', '.join(f'{x:.2f}x' for x in each)}" if len(each) > 1 else ""
+        lines += [
+            f"{r['model']}: the gateway adds {r['gateway_adds_ms']:.3f} ms at p50 (concurrency 1:"
+            f" {r['direct_p50_ms']:.3f} ms direct, {r['gateway_p50_ms']:.3f} ms through it)",
+            f"{r['model']}: dynamic batching at concurrency {r['concurrency']}:"
+            f" {r['batched_rps']:,.0f} vs {r['unbatched_rps']:,.0f} requests/s"
+            f" ({r['batching_gain']:.2f}x{rounds})",
+        ]
     return lines

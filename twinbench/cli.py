@@ -390,7 +390,7 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
     """The serving benchmark's paths b-d on compare's own stack, for the report."""
     import dataclasses
 
-    from twinbench.bench import bench_stack, summary
+    from twinbench.bench import bench_stack, ratios, summary
     from twinbench.datasets import load_dataset
 
     print(f"serving cost: the trainers directly, the gateway, with batching ({seconds:g} s each)")
@@ -400,14 +400,13 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
         for e in exports
     }
     figures = bench_stack(stack, requests, (1, 32), seconds, report=lambda f: None)
-    lines = summary(figures)
-    for line in lines:
+    for line in summary(figures):
         print(line)
     return {
         "figures": [dataclasses.asdict(f) for f in figures],
-        "summary": lines,
-        "note": "load from one process beside the services, sharing their CPUs; "
-        "`twinbench bench serving` gives the load a CPU of its own",
+        "summary": ratios(figures),
+        "note": "load from one process beside the services, sharing their CPUs"
+        " (twinbench bench serving gives the load a CPU of its own)",
     }
 
 

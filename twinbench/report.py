@@ -458,18 +458,37 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 def _serving_cost_table(cost: dict | None) -> list[tuple[str, list[str], list[list[str]]]]:
     if not cost:
         return []
-    rows = [
+    in_short = [
+        [r["model"], f"{r['direct_p50_ms']:.3f}", f"{r['gateway_p50_ms']:.3f}",
+         f"{r['gateway_adds_ms']:+.3f}", f"{r['unbatched_rps']:,.0f}", f"{r['batched_rps']:,.0f}",
+         f"{r['batching_gain']:.2f}x"]
+        for r in cost["summary"]
+    ]  # fmt: skip
+    top = max((r["concurrency"] for r in cost["summary"]), default=0)
+    figures = [
         [f["path"], f["model"], str(f["concurrency"]), f"{f['p50_ms']:.3f}", f"{f['p99_ms']:.3f}",
          f"{f['rps']:,.0f}"]
         for f in cost["figures"]
     ]  # fmt: skip
-    rows += [[line, "", "", "", "", ""] for line in [*cost["summary"], cost["note"]]]
     return [
         (
-            "Serving cost: the trainer directly, through the gateway, with dynamic batching",
+            f"Serving cost: {cost['note']}",
+            [
+                "model",
+                "p50 ms direct, c=1",
+                "through the gateway",
+                "the gateway adds",
+                f"req/s c={top}",
+                "with batching",
+                "batching gain",
+            ],
+            in_short,
+        ),  # fmt: skip
+        (
+            "Serving cost, every figure",
             ["path", "model", "concurrency", "p50 ms", "p99 ms", "req/s"],
-            rows,
-        )
+            figures,
+        ),
     ]
 
 
