@@ -183,7 +183,7 @@ def run_serving_bench(
     model: str = "lenet5",
     formats: tuple[str, ...] = ("onnx", "torchscript"),
     concurrencies: tuple[int, ...] = (1, 8, 32),
-    seconds: float = 5.0,
+    seconds: float = 3.0,
     rounds: int = 1,
     report: Callable[[Figures], None] = print,
 ) -> list[Figures]:

@@ -314,16 +314,16 @@ class BatchingCaller:
         try:
             # The longest wait of the batch: nobody's answer is cut short by a neighbour's deadline.
             replies = self._call([w.request for w in batch], max(w.timeout for w in batch))
+            for waiting, reply in zip(batch, replies, strict=True):
+                waiting.reply = reply
         except Exception as exc:  # noqa: BLE001 - every request of the frame gets the error
             for waiting in batch:
                 waiting.error = exc
-        else:
-            for waiting, reply in zip(batch, replies, strict=True):
-                waiting.reply = reply
-        with self._lock:
-            if self._waiting:
-                self._waiting[0].turn.set()  # the next frame is theirs to send
-            else:
-                self._sending = False
-        for waiting in batch:
-            waiting.turn.set()
+        finally:  # whatever happened, the queue moves on: a stuck turn would stall the model
+            with self._lock:
+                if self._waiting:
+                    self._waiting[0].turn.set()  # the next frame is theirs to send
+                else:
+                    self._sending = False
+            for waiting in batch:
+                waiting.turn.set()
