@@ -32,6 +32,7 @@ from twinbench.config import Settings
 from twinbench.datasets import load_dataset
 from twinbench.launcher import LocalStack
 from twinbench.repository import ModelRepository, model_name
+from twinbench.specs import MODELS
 from twinbench.tensors import infer_request
 
 FREE_PORTS = {"gateway": 0, "torch_trainer": 0, "tf_trainer": 0}
@@ -191,7 +192,8 @@ def run_serving_bench(
 
     home = Path(tempfile.mkdtemp(prefix="twinbench-bench-"))
     local = dataclasses.replace(settings, home=home, data=settings.data)
-    image = load_dataset("mnist-5k").test.x[:1]
+    spec = MODELS[model]
+    image = load_dataset(spec.defaults.dataset, spec).test.x[:1]  # a test input of its own shape
     client_cpus, server_cpus = cpu_split()
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, server_cpus)  # the services started below inherit it
