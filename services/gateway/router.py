@@ -119,7 +119,7 @@ class Gateway:
         }
         self._routes: dict[str, Backend] = {}  # model name -> backend serving it
         self._routes_lock = threading.Lock()
-        self._batchers: dict[str, BatchingCaller] = {}  # model name -> its dynamic batching
+        self._batchers: dict[str, BatchingCaller | None] = {}  # model name -> its batching
 
     def close(self) -> None:
         for backend in self.backends.values():
@@ -247,27 +247,28 @@ class Gateway:
         name = model_name_of(raw_request)
         backend = self.route(name)
         timeout = self._timeout(remaining)
-        if self.settings.batches(name):
-            status, payload = self._batcher(name, backend).call(raw_request, timeout)
+        batcher = self._batcher(name, backend)
+        if batcher is not None:
+            status, payload = batcher.call(raw_request, timeout)
         else:
             ((status, payload),) = backend.link.call([raw_request], timeout)
         if status != OK:
             raise UpstreamError(status_name(status), payload.decode("utf-8", "replace"))
         return payload
 
-    def _batcher(self, name: str, backend: Backend) -> BatchingCaller:
-        batcher = self._batchers.get(name)
-        if batcher is None:  # setdefault is atomic: two first callers end up with the same one
-            batcher = self._batchers.setdefault(
-                name,
-                BatchingCaller(
+    def _batcher(self, name: str, backend: Backend) -> BatchingCaller | None:
+        """The model's dynamic batching; None when it is not batched. Decided once per model."""
+        if name not in self._batchers:  # setdefault is atomic: two first callers get the same
+            batcher = None
+            if self.settings.batches(name):
+                batcher = BatchingCaller(
                     backend.link.call,
                     max_items=self.settings.batch_max_rows,
                     max_bytes=self.settings.max_message_bytes,
                     delay_s=self.settings.batch_delay_s,
-                ),
-            )
-        return batcher
+                )
+            self._batchers.setdefault(name, batcher)
+        return self._batchers[name]
 
     def model_ready(self, request: ipb.ModelReadyRequest, remaining: float | None):
         try:
