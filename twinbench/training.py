@@ -328,7 +328,8 @@ def _export(
     batch = data.test.x[:EXPORT_CHECK_ROWS]
     with repository.stage(name, fmt) as staging:
         session.export(fmt, staging.model_path)
-        runtime: Runtime = framework.loaders[fmt](staging.model_path)
+        # No thread setting: this runs in the training thread, whose threads must stay its own.
+        runtime: Runtime = framework.loaders[fmt](staging.model_path, None)
         expected = session.predict(session.prepare(batch))
         diff = float(np.max(np.abs(runtime.infer(batch) - expected)))
         if not diff <= EXPORT_TOLERANCE:  # also catches NaN
