@@ -4,9 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo up test lint protos check-protos clean
+.PHONY: venv native demo up test lint protos check-protos clean
 
-venv: $(STAMP)
+venv: $(STAMP) native
 
 $(STAMP): requirements/*.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,24 @@ $(STAMP): requirements/*.txt pyproject.toml
 		z = zipfile.ZipFile(glob.glob('$(VENV)/share/docker_compose-1.29.2-*.whl')[0]); \
 		open('$(VENV)/share/compose_spec.json', 'wb').write(z.read('compose/config/compose_spec.json'))"
 	touch $@
+
+# The two Go programs (the gateway's front and the bench's load generator), built against Debian's
+# Go packages (golang-go, golang-google-grpc-dev) with no network. Without them, the Python gateway
+# serves the public port itself and the bench's load comes from Python: the same API, slower.
+GO_SOURCES := /usr/share/gocode/src/google.golang.org/grpc
+GO_ENV := GO111MODULE=off GOPATH=$(CURDIR)/build/gopath:/usr/share/gocode GOCACHE=$(CURDIR)/build/gocache
+NATIVE := $(BIN)/twinbench-front $(BIN)/twinbench-loadgen
+
+native: $(STAMP)
+	@if command -v go >/dev/null && [ -d $(GO_SOURCES) ]; then $(MAKE) --no-print-directory $(NATIVE); \
+	else echo "note: no Go toolchain with gRPC (Debian: golang-go golang-google-grpc-dev);" \
+		"the gateway front and the Go load generator are not built"; fi
+
+$(BIN)/twinbench-front: services/gateway/front/*.go
+	$(GO_ENV) go build -o $@ ./services/gateway/front
+
+$(BIN)/twinbench-loadgen: loadtests/loadgen/*.go
+	$(GO_ENV) go build -o $@ ./loadtests/loadgen
 
 demo: venv
 	$(BIN)/twinbench compare

@@ -6,9 +6,11 @@ concurrencies, with p50, p99 and requests per second, and the ratios that matter
 cost (c - b at p50) and what batching buys at the highest concurrency (d / c requests per second).
 It prints figures; it asserts nothing (this machine's noise is not a test failure).
 
-The load comes from a process of its own (`twinbench.loadgen`) on a CPU of its own, as it would
-from another machine: on a small machine a client sharing the server's CPUs measures mostly
-itself. With one CPU in all, everything shares it.
+The load comes from a process of its own on a CPU of its own, as it would from another machine:
+on a small machine a client sharing the server's CPUs measures mostly itself. With one CPU in
+all, everything shares it. The load generator is the Go one (loadtests/loadgen) when it is built:
+a Python gRPC client costs more per call than the gateway's front, and would measure itself;
+otherwise `twinbench.loadgen`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
-from twinbench.config import Settings
+from twinbench.config import LOADGEN_PROGRAM, Settings, installed_program
 from twinbench.datasets import load_dataset
 from twinbench.launcher import LocalStack
 from twinbench.repository import ModelRepository, model_name
@@ -113,6 +115,20 @@ def _ensure_exports(stack: LocalStack, settings: Settings, model: str) -> None:
     client.close()
 
 
+def load_generator() -> list[str]:
+    """The command line of the load generator, before its arguments."""
+    program = installed_program(LOADGEN_PROGRAM)
+    return [str(program)] if program else [sys.executable, "-m", "twinbench.loadgen"]
+
+
+def setup(settings: Settings) -> dict[str, str]:
+    """What serves and what loads, in words: figures from one setup do not compare to another's."""
+    return {
+        "gateway_front": "Go" if settings.gateway_front_program() else "none (Python serves)",
+        "load_generator": "Go" if installed_program(LOADGEN_PROGRAM) else "Python",
+    }
+
+
 def measure_remote(
     address: str, request: bytes, concurrency: int, seconds: float, cpus: set[int] | None
 ) -> tuple[int, float, float, float, float]:
@@ -121,8 +137,7 @@ def measure_remote(
         f.write(request)
         f.flush()
         out = subprocess.run(
-            [sys.executable, "-m", "twinbench.loadgen", address, f.name, str(concurrency),
-             str(seconds)],
+            [*load_generator(), address, f.name, str(concurrency), str(seconds)],
             capture_output=True, text=True, check=True,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )  # fmt: skip

@@ -390,10 +390,11 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
     """The serving benchmark's paths b-d on compare's own stack, for the report."""
     import dataclasses
 
-    from twinbench.bench import bench_stack, ratios, summary
+    from twinbench.bench import bench_stack, ratios, setup, summary
     from twinbench.datasets import load_dataset
 
     print(f"serving cost: the trainers directly, the gateway, with batching ({seconds:g} s each)")
+    how = setup(stack.settings)
     image = load_dataset("mnist-5k").test.x[:1]
     requests = {
         e.model_name: infer_request(e.model_name, image, version=e.version).SerializeToString()
@@ -407,6 +408,7 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
         "summary": ratios(figures),
         "note": "load from one process beside the services, sharing their CPUs"
         " (twinbench bench serving gives the load a CPU of its own)",
+        **how,
     }
 
 
@@ -436,8 +438,10 @@ def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from twinbench.bench import run_serving_bench, summary
+    from twinbench.bench import run_serving_bench, setup, summary
 
+    how = setup(settings)
+    print(f"gateway front: {how['gateway_front']}; load generator: {how['load_generator']}")
     print(
         f"{'path':<24} {'model':<26} {'conc':>4} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'req/s':>9} {'client cpu':>10}"

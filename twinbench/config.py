@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,9 @@ DEFAULT_PORTS = {"gateway": 50051, "torch_trainer": 50052, "tf_trainer": 50053}
 # Each trainer's inference link (twinbench.link), which only the gateway calls.
 DEFAULT_LINK_PORTS = {"torch_trainer": 50062, "tf_trainer": 50063}
 FRAMEWORKS = ("torch", "tf")
+# The Go programs that `make` builds when it can (see the Makefile's `native`).
+FRONT_PROGRAM = "twinbench-front"
+LOADGEN_PROGRAM = "twinbench-loadgen"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Settings:
     tls_cert: Path | None  # the gateway's certificate and key (PEM); both or neither
     tls_key: Path | None
     tls_ca: Path | None  # what clients trust to reach a TLS gateway
+    gateway_front: str  # the gateway's front binary: "auto", "off" or a path
 
     @property
     def model_repository(self) -> Path:
@@ -71,6 +77,17 @@ class Settings:
         if self.dynamic_batching in ("off", ""):
             return False
         return self.dynamic_batching == "on" or model_name in self.dynamic_batching.split(",")
+
+    def gateway_front_program(self) -> Path | None:
+        """The gateway's front (services/gateway/front), or None: the gateway serves alone."""
+        if self.gateway_front == "off":
+            return None
+        if self.gateway_front == "auto":
+            return installed_program(FRONT_PROGRAM)
+        path = Path(self.gateway_front)
+        if not path.is_file():
+            raise SystemExit(f"TWINBENCH_GATEWAY_FRONT={self.gateway_front}: no such file")
+        return path
 
     def grpc_options(self) -> list[tuple[str, int]]:
         """Message limits set explicitly on both ends: gRPC's 4 MiB receive default is too small for batches."""
@@ -117,8 +134,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert=_path(env.get("TWINBENCH_TLS_CERT")),
         tls_key=_path(env.get("TWINBENCH_TLS_KEY")),
         tls_ca=_path(env.get("TWINBENCH_TLS_CA")),
+        gateway_front=get("GATEWAY_FRONT", "auto"),
     )
 
 
 def _path(value: str | None) -> Path | None:
     return Path(value).expanduser() if value else None
+
+
+def installed_program(name: str) -> Path | None:
+    """A program that `make` (or an image) installs beside Python, else one on PATH, else None."""
+    beside_python = Path(sys.prefix) / "bin" / name
+    if beside_python.is_file():
+        return beside_python
+    found = shutil.which(name)
+    return Path(found) if found else None

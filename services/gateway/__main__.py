@@ -1,8 +1,10 @@
 """Entry point of the gateway service: `python -m services.gateway`."""
 
+import sys
 import threading
 
 from services.gateway.auth import BearerTokenInterceptor
+from services.gateway.front import Front
 from services.gateway.router import Gateway
 from services.gateway.servicers import (
     GatewayInferenceServicer,
@@ -18,6 +20,8 @@ from twinbench.grpc_server import (
     set_serving,
 )
 
+GRACE_S = 10.0
+
 
 def main() -> None:
     configure_logging()
@@ -29,12 +33,25 @@ def main() -> None:
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SystemExit("set both TWINBENCH_TLS_CERT and TWINBENCH_TLS_KEY, or neither")
     tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+    front_binary = settings.gateway_front_program()
+    public = settings.listen_address("gateway")
+    # With the front, this process is reached only through it, on loopback; TLS is the front's.
     server, port, health = create_server(
-        settings.listen_address("gateway"), settings, interceptors=interceptors, tls=tls
+        "127.0.0.1:0" if front_binary else public,
+        settings,
+        interceptors=interceptors,
+        tls=None if front_binary else tls,
     )
     trainer_pb2_grpc.add_TrainerServicer_to_server(GatewayTrainerServicer(gateway), server)
     server.add_generic_rpc_handlers((inference_handler(GatewayInferenceServicer(gateway)),))
     server.start()
+    front = Front(front_binary, settings, control_port=port) if front_binary else None
+    if front:
+        try:
+            port = front.start(public)
+        except SystemExit:
+            server.stop(None)
+            raise
     stop = threading.Event()
 
     def become_ready() -> None:
@@ -46,9 +63,15 @@ def main() -> None:
 
     threading.Thread(target=become_ready, name="gateway-ready", daemon=True).start()
     try:
-        run_until_signalled(server, health, "gateway", port, settings, on_stop=stop.set)
+        run_until_signalled(server, health, "gateway", port, settings, stop.set, GRACE_S)
     finally:
+        # After this process's own calls have drained, streams relayed by the front included;
+        # inferences in flight through the front finish before it exits.
+        if front:
+            front.stop(GRACE_S)
         gateway.close()
+    if front and front.died:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""The gateway's front (front/main.go): found, started and watched by the gateway's process.
+
+With the front, the public port is the front's: it serves ModelInfer over the trainers'
+inference links and relays every other call to this process, which then listens on loopback
+only. Without it (not built, or TWINBENCH_GATEWAY_FRONT=off) this process serves the public
+port itself, with the same API and slower inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+from twinbench.config import FRAMEWORKS, Settings
+
+log = logging.getLogger(__name__)
+
+
+class Front:
+    """The front as a child process; it exits when this process does, however that happens."""
+
+    def __init__(self, binary: Path, settings: Settings, control_port: int) -> None:
+        self.binary = binary
+        self.settings = settings
+        self.control_port = control_port
+        self._proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self.died = False  # it exited without being asked to
+
+    def _args(self, listen: str) -> list[str]:
+        s = self.settings
+        links = ",".join(f"{fw}={s.trainer_link_address(fw)}" for fw in FRAMEWORKS)
+        args = [
+            str(self.binary),
+            f"-listen={listen}",
+            f"-control=127.0.0.1:{self.control_port}",
+            f"-links={links}",
+            f"-max-message-bytes={s.max_message_bytes}",
+            f"-backend-timeout-s={s.backend_timeout_s}",
+            f"-batching={s.dynamic_batching}",
+            f"-batch-max-rows={s.batch_max_rows}",
+            f"-batch-delay-us={round(s.batch_delay_s * 1e6)}",
+            f"-inference-open={str(s.inference_open).lower()}",
+        ]
+        if s.tls_cert:
+            args += [f"-tls-cert={s.tls_cert}", f"-tls-key={s.tls_key}"]
+        return args
+
+    def start(self, listen: str) -> int:
+        """Starts the front on `listen` and returns its port once it listens."""
+        env = {**os.environ, "TWINBENCH_TOKEN": self.settings.token}  # never on its command line
+        self._proc = subprocess.Popen(
+            self._args(listen), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        line = self._proc.stdout.readline()  # its one line: the port
+        if not line.strip().isdigit():
+            self._proc.wait()
+            raise SystemExit(f"the gateway front did not start (exit code {self._proc.returncode})")
+        threading.Thread(target=self._watch, name="gateway-front-watch", daemon=True).start()
+        return int(line)
+
+    def _watch(self) -> None:
+        """A front that dies on its own takes the gateway down, so that it is restarted whole."""
+        code = self._proc.wait()
+        if not self._stopping.is_set():
+            self.died = True
+            log.error("the gateway front exited with code %s; stopping the gateway", code)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self, grace_s: float) -> None:
+        """Lets the calls in flight finish (they may still need this process), then ends it."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._stopping.set()
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
