@@ -3,10 +3,15 @@ section it feeds. It prints figures; what they are is this machine's business, n
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import jsonschema
+import pytest
 
-from twinbench.bench import bench_stack, ratios, summary
+from twinbench.bench import bench_stack, measure_remote, ratios, summary
+from twinbench.config import LOADGEN_PROGRAM, installed_program
 from twinbench.datasets import load_dataset
 from twinbench.report import SCHEMA_FILE, build_results, markdown
 from twinbench.tensors import infer_request
@@ -39,3 +44,21 @@ def test_bench_measures_each_path_and_its_figures_reach_the_report(stack, traine
     jsonschema.validate(results, json.loads(SCHEMA_FILE.read_text()))
     text = markdown(results, {})
     assert "## Serving cost: test" in text and "d gateway + batching" in text
+
+
+def test_both_load_generators_measure_alike_and_stop_on_a_failed_call(stack, trained):
+    go = installed_program(LOADGEN_PROGRAM)
+    if go is None and os.environ.get("TWINBENCH_FRONT_TESTS") == "required":
+        pytest.fail("the Go load generator is not built: `make native` needs Go (see README)")
+    generators = {"python": [sys.executable, "-m", "twinbench.loadgen"]}
+    if go is not None:
+        generators["go"] = [str(go)]
+    image = load_dataset("mnist-5k").test.x[:1]
+    good = infer_request("lenet5-torch-onnx", image).SerializeToString()
+    bad = infer_request("nosuch-torch-onnx", image).SerializeToString()
+    for name, generator in generators.items():
+        n, p50, p99, rps, cpu = measure_remote(stack.gateway_address, good, 2, 0.5, None, generator)
+        assert n > 0 and 0 < p50 <= p99 and rps > 0 and 0 < cpu <= 1.5, name
+        with pytest.raises(subprocess.CalledProcessError) as err:  # a figure of errors is no figure
+            measure_remote(stack.gateway_address, bad, 2, 0.5, None, generator)
+        assert "NOT_FOUND" in err.value.stderr or "NotFound" in err.value.stderr, name

@@ -130,14 +130,20 @@ def setup(settings: Settings) -> dict[str, str]:
 
 
 def measure_remote(
-    address: str, request: bytes, concurrency: int, seconds: float, cpus: set[int] | None
+    address: str,
+    request: bytes,
+    concurrency: int,
+    seconds: float,
+    cpus: set[int] | None,
+    generator: list[str] | None = None,
 ) -> tuple[int, float, float, float, float]:
-    """Runs the load generator process against `address`, on `cpus` (None: wherever)."""
+    """Runs a load generator (by default `load_generator()`) against `address`, on `cpus` (None:
+    wherever)."""
     with tempfile.NamedTemporaryFile(suffix=".bin") as f:
         f.write(request)
         f.flush()
         out = subprocess.run(
-            [*load_generator(), address, f.name, str(concurrency), str(seconds)],
+            [*(generator or load_generator()), address, f.name, str(concurrency), str(seconds)],
             capture_output=True, text=True, check=True,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )  # fmt: skip

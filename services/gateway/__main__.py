@@ -4,7 +4,7 @@ import sys
 import threading
 
 from services.gateway.auth import BearerTokenInterceptor
-from services.gateway.front import Front
+from services.gateway.front_process import Front
 from services.gateway.router import Gateway
 from services.gateway.servicers import (
     GatewayInferenceServicer,

@@ -1,4 +1,4 @@
-"""The gateway's front (front/main.go): found, started and watched by the gateway's process.
+"""The gateway's front (front/main.go) as a child of the gateway's process: started and watched.
 
 With the front, the public port is the front's: it serves ModelInfer over the trainers'
 inference links and relays every other call to this process, which then listens on loopback
