@@ -54,7 +54,13 @@ class Front:
         """Starts the front on `listen` and returns its port once it listens."""
         env = {**os.environ, "TWINBENCH_TOKEN": self.settings.token}  # never on its command line
         self._proc = subprocess.Popen(
-            self._args(listen), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            self._args(listen),
+            env=env,
+            stdin=subprocess.PIPE,  # held open: when this process ends, the front sees EOF
+            stdout=subprocess.PIPE,
+            # Its own session: a Ctrl-C in a terminal reaches the gateway, which stops the front
+            # after its own calls have drained, not both at once.
+            start_new_session=True,
         )
         line = self._proc.stdout.readline()  # its one line: the port
         if not line.strip().isdigit():
@@ -72,7 +78,7 @@ class Front:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def stop(self, grace_s: float) -> None:
-        """Lets the calls in flight finish (they may still need this process), then ends it."""
+        """Lets the inferences in flight finish, then ends it (after `grace_s`, by force)."""
         if self._proc is None or self._proc.poll() is not None:
             return
         self._stopping.set()
