@@ -137,3 +137,25 @@ def test_without_the_front_the_gateway_serves_the_same_api(stack, client, traine
     finally:
         del stack.extra_env["TWINBENCH_GATEWAY_FRONT"]
         stack.restart("gateway")
+
+
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (b"\xff\xff not protobuf", "INVALID_ARGUMENT"),  # not even a field key: relayed
+        (b"\n\x11lenet5-torch-onnx\xff\xff", "INVALID_ARGUMENT"),  # routed; the trainer refuses it
+        (b"\n\xff\xff\xff\xff\x0f", "INVALID_ARGUMENT"),  # a name longer than the message
+        (b"\n\x05a-b-c", "NOT_FOUND"),  # a framework nobody serves
+        (b"", "INVALID_ARGUMENT"),  # no model named
+    ],
+)
+def test_malformed_requests_are_refused_and_the_gateway_serves_on(
+    stack, client, trained, raw, code
+):
+    TALLY["bad inputs tried"] += 1
+    infer = client.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes as-is
+    with pytest.raises(grpc.RpcError) as err:
+        infer(raw, timeout=10)
+    assert err.value.code().name == code, err.value.details()
+    assert "Traceback" not in err.value.details()
+    assert served(client, "lenet5-torch-onnx", load_dataset("mnist-5k").test.x[:1]).shape == (1, 10)

@@ -151,7 +151,7 @@ type front struct {
 	control  *grpc.ClientConn
 	links    map[string]*linkClient
 	mu       sync.Mutex
-	batchers map[string]*batcher // model name -> its batching, nil when it is not batched
+	batchers map[string]*batcher // served model name -> its batching, nil when it is not batched
 }
 
 func newFront(cfg config, control *grpc.ClientConn) *front {
@@ -194,7 +194,8 @@ func (f *front) handle(_ interface{}, stream grpc.ServerStream) error {
 	}
 	var r reply
 	var err error
-	if b := f.batcher(name, link); b != nil {
+	b, known := f.batcher(name)
+	if b != nil {
 		r, err = b.call(request, deadline)
 	} else {
 		var replies []reply
@@ -207,6 +208,9 @@ func (f *front) handle(_ interface{}, stream grpc.ServerStream) error {
 	}
 	if r.status != 0 {
 		return status.Error(codes.Code(r.status), string(r.payload))
+	}
+	if !known {
+		f.learn(name, link)
 	}
 	return stream.SendMsg(&r.payload)
 }
@@ -221,18 +225,27 @@ func (f *front) authorized(ctx context.Context) bool {
 		subtle.ConstantTimeCompare([]byte(given[0]), []byte("Bearer "+f.cfg.token)) == 1
 }
 
-// batcher is the model's dynamic batching, decided once per model name.
-func (f *front) batcher(name string, link *linkClient) *batcher {
+// batcher is the model's dynamic batching (nil: not batched), and whether the model is known.
+func (f *front) batcher(name string) (*batcher, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	b, seen := f.batchers[name]
-	if !seen {
-		if f.batches(name) {
-			b = &batcher{send: link.call, maxItems: f.cfg.batchMaxRows, maxBytes: f.cfg.maxMessageBytes, delay: f.cfg.batchDelay}
-		}
-		f.batchers[name] = b
+	b, known := f.batchers[name]
+	return b, known
+}
+
+// learn decides, once per model, whether it is batched. Only a model that was served is learnt,
+// so names that clients make up cost no memory.
+func (f *front) learn(name string, link *linkClient) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, known := f.batchers[name]; known {
+		return
 	}
-	return b
+	var b *batcher
+	if f.batches(name) {
+		b = &batcher{send: link.call, maxItems: f.cfg.batchMaxRows, maxBytes: f.cfg.maxMessageBytes, delay: f.cfg.batchDelay}
+	}
+	f.batchers[name] = b
 }
 
 func (f *front) batches(name string) bool {
