@@ -51,10 +51,10 @@ def listeners(pid: int) -> list[str]:
     return [a.replace("[::ffff:", "").replace("]", "") for a in found]  # IPv4 on an IPv6 socket
 
 
-def served(client, model: str, images: np.ndarray) -> np.ndarray:
+def served(client, model: str, images: np.ndarray, version: str = "") -> np.ndarray:
     # wait_for_ready: the client's channel may still be reconnecting to a restarted gateway
     reply = client.inference.ModelInfer(
-        infer_request(model, images), timeout=30, wait_for_ready=True
+        infer_request(model, images, version=version), timeout=30, wait_for_ready=True
     )
     return output_array(reply, "logits")
 
@@ -124,7 +124,7 @@ def test_without_the_front_the_gateway_serves_the_same_api(stack, client, traine
                 barrier.wait(timeout=5)
             except threading.BrokenBarrierError:
                 pass
-            return served(client, model, images[i : i + 2])
+            return served(client, model, images[i : i + 2], export.version)
 
         with futures.ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(ask, range(0, 32, 2)))
