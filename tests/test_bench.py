@@ -10,7 +10,7 @@ import sys
 import jsonschema
 import pytest
 
-from twinbench.bench import bench_stack, measure_remote, ratios, summary
+from twinbench.bench import bench_stack, measure_remote, ratios, setup, summary
 from twinbench.config import LOADGEN_PROGRAM, installed_program
 from twinbench.datasets import load_dataset
 from twinbench.report import SCHEMA_FILE, build_results, markdown
@@ -38,12 +38,17 @@ def test_bench_measures_each_path_and_its_figures_reach_the_report(stack, traine
     (short,) = ratios(figures)
     assert short["model"] == export.model_name and short["concurrency"] == 4
     assert short["batching_gain"] == short["batched_rps"] / short["unbatched_rps"]
-    cost = {"figures": [dataclasses.asdict(f) for f in figures], "summary": [short], "note": "test"}
+    cost = {
+        "figures": [dataclasses.asdict(f) for f in figures],
+        "summary": [short],
+        "note": "test",
+        **setup(stack.settings),
+    }
     results = build_results([job], [], {"users": 1, "duration": "0s", "batch_size": 1,
                                         "host": stack.gateway_address}, "test", cost)  # fmt: skip
     jsonschema.validate(results, json.loads(SCHEMA_FILE.read_text()))
     text = markdown(results, {})
-    assert "## Serving cost: test" in text and "d gateway + batching" in text
+    assert "## Serving cost: test; gateway front: " in text and "d gateway + batching" in text
 
 
 def test_both_load_generators_measure_alike_and_stop_on_a_failed_call(stack, trained):

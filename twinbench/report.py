@@ -470,9 +470,14 @@ def _serving_cost_table(cost: dict | None) -> list[tuple[str, list[str], list[li
          f"{f['rps']:,.0f}"]
         for f in cost["figures"]
     ]  # fmt: skip
+    setup = "".join(
+        f"; {label}: {cost[key]}"
+        for key, label in (("gateway_front", "gateway front"), ("load_generator", "load from"))
+        if key in cost
+    )
     return [
         (
-            f"Serving cost: {cost['note']}",
+            f"Serving cost: {cost['note']}{setup}",
             [
                 "model",
                 "p50 ms direct, c=1",
