@@ -145,6 +145,30 @@ def test_the_link_client_survives_a_restarted_server_and_reports_a_dead_one():
         client.close()
 
 
+def test_a_burst_of_new_connections_is_served_whole():
+    # 64 connections opened at once, each with a frame of 600 KB (a cnn3 image's size): none is
+    # reset, as some were when the server's listen backlog was socketserver's default of 5.
+    server = LinkServer("127.0.0.1:0", lambda rs: [(OK, r[:8]) for r in rs], limit=1 << 21)
+    server.start()
+    frame = encode_requests([b"%08d" % 0 + bytes(600_000)])
+    barrier = threading.Barrier(64)
+
+    def connect_and_ask(i: int) -> list:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            barrier.wait(timeout=10)
+            sock.sendall(frame)
+            head = sock.recv(4, socket.MSG_WAITALL)
+            body = sock.recv(int.from_bytes(head, "big"), socket.MSG_WAITALL)
+            return decode_replies(body, 1)
+
+    try:
+        with futures.ThreadPoolExecutor(64) as pool:
+            replies = list(pool.map(connect_and_ask, range(64)))
+    finally:
+        server.stop()
+    assert replies == [[(OK, b"00000000")]] * 64
+
+
 def test_a_late_reply_is_a_deadline_and_never_the_answer_to_the_next_call():
     first = iter([True])
 

@@ -160,6 +160,10 @@ class LinkServer:
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
             allow_reuse_address = True
+            # socketserver's default backlog is 5: a burst of new connections (a gateway starting
+            # under load opens one per request in flight) overflows it, the kernel answers with
+            # SYN cookies, and some connections are reset on their first write.
+            request_queue_size = 1024
 
         self._server = Server((host, int(port)), Handler)
         self.port: int = self._server.server_address[1]
