@@ -1,5 +1,6 @@
 // The gateway's front: the gateway's public gRPC port, in Go, because per call it costs a tenth of
-// what a Python gRPC server costs (measured on 2 cores: about 0.017 ms of CPU against 0.15 ms).
+// what a Python gRPC server costs (measured with an echo handler on 2 cores: about 0.017 ms of
+// CPU a call against 0.15 ms).
 //
 // It serves ModelInfer itself: it reads the model name (field 1) from the serialized request,
 // picks the trainer by the framework in the name (<model>-<framework>-<format>), and hands the
@@ -37,7 +38,6 @@ import (
 
 const (
 	modelInfer = "/inference.GRPCInferenceService/ModelInfer"
-	health     = "/grpc.health.v1.Health/"
 	// Frames carry requests already size-checked here; this leaves room for the headers.
 	frameSlackBytes = 1024 * 1024
 )
