@@ -50,6 +50,9 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@if command -v go >/dev/null && [ -d $(GO_SOURCES) ]; then \
+		test -z "$$(gofmt -l services loadtests)" || { gofmt -l services loadtests; exit 1; }; \
+		$(GO_ENV) go vet ./services/gateway/front ./loadtests/loadgen; fi
 
 # The one command that makes the committed gRPC stubs.
 protos: venv
