@@ -301,11 +301,15 @@ func modelName(b []byte) (string, bool) {
 
 // frameworkOf is the framework part of <model>-<framework>-<format>, or "".
 func frameworkOf(name string) string {
-	parts := strings.Split(name, "-")
-	if len(parts) < 3 {
+	last := strings.LastIndexByte(name, '-')
+	if last < 0 {
 		return ""
 	}
-	return parts[len(parts)-2]
+	before := strings.LastIndexByte(name[:last], '-')
+	if before < 1 { // no model part
+		return ""
+	}
+	return name[before+1 : last]
 }
 
 // --- relaying to the Python gateway ---
@@ -468,23 +472,32 @@ func (l *linkClient) close() {
 	l.idle = nil
 }
 
-func encodeRequests(requests [][]byte) []byte {
-	size := 8
+// encodeRequests lays a frame out as the requests and the headers between them, for one writev:
+// the requests' bytes are sent from where they are, never copied into a frame.
+func encodeRequests(requests [][]byte) [][]byte {
+	size := 4
 	for _, r := range requests {
 		size += 4 + len(r)
 	}
-	frame := make([]byte, 8, size)
-	binary.BigEndian.PutUint32(frame[0:], uint32(size-4))
-	binary.BigEndian.PutUint32(frame[4:], uint32(len(requests)))
-	for _, r := range requests {
-		frame = binary.BigEndian.AppendUint32(frame, uint32(len(r)))
-		frame = append(frame, r...)
+	heads := make([]byte, 8+4*len(requests))
+	binary.BigEndian.PutUint32(heads[0:], uint32(size))
+	binary.BigEndian.PutUint32(heads[4:], uint32(len(requests)))
+	parts := make([][]byte, 0, 2*len(requests))
+	for i, r := range requests {
+		at := 8 + 4*i
+		binary.BigEndian.PutUint32(heads[at:], uint32(len(r)))
+		start := at // the first item's header goes out with the frame's
+		if i == 0 {
+			start = 0
+		}
+		parts = append(parts, heads[start:at+4], r)
 	}
-	return frame
+	return parts
 }
 
-func roundTrip(conn net.Conn, frame []byte, expected, limit int) ([]reply, error) {
-	if _, err := conn.Write(frame); err != nil {
+func roundTrip(conn net.Conn, frame [][]byte, expected, limit int) ([]reply, error) {
+	parts := append(net.Buffers(nil), frame...) // WriteTo consumes its slice; a retry needs it whole
+	if _, err := parts.WriteTo(conn); err != nil {
 		return nil, err
 	}
 	var head [4]byte
