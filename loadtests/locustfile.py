@@ -4,7 +4,8 @@ Runs in a process of its own that imports neither torch nor TensorFlow: gevent m
 `ssl` is imported, and importing Locust after either framework dies in `ssl`.
 
 Options (each also read from the environment variable in brackets):
-  --models NAMES    comma-separated served models; default all READY ones  [TWINBENCH_LOAD_MODELS]
+  --models NAMES    comma-separated served models, each NAME or NAME:VERSION (default: the newest);
+                    default all READY ones                                 [TWINBENCH_LOAD_MODELS]
   --batch-size N    images per request, default 1                         [TWINBENCH_LOAD_BATCH]
   --input-file F    .npy of float32 N x 1 x 28 x 28 images; default the embedded test images
                                                                            [TWINBENCH_LOAD_INPUT]
@@ -101,9 +102,9 @@ class V2User(User):
         batch = max(1, options.batch_size)
         # Requests are built once: the load test measures the server, not our serialisation.
         requests = [
-            infer_request(model, images[i : i + batch])
+            infer_request(name, images[i : i + batch], version=version)
             for i in range(0, min(len(images), 64 * batch) - batch + 1, batch)
-            for model in models
+            for name, _, version in (model.partition(":") for model in models)
         ]
         self.requests = itertools.cycle(requests)
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,173 +16,19 @@ from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
 from twinbench.config import FRAMEWORKS, Settings, load_settings
+from twinbench.console import describe_job, table, watch_all
 from twinbench.errors import TwinbenchError
-from twinbench.jobs import TERMINAL, state_name
-from twinbench.launcher import LocalStack, is_serving
+from twinbench.jobs import state_name
+from twinbench.launcher import LocalStack
 from twinbench.specs import MODELS
 from twinbench.tensors import infer_request, output_array
-
-# --- job progress ---
-
-
-class ProgressPrinter:
-    """Prints epochs and state changes as lines, and batch progress on one rewritten line (TTY)."""
-
-    def __init__(self, stream=sys.stdout) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.lock = threading.Lock()
-        self.status: dict[str, str] = {}
-
-    def line(self, text: str) -> None:
-        with self.lock:
-            if self.tty:
-                self.stream.write("\r\033[K")
-            self.stream.write(text + "\n")
-            self._redraw()
-
-    def progress(self, job_id: str, text: str) -> None:
-        with self.lock:
-            self.status[job_id] = text
-            self._redraw()
-
-    def _redraw(self) -> None:
-        if self.tty and self.status:
-            self.stream.write("\r\033[K" + " | ".join(self.status.values()))
-        self.stream.flush()
-
-    def done(self, job_id: str) -> None:
-        with self.lock:
-            self.status.pop(job_id, None)
-
-
-def watch(client: Client, job_id: str, printer: ProgressPrinter) -> tpb.Job:
-    """Follows one job's event stream to its end and returns the final record."""
-    framework = job_id.split("-", 1)[0]
-    last: tpb.Job | None = None
-    for event in client.trainer.WatchJob(tpb.WatchJobRequest(job_id=job_id)):
-        kind = event.WhichOneof("event")
-        if kind == "job":
-            if last is None or event.job.state != last.state:
-                printer.line(f"[{framework}] {job_id}: {state_name(event.job.state)}")
-            last = event.job
-        elif kind == "epoch":
-            e = event.epoch
-            printer.line(
-                f"[{framework}] epoch {e.epoch}: loss {e.train_loss:.4f} acc {e.train_accuracy:.4f}"
-                f" | val loss {e.val_loss:.4f} acc {e.val_accuracy:.4f}"
-                f" | {e.seconds:.2f} s, {e.samples_per_second:,.0f} samples/s"
-            )
-        else:
-            p = event.progress
-            printer.progress(
-                job_id, f"{framework} e{p.epoch} {p.batch}/{p.batches} loss {p.loss:.4f}"
-            )
-    printer.done(job_id)
-    if last is None or last.state not in TERMINAL:
-        return client.trainer.GetJob(tpb.GetJobRequest(job_id=job_id))
-    return last
-
-
-def watch_all(client: Client, jobs: list[tpb.Job]) -> list[tpb.Job]:
-    printer = ProgressPrinter()
-    results: dict[str, tpb.Job] = {}
-
-    def follow(job: tpb.Job) -> None:
-        results[job.id] = watch(client, job.id, printer)
-
-    threads = [threading.Thread(target=follow, args=(job,), daemon=True) for job in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [results[job.id] for job in jobs]
-
-
-# --- tables ---
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*map(str, row)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def describe_job(job: tpb.Job) -> str:
-    spec, opt = job.spec, job.spec.optimizer
-    lines = [
-        f"job {job.id}: {state_name(job.state)}" + (f" ({job.error})" if job.error else ""),
-        f"  spec: {spec.framework} {spec.model} on {spec.dataset}, {spec.epochs} epochs,"
-        f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
-        + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
-        + f", seed {spec.seed}, device {spec.device}, init {spec.init}",
-        f"  ran on: {job.device or '-'} ({job.framework_version or '-'}),"
-        f" {job.parameter_count:,} parameters",
-    ]
-    if job.epochs:
-        headers = [
-            "epoch",
-            "train loss",
-            "train acc",
-            "val loss",
-            "val acc",
-            "seconds",
-            "samples/s",
-        ]
-        rows = [
-            [
-                e.epoch,
-                f"{e.train_loss:.4f}",
-                f"{e.train_accuracy:.4f}",
-                f"{e.val_loss:.4f}",
-                f"{e.val_accuracy:.4f}",
-                f"{e.seconds:.2f}",
-                f"{e.samples_per_second:,.0f}",
-            ]
-            for e in job.epochs
-        ]
-        lines.append("  " + table(headers, rows).replace("\n", "\n  "))
-    if job.state == tpb.SUCCEEDED:
-        lines.append(
-            f"  test: loss {job.test_loss:.4f}, accuracy {job.test_accuracy:.4f}"
-            f"\n  time: train {job.train_seconds:.2f} s, of which warm-up (first step)"
-            f" {job.warmup_seconds:.3f} s; steady {job.steady_samples_per_second:,.0f} samples/s"
-            f"\n  memory: peak RSS {job.peak_rss_bytes / 2**20:.0f} MiB, peak GPU "
-            + (f"{job.peak_gpu_bytes / 2**20:.0f} MiB" if job.peak_gpu_bytes else "- (CPU)")
-        )
-        if spec.HasField("target_accuracy"):
-            lines.append(
-                f"  target val accuracy {spec.target_accuracy:g}: "
-                + (
-                    f"epoch {job.target_epoch}, after {job.time_to_target_seconds:.2f} s"
-                    if job.target_epoch
-                    else "not reached"
-                )
-            )
-        n = job.num_classes
-        if n and len(job.confusion_matrix) == n * n:
-            matrix = np.array(job.confusion_matrix).reshape(n, n)
-            lines.append("  confusion matrix (rows: true class):")
-            lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in matrix]
-    if job.fairness:
-        lines.append("  settings that differ by default between the frameworks, as set here:")
-        lines += [f"    {key}: {value}" for key, value in sorted(job.fairness.items())]
-    for e in job.exports:
-        lines.append(
-            f"  export {e.model_name} v{e.version}: {e.path} sha256 {e.sha256[:12]}"
-            f" max|diff| {e.max_abs_diff:.2e}"
-        )
-    return "\n".join(lines)
-
 
 # --- commands ---
 
 
 def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
     spec = tpb.JobSpec(framework=framework, model=args.model, dataset=args.dataset or "")
-    for field in ("epochs", "batch_size", "seed", "train_samples"):
+    for field in ("epochs", "batch_size", "seed", "train_samples", "warmup_steps"):
         value = getattr(args, field)
         if value is not None:
             setattr(spec, field, value)
@@ -204,16 +48,23 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
 
 
 def cmd_train(client: Client, args: argparse.Namespace) -> int:
-    jobs = list(
-        client.trainer.CreateJob(
-            tpb.CreateJobRequest(spec=spec_from_args(args, args.framework))
-        ).jobs
-    )
-    for job in jobs:
-        print(f"queued {job.id}")
-    if args.detach:
-        return 0
-    finished = watch_all(client, jobs)
+    if args.framework == "both" and not args.overlap and not args.detach:
+        # One after the other: run together, each job's figures would be taken under the other's
+        # load (a job records whether that happened).
+        finished = []
+        for framework in FRAMEWORKS:
+            spec = spec_from_args(args, framework)
+            (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
+            print(f"queued {job.id}")
+            finished += watch_all(client, [job])
+    else:
+        spec = spec_from_args(args, args.framework)
+        jobs = list(client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs)
+        for job in jobs:
+            print(f"queued {job.id}")
+        if args.detach:
+            return 0
+        finished = watch_all(client, jobs)
     for job in finished:
         print(describe_job(job))
     return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
@@ -285,131 +136,33 @@ def cmd_infer(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def services(settings: Settings, address: str) -> Iterator[tuple[str, LocalStack | None]]:
-    """The gateway's address and the stack behind it: the running one (no stack), or a local
-    stack started now and stopped after."""
-    if is_serving(address, tls_ca=settings.tls_ca):
-        yield address, None
-        return
-    print(f"no gateway at {address}; starting the services (state in {settings.home})")
-    with LocalStack(settings) as stack:
-        yield stack.gateway_address, stack
-    print("stopped the services it started")
-
-
 def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
-    from twinbench.datasets import load_dataset
-    from twinbench.loadtest import run_locust
-    from twinbench.report import build_results, write_report
+    from twinbench.compare import CompareOptions, run_compare
 
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    report_dir = Path(args.reports).resolve() / f"{stamp}-{args.model}"
-    finished: list[tpb.Job] = []
-    serving: list[dict] = []
-    serving_cost: dict | None = None
-    with services(settings, args.gateway) as (address, stack):
-        client = Client(address, settings)
-        # One framework at a time: run together, they would share the CPU and skew the timings.
-        for framework in FRAMEWORKS:
-            spec = spec_from_args(args, framework)
-            jobs = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
-            finished += watch_all(client, list(jobs))
-        exports = [(job, e) for job in finished if job.state == tpb.SUCCEEDED for e in job.exports]
-        predictions = {  # one inference to each export through the gateway
-            e.model_name: infer_sample(client, e.model_name, args.sample, e.version)
-            for _, e in exports
-        }
-        client.close()
-        if args.users > 0 and exports:
-            report_dir.mkdir(parents=True, exist_ok=True)
-            inputs = report_dir / "inputs.npy"  # the same real test images for every model
-            np.save(inputs, load_dataset("mnist-5k").test.x[: 64 * args.serving_batch_size])
-            for job, export in exports:
-                print(f"load test: {export.model_name}, {args.users} users for {args.duration}")
-                stats = run_locust(
-                    address, export.model_name, args.users, args.duration,
-                    args.serving_batch_size, inputs, report_dir / "locust" / export.model_name,
-                )  # fmt: skip
-                serving.append(
-                    {
-                        "model_name": export.model_name,
-                        "version": export.version,
-                        "framework": job.spec.framework,
-                        "format": export.format,
-                        **stats,
-                    }
-                )
-        if stack and args.bench_seconds > 0 and exports:
-            serving_cost = serving_cost_of(stack, [e for _, e in exports], args.bench_seconds)
-    load = {
-        "users": max(args.users, 1),
-        "duration": args.duration,
-        "batch_size": args.serving_batch_size,
-        "host": address,
-    }
-    command = "twinbench " + " ".join(args.argv)
-    results = build_results(finished, serving, load, command, serving_cost)
-    write_report(report_dir, results)
-    for job in finished:
-        if job.state != tpb.SUCCEEDED:
-            print(f"{job.id} {state_name(job.state)}: {job.error}", file=sys.stderr)
-    t = results["training"]
-    print(
-        table(
-            ["framework", "test acc", "train s", "steady s/epoch", "export", f"sample {args.sample} ->"],
-            [
-                [job.spec.framework, f"{job.test_accuracy:.4f}", f"{job.train_seconds:.1f}",
-                 f"{t[job.spec.framework]['steady_epoch_seconds']:.2f}",
-                 f"{e.model_name} v{e.version}",
-                 f"{int(predictions[e.model_name].argmax())}"
-                 f" ({softmax(predictions[e.model_name]).max():.3f})"]
-                for job, e in exports
-            ],
+    frameworks = tuple(f.strip() for f in args.frameworks.split(","))
+    if len(frameworks) != 2 or not set(frameworks) <= set(FRAMEWORKS):
+        raise SystemExit(
+            f"--frameworks takes two of {', '.join(FRAMEWORKS)}, e.g. torch,tf or torch,torch;"
+            f" got {args.frameworks!r}"
         )
-    )  # fmt: skip
-    if serving:
-        print(
-            table(
-                ["served model", "req/s", "p50 ms", "p99 ms", "failures"],
-                [
-                    [s["model_name"], f"{s['requests_per_second']:.1f}",
-                     f"{s['latency_ms']['p50']:.1f}", f"{s['latency_ms']['p99']:.1f}",
-                     str(s["failures"])]
-                    for s in serving
-                ],
-            )
-        )  # fmt: skip
-    for v in results["verdict"]:
-        print(f"{v['question']}: {v['winner']} ({v['ratio']:.2f}x; {v['detail']})")
-    print(f"report: {report_dir / 'report.html'}")
-    return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
-
-
-def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
-    """The serving benchmark's paths b-d on compare's own stack, for the report."""
-    import dataclasses
-
-    from twinbench.bench import bench_stack, ratios, setup, summary
-    from twinbench.datasets import load_dataset
-
-    print(f"serving cost: the trainers directly, the gateway, with batching ({seconds:g} s each)")
-    how = setup(stack.settings)
-    image = load_dataset("mnist-5k").test.x[:1]
-    requests = {
-        e.model_name: infer_request(e.model_name, image, version=e.version).SerializeToString()
-        for e in exports
-    }
-    figures = bench_stack(stack, requests, (1, 32), seconds, report=lambda f: None)
-    for line in summary(figures):
-        print(line)
-    return {
-        "figures": [dataclasses.asdict(f) for f in figures],
-        "summary": ratios(figures),
-        "note": "load from one process beside the services, sharing their CPUs"
-        " (twinbench bench serving gives the load a CPU of its own)",
-        **how,
-    }
+    if args.repeats < 1 or args.rounds < 1:
+        raise SystemExit("--repeats and --rounds must be 1 or more")
+    if not 0.5 <= args.confidence < 1:
+        raise SystemExit(f"--confidence must be in [0.5, 1), got {args.confidence}")
+    options = CompareOptions(
+        frameworks=frameworks,
+        repeats=args.repeats,
+        users=args.users,
+        duration=args.duration,
+        rounds=args.rounds,
+        serving_batch_size=args.serving_batch_size,
+        reports=Path(args.reports),
+        sample=args.sample,
+        bench_seconds=args.bench_seconds,
+        command="twinbench " + " ".join(args.argv),
+        level=args.confidence,
+    )
+    return run_compare(settings, args.gateway, spec_from_args(args, ""), options)
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -510,6 +263,12 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--train-samples", type=int, help="train on the first N rows only")
     p.add_argument(
+        "--warmup-steps",
+        type=int,
+        help="training steps timed apart before the steady figures (default: 10, or half the"
+        " job's steps when it has fewer than 20)",
+    )
+    p.add_argument(
         "--init",
         choices=["shared", "framework"],
         help="shared: both frameworks start from the same weights (default);"
@@ -530,6 +289,12 @@ def parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model and follow its progress")
     train.add_argument("--framework", choices=["torch", "tf", "both"], default="both")
     train.add_argument("--detach", action="store_true", help="queue the job and return")
+    train.add_argument(
+        "--overlap",
+        action="store_true",
+        help="with --framework both, train the two at the same time (default: one after the"
+        " other, so neither is timed under the other's load)",
+    )
     add_spec_options(train, None)
     jobs = sub.add_parser("jobs", help="list jobs, or show one in full")
     jobs.add_argument("--show", metavar="JOB_ID")
@@ -576,13 +341,40 @@ def parser() -> argparse.ArgumentParser:
     )
     add_spec_options(compare, 5)
     compare.add_argument(
+        "--frameworks",
+        default="torch,tf",
+        help="the two arms, first over second in every ratio; one framework twice (torch,torch)"
+        " is an A/A run that shows the noise floor (default: %(default)s)",
+    )
+    compare.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="training runs per arm, each with a new seed, in the order A B B A ...;"
+        " verdicts rest on these pairs (default: %(default)s)",
+    )
+    compare.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="level of every interval; a report names a false winner in at most 1 - this of"
+        " runs (default: %(default)s)",
+    )
+    compare.add_argument(
         "--users",
         type=int,
         default=8,
         help="Locust users per served model; 0 skips load (default: 8)",
     )
     compare.add_argument(
-        "--duration", default="20s", help="Locust run time per model (default: 20s)"
+        "--duration", default="5s", help="Locust run time per model and round (default: 5s)"
+    )
+    compare.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="serving rounds, the models' order alternating; serving verdicts rest on these"
+        " pairs (default: %(default)s)",
     )
     compare.add_argument(
         "--serving-batch-size", type=int, default=1, help="images per request (default: 1)"

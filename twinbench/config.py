@@ -43,6 +43,12 @@ class Settings:
     tls_key: Path | None
     tls_ca: Path | None  # what clients trust to reach a TLS gateway
     gateway_front: str  # the gateway's front binary: "auto", "off" or a path
+    # Each training job's worker process: the CPUs it may use ("" all of the trainer's, or a list
+    # like "0-3,8") and its intra-op and inter-op threads (0: one per CPU of that set), the same
+    # in both frameworks.
+    train_cpus: str
+    train_threads: int
+    train_interop_threads: int
 
     @property
     def model_repository(self) -> Path:
@@ -55,6 +61,12 @@ class Settings:
     @property
     def logs(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def active_jobs(self) -> Path:
+        """Where running jobs leave a marker; inside `runs`, which both trainers share in every
+        deployment, so that each job sees the other trainer's."""
+        return self.runs / ".active-jobs"
 
     def jobs_db(self, framework: str) -> Path:
         return self.home / "jobs" / f"{framework}.sqlite"
@@ -135,6 +147,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_key=_path(env.get("TWINBENCH_TLS_KEY")),
         tls_ca=_path(env.get("TWINBENCH_TLS_CA")),
         gateway_front=get("GATEWAY_FRONT", "auto"),
+        train_cpus=get("TRAIN_CPUS", ""),
+        train_threads=int(get("TRAIN_THREADS", "0")),
+        train_interop_threads=int(get("TRAIN_INTEROP_THREADS", "0")),
     )
 
 

@@ -89,6 +89,10 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         (0 <= opt.momentum < 1, f"momentum must be in [0, 1), got {opt.momentum}"),
         (0 < opt.epsilon < 1, f"epsilon must be in (0, 1), got {opt.epsilon}"),
         (
+            not spec.HasField("warmup_steps") or spec.warmup_steps >= 0,
+            f"warmup_steps must be 0 or more, got {spec.warmup_steps}",
+        ),
+        (
             not spec.HasField("train_samples") or spec.train_samples >= 1,
             f"train_samples must be 1 or more, got {spec.train_samples}",
         ),

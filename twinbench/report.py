@@ -1,4 +1,4 @@
-"""The comparison report: results.json (schema twinbench.results/v1), report.md and a self-contained report.html."""
+"""The comparison report: results.json (schema twinbench.results/v2), report.md and a self-contained report.html."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import numpy as np
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.jobs import state_name
 
-SCHEMA = "twinbench.results/v1"
-SCHEMA_FILE = Path(__file__).with_name("schemas") / "results-v1.schema.json"
+SCHEMA = "twinbench.results/v2"
+SCHEMA_FILE = Path(__file__).with_name("schemas") / "results-v2.schema.json"
 COLORS = {"torch": "#ee4c2c", "tf": "#ff8f00"}
+SECOND_ARM_COLOR = "#5e3c99"  # the second arm of an A/A run, whose framework is the first's
 LABELS = {"torch": "PyTorch", "tf": "TensorFlow"}
 PERCENTILES = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%")
 
@@ -48,7 +49,7 @@ def environment() -> dict:
 
 
 def training_record(job: tpb.Job) -> dict:
-    """One framework's job as results.json stores it; epoch 1 counts as warm-up."""
+    """One job (one repeat of an arm) as results.json stores it."""
     epochs = [
         {
             "epoch": e.epoch,
@@ -61,8 +62,7 @@ def training_record(job: tpb.Job) -> dict:
         }
         for e in job.epochs
     ]
-    # The first epoch carries one-time costs (tracing, allocator warm-up); the rest is steady state.
-    steady = epochs[1:] or epochs
+    rows = round(job.epochs[0].samples_per_second * job.epochs[0].seconds) if job.epochs else 0
     n = job.num_classes
     matrix = np.array(job.confusion_matrix, dtype=int).reshape(n, n).tolist() if n else []
     spec, opt = job.spec, job.spec.optimizer
@@ -70,9 +70,13 @@ def training_record(job: tpb.Job) -> dict:
         "job_id": job.id,
         "state": state_name(job.state),
         "error": job.error,
+        "seed": spec.seed,
         "device": job.device,
         "framework_version": job.framework_version,
         "parameter_count": job.parameter_count,
+        "threads": {"intra_op": job.threads.intra_op, "inter_op": job.threads.inter_op},
+        "cpu_set": list(job.cpu_set),
+        "overlapped_jobs": list(job.overlapped_jobs),
         "hyperparameters": {
             "model": spec.model,
             "dataset": spec.dataset,
@@ -82,19 +86,28 @@ def training_record(job: tpb.Job) -> dict:
             "learning_rate": opt.learning_rate,
             "momentum": opt.momentum,
             "epsilon": opt.epsilon,
-            "seed": spec.seed,
             "init": spec.init,
+            "warmup_steps": job.warmup_steps,
         },
         "epochs": epochs,
         "train_seconds": job.train_seconds,
-        "warmup_step_seconds": job.warmup_seconds,
-        "fairness": dict(job.fairness),
-        "warmup_epoch_seconds": epochs[0]["seconds"] if epochs else 0.0,
-        "steady_epoch_seconds": float(np.mean([e["seconds"] for e in steady])) if steady else 0.0,
+        "warmup_steps": job.warmup_steps,
+        "warmup_seconds": job.warmup_seconds,
+        "steady_seconds": job.steady_seconds,
+        "steady_samples": job.steady_samples,
         "steady_samples_per_second": job.steady_samples_per_second,
+        # The same definition, as the time one epoch of this job's rows takes at that pace.
+        "steady_epoch_seconds": rows / job.steady_samples_per_second
+        if job.steady_samples_per_second
+        else 0.0,
+        "window_samples_per_second": list(job.window_samples_per_second),
+        "time_to_target_seconds": job.time_to_target_seconds,
+        "target_epoch": job.target_epoch,
+        "fairness": dict(job.fairness),
         "test_loss": job.test_loss,
         "test_accuracy": job.test_accuracy,
         "confusion_matrix": matrix,
+        "baseline_rss_bytes": job.baseline_rss_bytes,
         "peak_rss_bytes": job.peak_rss_bytes,
         "peak_gpu_bytes": job.peak_gpu_bytes,
         "exports": [
@@ -107,6 +120,32 @@ def training_record(job: tpb.Job) -> dict:
             }
             for e in job.exports
         ],
+    }
+
+
+def arm_summary(records: list[dict]) -> dict:
+    """Mean and range over an arm's succeeded repeats (speed as a geometric mean)."""
+    done = [r for r in records if r["state"] == "succeeded"]
+
+    def spread(values: list[float], geometric: bool = False) -> dict:
+        if not values:
+            return {"mean": None, "min": None, "max": None}
+        mean = float(np.exp(np.mean(np.log(values)))) if geometric else float(np.mean(values))
+        return {"mean": mean, "min": float(min(values)), "max": float(max(values))}
+
+    speeds = [r["steady_samples_per_second"] for r in done if r["steady_samples_per_second"] > 0]
+    return {
+        "succeeded": len(done),
+        "repeats": len(records),
+        "steady_samples_per_second": spread(speeds, geometric=True),
+        "test_accuracy": spread([r["test_accuracy"] for r in done]),
+        "train_seconds": spread([r["train_seconds"] for r in done]),
+        "warmup_seconds": spread([r["warmup_seconds"] for r in done]),
+        "peak_rss_bytes": max((r["peak_rss_bytes"] for r in done), default=0),
+        "peak_rss_rise_bytes": max(
+            (r["peak_rss_bytes"] - r["baseline_rss_bytes"] for r in done), default=0
+        ),
+        "peak_gpu_bytes": max((r["peak_gpu_bytes"] for r in done), default=0),
     }
 
 
@@ -140,81 +179,34 @@ def _number(value) -> float:
         return 0.0  # Locust writes "N/A" when a run had no requests
 
 
-def verdicts(training: dict, serving: list[dict]) -> list[dict]:
-    """Short answers with their ratios: faster to train, more accurate, faster to serve."""
-    out = []
-    done = {fw: t for fw, t in training.items() if t["state"] == "succeeded"}
-    if len(done) == 2:
-        (a, ta), (b, tb) = sorted(done.items(), key=lambda kv: kv[1]["steady_epoch_seconds"])
-        out.append(
-            {
-                "question": "faster to train (steady-state seconds per epoch)",
-                "winner": a,
-                "ratio": tb["steady_epoch_seconds"] / max(ta["steady_epoch_seconds"], 1e-12),
-                "detail": f"{ta['steady_epoch_seconds']:.3f} s vs {tb['steady_epoch_seconds']:.3f} s",
-            }
-        )
-        (a, ta), (b, tb) = sorted(done.items(), key=lambda kv: -kv[1]["test_accuracy"])
-        out.append(
-            {
-                "question": "more accurate (test accuracy)",
-                "winner": a if ta["test_accuracy"] > tb["test_accuracy"] else "tie",
-                "ratio": ta["test_accuracy"] / max(tb["test_accuracy"], 1e-12),
-                "detail": f"{ta['test_accuracy']:.4f} vs {tb['test_accuracy']:.4f}",
-            }
-        )
-    by_format: dict[str, list[dict]] = {}
-    for s in serving:
-        if s["requests"]:
-            by_format.setdefault("onnx" if s["format"] == "onnx" else "native", []).append(s)
-    for kind, runs in sorted(by_format.items()):
-        if len(runs) < 2:
-            continue
-        runs = sorted(runs, key=lambda s: s["latency_ms"]["p50"] or float("inf"))
-        best, other = runs[0], runs[1]
-        out.append(
-            {
-                "question": f"faster to serve, {kind} format (p50 latency)",
-                "winner": best["model_name"],
-                "ratio": other["latency_ms"]["p50"] / max(best["latency_ms"]["p50"], 1e-12),
-                "detail": f"{best['latency_ms']['p50']:.1f} ms vs {other['latency_ms']['p50']:.1f} ms"
-                f" ({other['model_name']})",
-            }
-        )
-    served = [s for s in serving if s["requests"]]
-    if served:
-        fastest = max(served, key=lambda s: s["requests_per_second"])
-        slowest = min(served, key=lambda s: s["requests_per_second"])
-        out.append(
-            {
-                "question": "most requests per second, any format",
-                "winner": fastest["model_name"],
-                "ratio": fastest["requests_per_second"]
-                / max(slowest["requests_per_second"], 1e-12),
-                "detail": f"{fastest['requests_per_second']:.1f} req/s vs"
-                f" {slowest['requests_per_second']:.1f} ({slowest['model_name']})",
-            }
-        )
-    return out
-
-
 def build_results(
-    jobs: list[tpb.Job],
+    arms: dict[str, tuple[str, list[tpb.Job]]],
     serving: list[dict],
     load: dict,
     command: str,
+    verdict: list[dict],
+    design: dict,
     serving_cost: dict | None = None,
 ) -> dict:
-    """`serving_cost`: {"figures": [...], "summary": [...], "note": ...} from twinbench.bench."""
-    training = {job.spec.framework: training_record(job) for job in jobs}
+    """`arms`: label -> (framework, its jobs in repeat order); `verdict` from twinbench.stats;
+    `serving_cost`: {"figures": [...], "summary": [...], "note": ...} from twinbench.bench."""
+    training = {}
+    for label, (framework, jobs) in arms.items():
+        records = [training_record(job) for job in jobs]
+        training[label] = {
+            "framework": framework,
+            "repeats": records,
+            "summary": arm_summary(records),
+        }
     return {
         "schema": SCHEMA,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": command,
         "environment": environment(),
+        "design": design,
         "training": training,
         "serving": {**load, "models": serving},
-        "verdict": verdicts(training, serving),
+        "verdict": verdict,
         **({"serving_cost": serving_cost} if serving_cost else {}),
     }
 
@@ -231,6 +223,21 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def arm_colors(results: dict) -> dict[str, str]:
+    """A colour per arm: its framework's, or for the second arm of an A/A run one of its own."""
+    colors: dict[str, str] = {}
+    for label, arm in results["training"].items():
+        color = COLORS[arm["framework"]]
+        colors[label] = SECOND_ARM_COLOR if color in colors.values() else color
+    return colors
+
+
+def arm_name(label: str) -> str:
+    """ "torch" -> "PyTorch", "torch B" -> "PyTorch B"."""
+    framework, _, suffix = label.partition(" ")
+    return f"{LABELS.get(framework, framework)} {suffix}".strip()
+
+
 def plots(results: dict) -> dict[str, bytes]:
     """PNG images by file name; the HTML embeds them, the Markdown links them."""
     import matplotlib
@@ -238,78 +245,76 @@ def plots(results: dict) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    training = {fw: t for fw, t in results["training"].items() if t["epochs"]}
+    colors = arm_colors(results)
+    training = {
+        label: [r for r in arm["repeats"] if r["epochs"]]
+        for label, arm in results["training"].items()
+    }
+    training = {label: runs for label, runs in training.items() if runs}
     images: dict[str, bytes] = {}
     if training:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for fw, t in training.items():
-            x = [e["epoch"] for e in t["epochs"]]
-            for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-                ax.plot(
-                    x,
-                    [e[f"train_{key}"] for e in t["epochs"]],
-                    color=COLORS[fw],
-                    label=f"{LABELS[fw]} train",
-                )
-                ax.plot(
-                    x,
-                    [e[f"val_{key}"] for e in t["epochs"]],
-                    color=COLORS[fw],
-                    ls="--",
-                    label=f"{LABELS[fw]} validation",
-                )
+        for label, runs in training.items():
+            for i, run in enumerate(runs):  # one line per repeat: the spread is the point
+                x = [e["epoch"] for e in run["epochs"]]
+                for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+                    first = i == 0
+                    ax.plot(
+                        x,
+                        [e[f"train_{key}"] for e in run["epochs"]],
+                        color=colors[label],
+                        alpha=0.55,
+                        lw=1,
+                        label=f"{arm_name(label)} train" if first else None,
+                    )
+                    ax.plot(x, [e[f"val_{key}"] for e in run["epochs"]], color=colors[label],
+                            alpha=0.55, lw=1, ls="--",
+                            label=f"{arm_name(label)} validation" if first else None)  # fmt: skip
         for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-            ax.set(xlabel="epoch", ylabel=key, title=key.capitalize())
+            ax.set(xlabel="epoch", ylabel=key, title=f"{key.capitalize()}, one line per repeat")
             ax.grid(alpha=0.3)
-            ax.legend()
+            ax.legend(fontsize=8)
         images["curves.png"] = _png(fig)
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-        width = 0.4
-        for i, (fw, t) in enumerate(training.items()):
-            x = np.array([e["epoch"] for e in t["epochs"]]) + (i - 0.5) * width
-            colors = [COLORS[fw]] * len(x)
-            bars = axes[0].bar(
-                x, [e["seconds"] for e in t["epochs"]], width, color=colors, label=LABELS[fw]
-            )
-            bars[0].set_hatch("//")  # the warm-up epoch
-            axes[1].bar(
-                x,
-                [e["samples_per_second"] for e in t["epochs"]],
-                width,
-                color=colors,
-                label=LABELS[fw],
-            )
-        axes[0].set(xlabel="epoch (hatched: warm-up)", ylabel="seconds", title="Seconds per epoch")
-        axes[1].set(xlabel="epoch", ylabel="samples/s", title="Training throughput")
-        epochs = sorted({e["epoch"] for t in training.values() for e in t["epochs"]})
-        for ax in axes:
-            ax.set_xticks(epochs)
-            ax.legend()
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for k, (label, runs) in enumerate(training.items()):
+            speeds = [r["steady_samples_per_second"] for r in runs]
+            accs = [r["test_accuracy"] for r in runs]
+            for ax, values in zip(axes, (speeds, accs), strict=True):
+                jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+                ax.scatter(k + np.asarray(jitter), values, color=colors[label], zorder=3)
+                low, mean, high = _mean_interval(values)
+                ax.errorbar(k + 0.3, mean, yerr=[[mean - low], [high - mean]], fmt="s",
+                            color=colors[label], capsize=6)  # fmt: skip
+            for i, run in enumerate(runs):  # the windows within each job, faint
+                w = run["window_samples_per_second"]
+                axes[0].scatter(np.full(len(w), k - 0.3 + 0.04 * i), w, s=6, alpha=0.35,
+                                color=colors[label])  # fmt: skip
+        titles = ("Steady samples/s", "Test accuracy")
+        for ax, title in zip(axes, titles, strict=True):
+            ax.set_xticks(range(len(training)), [arm_name(label) for label in training])
+            ax.set(title=f"{title}: repeats (dots), mean and 95% interval (square)")
+            ax.title.set_fontsize(9)
             ax.grid(alpha=0.3, axis="y")
+        axes[0].set_ylabel("samples/s (faint: windows within each job)")
         images["speed.png"] = _png(fig)
 
-        with_matrix = {fw: t for fw, t in training.items() if t["confusion_matrix"]}
+        with_matrix = {
+            label: runs[-1] for label, runs in training.items() if runs[-1]["confusion_matrix"]
+        }
         if with_matrix:
             fig, axes = plt.subplots(
                 1, len(with_matrix), figsize=(5.2 * len(with_matrix), 4.6), squeeze=False
             )
-            for ax, (fw, t) in zip(axes[0], with_matrix.items(), strict=True):
+            for ax, (label, t) in zip(axes[0], with_matrix.items(), strict=True):
                 matrix = np.array(t["confusion_matrix"])
                 ax.imshow(matrix, cmap="Blues")
                 for (r, c), v in np.ndenumerate(matrix):
                     if v:
-                        ax.text(
-                            c,
-                            r,
-                            str(v),
-                            ha="center",
-                            va="center",
-                            fontsize=7,
-                            color="white" if v > matrix.max() / 2 else "black",
-                        )
+                        color = "white" if v > matrix.max() / 2 else "black"
+                        ax.text(c, r, str(v), ha="center", va="center", fontsize=7, color=color)
                 ax.set(
-                    title=f"{LABELS[fw]}: test accuracy {t['test_accuracy']:.4f}",
+                    title=f"{arm_name(label)}, last repeat: test accuracy {t['test_accuracy']:.4f}",
                     xlabel="predicted",
                     ylabel="true",
                     xticks=range(len(matrix)),
@@ -320,32 +325,42 @@ def plots(results: dict) -> dict[str, bytes]:
     served = [s for s in results["serving"]["models"] if s["requests"]]
     if served:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for s in served:
+        names = [f"{s['model_name']} v{s['version']}" for s in served]
+        for name, s in zip(names, served, strict=True):
             pct = s["percentiles_ms"]
-            axes[0].plot(
-                list(pct),
-                list(pct.values()),
-                marker="o",
-                color=COLORS[s["framework"]],
-                ls="-" if s["format"] == "onnx" else "--",
-                label=s["model_name"],
-            )
+            axes[0].plot(list(pct), list(pct.values()), marker="o", color=colors[s["arm"]],
+                         ls="-" if s["format"] == "onnx" else "--", label=name)  # fmt: skip
         axes[0].set(
-            xlabel="percentile", ylabel="latency (ms)", title="Latency distribution", yscale="log"
+            xlabel="percentile",
+            ylabel="latency (ms)",
+            title="Latency distribution (median of rounds)",
+            yscale="log",
         )
         axes[0].tick_params(axis="x", labelrotation=45)
         axes[0].legend(fontsize=8)
         axes[0].grid(alpha=0.3)
-        names = [s["model_name"] for s in served]
-        axes[1].barh(
-            names,
-            [s["requests_per_second"] for s in served],
-            color=[COLORS[s["framework"]] for s in served],
-        )
-        axes[1].set(xlabel="requests per second", title="Throughput")
+        axes[1].barh(names, [s["requests_per_second"] for s in served],
+                     color=[colors[s["arm"]] for s in served], alpha=0.6)  # fmt: skip
+        for i, s in enumerate(served):
+            rounds = [r["requests_per_second"] for r in s.get("rounds", [])]
+            axes[1].scatter(rounds, [i] * len(rounds), color="black", s=10, zorder=3)
+        axes[1].set(xlabel="requests per second (bar: median; dots: rounds)", title="Throughput")
         axes[1].grid(alpha=0.3, axis="x")
         images["serving.png"] = _png(fig)
     return images
+
+
+def _mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """(low, mean, high): a 95% t interval of the mean; no width from a single value."""
+    from scipy import stats as scipy_stats
+
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, mean, mean
+    half = float(
+        scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+    )
+    return mean - half, mean, mean + half
 
 
 # --- writing ---
@@ -355,50 +370,156 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n else "-"
 
 
+def _span(s: dict, fmt: str) -> str:
+    """A summary's mean with its range over repeats."""
+    if s["mean"] is None:
+        return "-"
+    if s["min"] == s["max"]:
+        return fmt.format(s["mean"])
+    return f"{fmt.format(s['mean'])} ({fmt.format(s['min'])} to {fmt.format(s['max'])})"
+
+
+def _interval(v: dict) -> str:
+    low, high = v["interval"]
+    return f"{low:.3f} to {high:.3f}" if high is not None else "none"
+
+
+def _verdict_detail(v: dict) -> str:
+    parts = [v["detail"]] if v["detail"] else []
+    if v.get("difference_points"):
+        d, low, high = v["difference_points"]
+        parts.append(f"{d:+.2f} points ({low:+.2f} to {high:+.2f})")
+        parts.append(f"detectable {v['detectable_points']:.2f} points")
+    elif v["detectable"] is not None:
+        parts.append(f"detectable {v['detectable']:.1%}")
+    parts.append(f"equivalence margin {v['margin']}; Holm p {v['p_holm']:.3g}; {v['method']}")
+    return "; ".join(parts)
+
+
 def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, headers, rows) for every table; the Markdown and the HTML both render these."""
     training = results["training"]
+    design = results["design"]
+    arms = list(training)
+    last = {label: arm["repeats"][-1] for label, arm in training.items() if arm["repeats"]}
+    verdict_title = (
+        f"Verdict ({design['hardware']}; {design['repeats']} repeats;"
+        f" {len(results['verdict'])} lines, Holm-corrected)"
+    )
+    if design["a_a"]:
+        verdict_title += ": an A/A run, one framework against itself: no line may name a winner"
     out = [
         (
-            "Verdict",
-            ["question", "winner", "ratio", "detail"],
+            verdict_title,
+            [
+                "question",
+                "first / second",
+                "ratio",
+                f"{design['level']:.0%} interval",
+                "outcome",
+                "winner",
+                "detail",
+            ],  # fmt: skip
             [
                 [
                     v["question"],
-                    LABELS.get(v["winner"], v["winner"]),
-                    f"{v['ratio']:.2f}x",
-                    v["detail"],
+                    f"{v['first']} / {v['second']}",
+                    f"{v['ratio']:.3f}x",
+                    _interval(v),
+                    v["outcome"],
+                    v["winner"] or "-",
+                    _verdict_detail(v),
                 ]
                 for v in results["verdict"]
             ],
         ),
         (
-            "Training",
-            ["", *(LABELS[fw] for fw in training)],
+            "Training (mean, and the range over repeats)",
+            ["", *(arm_name(label) for label in arms)],
             [
-                [label, *(fn(t) for t in training.values())]
+                [label, *(fn(arm) for arm in training.values())]
                 for label, fn in (
-                    ("state", lambda t: t["state"] + (f": {t['error']}" if t["error"] else "")),
-                    ("test accuracy", lambda t: f"{t['test_accuracy']:.4f}"),
-                    ("test loss", lambda t: f"{t['test_loss']:.4f}"),
-                    ("train seconds (all epochs)", lambda t: f"{t['train_seconds']:.2f}"),
-                    ("warm-up: first step seconds", lambda t: f"{t['warmup_step_seconds']:.3f}"),
-                    ("warm-up: first epoch seconds", lambda t: f"{t['warmup_epoch_seconds']:.2f}"),
-                    ("steady epoch seconds", lambda t: f"{t['steady_epoch_seconds']:.2f}"),
-                    ("steady samples/s", lambda t: f"{t['steady_samples_per_second']:,.0f}"),
-                    ("peak host RSS (process)", lambda t: _mib(t["peak_rss_bytes"])),
-                    ("peak GPU memory", lambda t: _mib(t["peak_gpu_bytes"])),
+                    (
+                        "repeats succeeded",
+                        lambda a: f"{a['summary']['succeeded']} of {a['summary']['repeats']}",
+                    ),
+                    ("test accuracy", lambda a: _span(a["summary"]["test_accuracy"], "{:.4f}")),
+                    (
+                        "steady samples/s (geometric mean)",
+                        lambda a: _span(a["summary"]["steady_samples_per_second"], "{:,.0f}"),
+                    ),
+                    (
+                        "warm-up seconds",
+                        lambda a: (
+                            _span(a["summary"]["warmup_seconds"], "{:.3f}")
+                            + f" (first {a['repeats'][-1]['warmup_steps']} steps)"
+                            if a["repeats"]
+                            else "-"
+                        ),
+                    ),
+                    (
+                        "train seconds (all epochs)",
+                        lambda a: _span(a["summary"]["train_seconds"], "{:.2f}"),
+                    ),
+                    (
+                        "peak host RSS (the job's process)",
+                        lambda a: (
+                            _mib(a["summary"]["peak_rss_bytes"])
+                            + f", {_mib(a['summary']['peak_rss_rise_bytes'])} over its start"
+                        ),
+                    ),
+                    ("peak GPU memory", lambda a: _mib(a["summary"]["peak_gpu_bytes"])),
+                )
+            ]
+            + [
+                [label, *(fn(last[a]) if a in last else "-" for a in arms)]
+                for label, fn in (
+                    (
+                        "threads (intra-op / inter-op)",
+                        lambda t: f"{t['threads']['intra_op']} / {t['threads']['inter_op']}",
+                    ),
+                    ("CPUs", lambda t: ",".join(map(str, t["cpu_set"])) or "-"),
                     ("parameters", lambda t: f"{t['parameter_count']:,}"),
                     ("device", lambda t: t["device"]),
                     ("framework", lambda t: t["framework_version"]),
                 )
-            ],
+            ],  # fmt: skip
         ),
         (
-            "Serving",
+            "Training, every repeat (in the order run)",
+            [
+                "arm",
+                "seed",
+                "job",
+                "state",
+                "test acc",
+                "steady samples/s",
+                "windows min to max",
+                "warm-up s",
+                "beside it",
+            ],
+            [
+                [
+                    arm_name(label),
+                    str(r["seed"]),
+                    r["job_id"],
+                    r["state"] + (f": {r['error']}" if r["error"] else ""),
+                    f"{r['test_accuracy']:.4f}",
+                    f"{r['steady_samples_per_second']:,.0f}",
+                    _windows(r["window_samples_per_second"]),
+                    f"{r['warmup_seconds']:.3f}",
+                    ", ".join(r["overlapped_jobs"]) or "nothing",
+                ]
+                for label, r in _in_run_order(results)
+            ],
+        ),  # fmt: skip
+        (
+            "Serving (median of rounds)",
             [
                 "model",
                 "version",
+                "arm",
+                "rounds",
                 "requests",
                 "failures",
                 "req/s",
@@ -411,47 +532,76 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 [
                     s["model_name"],
                     s["version"],
+                    arm_name(s["arm"]),
+                    str(len(s["rounds"])),
                     str(s["requests"]),
                     str(s["failures"]),
                     f"{s['requests_per_second']:.1f}",
-                    *(f"{s['latency_ms'][p]:.1f}" for p in ("p50", "p90", "p95", "p99")),
+                    *(f"{s['latency_ms'][p]:.2f}" for p in ("p50", "p90", "p95", "p99")),
                 ]
                 for s in results["serving"]["models"]
             ],
-        ),
+        ),  # fmt: skip
         *_serving_cost_table(results.get("serving_cost")),
         (
-            "Hyperparameters",
-            ["", *(LABELS[fw] for fw in training)],
+            "Hyperparameters (seeds: see Design)",
+            ["", *(arm_name(label) for label in last)],
             [
-                [key, *(str(t["hyperparameters"][key]) for t in training.values())]
-                for key in next(iter(training.values()))["hyperparameters"]
+                [key, *(str(t["hyperparameters"][key]) for t in last.values())]
+                for key in next(iter(last.values()))["hyperparameters"]
             ]
-            if training
+            if last
             else [],
         ),
         (
             "Settings that differ by default, as set",
-            ["", *(LABELS[fw] for fw in training)],
+            ["", *(arm_name(label) for label in last)],
             [
-                [key, *(t["fairness"].get(key, "-") for t in training.values())]
-                for key in sorted({k for t in training.values() for k in t["fairness"]})
+                [key, *(t["fairness"].get(key, "-") for t in last.values())]
+                for key in sorted({k for t in last.values() for k in t["fairness"]})
             ],
         ),
         (
-            "Environment",
+            "Design and environment",
             ["", ""],
-            [[k, str(v)] for k, v in results["environment"].items()]
+            [
+                ["arms", " vs ".join(arm_name(label) for label in arms)],
+                ["repeats", str(design["repeats"])],
+                ["order", " ".join(arm_name(label) for label in design["order"])],
+                *[
+                    [f"seeds, {arm_name(k)}", ", ".join(map(str, v))]
+                    for k, v in design["seeds"].items()
+                ],
+                ["hardware", design["hardware"]],
+            ]
+            + [[k, str(v)] for k, v in results["environment"].items()]
             + [
                 [
                     "load",
-                    f"{results['serving']['users']} users, {results['serving']['duration']},"
-                    f" batch {results['serving']['batch_size']}, host {results['serving']['host']}",
+                    f"{results['serving']['users']} users, {results['serving']['duration']} per"
+                    f" model and round, {results['serving']['rounds']} rounds, batch"
+                    f" {results['serving']['batch_size']}, host {results['serving']['host']}",
                 ],
                 ["command", results["command"]],
             ],
-        ),
+        ),  # fmt: skip
     ]
+    return out
+
+
+def _windows(windows: list[float]) -> str:
+    return f"{min(windows):,.0f} to {max(windows):,.0f}" if windows else "-"
+
+
+def _in_run_order(results: dict) -> list[tuple[str, dict]]:
+    """Every repeat's record, in the order the jobs ran."""
+    next_repeat = {label: 0 for label in results["training"]}
+    out = []
+    for label in results["design"]["order"]:
+        repeats = results["training"][label]["repeats"]
+        if next_repeat[label] < len(repeats):
+            out.append((label, repeats[next_repeat[label]]))
+            next_repeat[label] += 1
     return out
 
 
@@ -499,7 +649,7 @@ def _serving_cost_table(cost: dict | None) -> list[tuple[str, list[str], list[li
 
 IMAGE_TITLES = {
     "curves.png": "Loss and accuracy",
-    "speed.png": "Training speed",
+    "speed.png": "Training speed and test accuracy, per repeat",
     "confusion.png": "Confusion matrices",
     "serving.png": "Serving latency and throughput",
 }
@@ -522,11 +672,12 @@ def markdown(results: dict, images: dict[str, bytes]) -> str:
 
 
 def _title(results: dict) -> str:
-    training = results["training"]
-    if not training:
-        return "comparison"
-    h = next(iter(training.values()))["hyperparameters"]
-    return f"{h['model']} on {h['dataset']}, PyTorch vs TensorFlow"
+    records = [r for arm in results["training"].values() for r in arm["repeats"]]
+    arms = " vs ".join(arm_name(label) for label in results["training"])
+    if not records:
+        return f"{arms} comparison"
+    h = records[-1]["hyperparameters"]
+    return f"{h['model']} on {h['dataset']}, {arms}"
 
 
 def html_page(results: dict, images: dict[str, bytes]) -> str:
@@ -549,7 +700,7 @@ def html_page(results: dict, images: dict[str, bytes]) -> str:
         )
         parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
         parts.append("</table>")
-        if title == "Verdict":
+        if title.startswith("Verdict"):
             for name, png in images.items():
                 data = base64.b64encode(png).decode()
                 parts.append(

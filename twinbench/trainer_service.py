@@ -14,12 +14,13 @@ from twinbench.grpc_server import (
     set_serving,
     write_port_file,
 )
+from twinbench.job_worker import run_in_worker
 from twinbench.jobs import JobContext, JobManager, JobStore
 from twinbench.link import FRAME_SLACK_BYTES, LinkServer
 from twinbench.repository import ModelRepository
 from twinbench.servicers import InferenceServicer, TrainerServicer
 from twinbench.serving import InferenceCore
-from twinbench.training import Framework, checkpoints_for, run_training
+from twinbench.training import Framework, checkpoints_for
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,11 @@ def serve_trainer(framework: Framework) -> None:
         threads=settings.serving_threads or None,
     )
 
+    framework_path = f"{type(framework).__module__}:{type(framework).__name__}"
+
     def run_job(job: Job, ctx: JobContext) -> None:
-        try:
-            run_training(framework, repository, settings, job, ctx)
+        try:  # in a process of its own: serving's threads and memory never reach training
+            run_in_worker(framework_path, job, ctx, settings)
         finally:
             core.refresh()  # serve what the job published, even if a later export failed
 

@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -32,6 +33,12 @@ from twinbench.tbevents import EventWriter
 # Largest |reloaded export - in-memory model| accepted on a test batch of logits.
 EXPORT_TOLERANCE = 1e-4
 EXPORT_CHECK_ROWS = 64
+# Steps timed apart at the start of a job. Measured on 2 CPU cores with LeNet-5 at batch 32, the
+# first step carries TensorFlow's tracing (about 1 s) and PyTorch's allocations, and by the
+# fourth step both step at their steady pace; 10 leaves a margin for autotuning on a GPU.
+DEFAULT_WARMUP_STEPS = 10
+# Steady steps are also timed in this many windows, for the spread of speed within one job.
+STEADY_WINDOWS = 10
 
 
 class Session(Protocol):
@@ -68,6 +75,9 @@ class Framework(Protocol):
     version: str
     loaders: dict[str, Loader]
 
+    def set_threads(self, intra_op: int, inter_op: int) -> tuple[int, int]:
+        """Fixes the process's CPU thread pools before any work; returns them read back."""
+
     def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> Session: ...
 
 
@@ -91,18 +101,117 @@ def _evaluate(session: Session, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
     return cross_entropy(logits, y), float((predicted == y).mean()), predicted
 
 
+class StepTimer:
+    """Warm-up and steady time of a job's training steps: the one definition that the job record,
+    the verdict and the report use.
+
+    The first `warmup_steps` steps are warm-up (tracing, allocation, autotuning); every later
+    step is steady, whatever epoch it falls in, so a one-epoch job has steady figures too. Each
+    step is timed from slicing its batch to having its loss on the host (which synchronises the
+    device); evaluation and checkpoints between epochs are outside. Steady steps are also
+    grouped into windows of equal step counts, whose throughputs show the spread within a job.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+        self.window_steps = max(1, (total_steps - warmup_steps) // STEADY_WINDOWS)
+        self.steps = 0
+        self.warmup_seconds = self.steady_seconds = 0.0
+        self.steady_samples = 0
+        self.windows: list[float] = []
+        self._window = [0.0, 0, 0]  # seconds, samples, steps
+
+    def add(self, seconds: float, samples: int) -> None:
+        self.steps += 1
+        if self.steps <= self.warmup_steps:
+            self.warmup_seconds += seconds
+            return
+        self.steady_seconds += seconds
+        self.steady_samples += samples
+        window = self._window
+        window[0] += seconds
+        window[1] += samples
+        window[2] += 1
+        if window[2] == self.window_steps:
+            self.windows.append(window[1] / max(window[0], 1e-12))
+            self._window = [0.0, 0, 0]
+
+    @property
+    def steady_samples_per_second(self) -> float:
+        return self.steady_samples / self.steady_seconds if self.steady_seconds > 0 else 0.0
+
+
+def warmup_steps_for(spec: pb.JobSpec, total_steps: int) -> int:
+    """The spec's warm-up, or the default; always leaving a steady step when there are two."""
+    if spec.HasField("warmup_steps"):
+        wanted = spec.warmup_steps
+    elif total_steps >= 2 * DEFAULT_WARMUP_STEPS:
+        wanted = DEFAULT_WARMUP_STEPS
+    else:
+        wanted = total_steps // 2
+    return max(0, min(wanted, total_steps - 1))
+
+
+class ActiveJobs:
+    """Markers of running training jobs in a folder both trainers share, so that a job can record
+    whether another trained beside it (its figures then share the machine with that job's)."""
+
+    STALE_S = 600.0  # a marker from another host that has not been touched for this long is dead
+
+    def __init__(self, folder: Path, job_id: str) -> None:
+        self.folder = folder
+        self.job_id = job_id
+        self.marker = folder / f"{job_id}.json"
+        self.seen: set[str] = set()
+        self._last_check = 0.0
+
+    def __enter__(self) -> ActiveJobs:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        tmp.replace(self.marker)
+        self.check()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.check()
+        self.marker.unlink(missing_ok=True)
+
+    def check(self, every_s: float = 0.0) -> None:
+        """Adds every other live marker to `seen`; at most once per `every_s` seconds."""
+        now = time.monotonic()
+        if now - self._last_check < every_s:
+            return
+        self._last_check = now
+        os.utime(self.marker)
+        for path in self.folder.glob("*.json"):
+            if path != self.marker and path.stem not in self.seen and _alive(path):
+                self.seen.add(path.stem)
+
+
+def _alive(marker: Path) -> bool:
+    try:
+        owner = json.loads(marker.read_text())
+        if owner["host"] == socket.gethostname():
+            os.kill(owner["pid"], 0)
+            return True
+        return time.time() - marker.stat().st_mtime < ActiveJobs.STALE_S
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # gone, half-written or its process has exited
+
+
 class PeakRss:
     """The largest resident set size of this process while a job runs, sampled in the background."""
 
     def __init__(self, interval_s: float = 0.05) -> None:
         self.interval_s = interval_s
-        self.peak = _rss_bytes()
+        self.peak = current_rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, _rss_bytes())
+            self.peak = max(self.peak, current_rss_bytes())
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -111,10 +220,10 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
+        self.peak = max(self.peak, current_rss_bytes())
 
 
-def _rss_bytes() -> int:
+def current_rss_bytes() -> int:
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE")
@@ -127,7 +236,9 @@ SHARED_FAIRNESS = {
     "split": "fixed, seeded in shared code; the same rows for every job",
     "loss": "mean cross-entropy on logits (the models output logits)",
     "evaluation": "loss and accuracy computed in shared code from each framework's logits",
-    "timing": "first step reported apart as warm-up; per-step augmentation included",
+    "timing": "the first warm-up steps timed apart; steady figures from every later step, the"
+    " batch slicing and per-step augmentation included, evaluation excluded",
+    "isolation": "a fresh process per job: its own CPU set, threads and compile cache",
 }
 
 
@@ -177,8 +288,8 @@ def run_training(
 ) -> None:
     checkpoints = checkpoints_for(settings, job.id)
     try:
-        with PeakRss() as rss:
-            _train_and_export(framework, repository, settings, job, ctx, rss, checkpoints)
+        with PeakRss() as rss, ActiveJobs(settings.active_jobs, job.id) as beside:
+            _train_and_export(framework, repository, settings, job, ctx, rss, beside, checkpoints)
     finally:
         if not (ctx.shutting_down and job.spec.resume):
             checkpoints.remove()  # only a job that will resume needs them
@@ -191,6 +302,7 @@ def _train_and_export(
     job: pb.Job,
     ctx: JobContext,
     rss: PeakRss,
+    beside: ActiveJobs,
     checkpoints: Checkpoints,
 ) -> None:
     spec = job.spec
@@ -219,7 +331,7 @@ def _train_and_export(
 
     n, batch_size = len(train), spec.batch_size
     batches = -(-n // batch_size)
-    train_seconds = warmup_seconds = time_to_target = 0.0
+    train_seconds = time_to_target = 0.0
     target_epoch = first_epoch = 0
     resumed = checkpoints.latest()
     if resumed:
@@ -234,12 +346,16 @@ def _train_and_export(
 
         ctx.update(rewind)
         train_seconds = sum(e.seconds for e in kept)
-        warmup_seconds, first_epoch = job.warmup_seconds, done
+        first_epoch = done
         reached = [e for e in kept if spec.HasField("target_accuracy")
                    and e.val_accuracy >= spec.target_accuracy]  # fmt: skip
         if reached:
             target_epoch = reached[0].epoch
             time_to_target = sum(e.seconds for e in kept[:target_epoch])
+    # A resumed job runs in a new process: its warm-up comes again, and its steady figures are
+    # those of the steps after the resume.
+    total_steps = batches * (spec.epochs - first_epoch)
+    timer = StepTimer(warmup_steps_for(spec, total_steps), total_steps)
     try:
         for epoch in range(first_epoch + 1, spec.epochs + 1):
             order = epoch_order(n, spec.seed, epoch)
@@ -247,13 +363,14 @@ def _train_and_export(
             start = time.perf_counter()
             for b in range(batches):
                 ctx.check_cancelled()
+                step_start = time.perf_counter()
                 rows = order[b * batch_size : (b + 1) * batch_size]
                 loss, hits = session.train_batch(train_x[rows], train.y[rows])
-                if epoch == first_epoch + 1 and b == 0 and not resumed:
-                    warmup_seconds = time.perf_counter() - start  # loss is fetched: synchronized
+                timer.add(time.perf_counter() - step_start, len(rows))  # loss fetched: synced
                 loss_sum += loss * len(rows)
                 correct += hits
                 ctx.progress(epoch, b + 1, batches, loss_sum / min(n, (b + 1) * batch_size))
+                beside.check(every_s=1.0)
             seconds = time.perf_counter() - start
             train_seconds += seconds
             val_loss, val_accuracy, _ = _evaluate(session, val_x, data.val.y)
@@ -287,27 +404,30 @@ def _train_and_export(
 
     test_loss, test_accuracy, predicted = _evaluate(session, test_x, data.test.y)
     matrix = confusion_matrix(data.test.y, predicted, data.num_classes)
-    steady_steps_seconds = (
-        train_seconds
-        - sum(e.seconds for e in job.epochs[:first_epoch])
-        - (0.0 if resumed else warmup_seconds)
-    )
-    steady_samples = n * (spec.epochs - first_epoch) - (0 if resumed else min(n, batch_size))
+    beside.check()
 
     def finished(j: pb.Job) -> None:
         j.train_seconds = train_seconds
-        j.warmup_seconds = warmup_seconds
-        j.steady_samples_per_second = steady_samples / max(steady_steps_seconds, 1e-9)
+        j.warmup_steps = timer.warmup_steps
+        j.warmup_seconds = timer.warmup_seconds
+        j.steady_seconds = timer.steady_seconds
+        j.steady_samples = timer.steady_samples
+        j.steady_samples_per_second = timer.steady_samples_per_second
+        j.window_samples_per_second[:] = timer.windows
         j.time_to_target_seconds = time_to_target
         j.target_epoch = target_epoch
         j.test_loss = test_loss
         j.test_accuracy = test_accuracy
         j.confusion_matrix[:] = matrix.ravel().tolist()
-        j.peak_rss_bytes = max(rss.peak, _rss_bytes())
+        j.test_predictions[:] = predicted.tolist()
+        j.peak_rss_bytes = max(rss.peak, current_rss_bytes())
         j.peak_gpu_bytes = session.peak_gpu_bytes()
+        j.overlapped_jobs[:] = sorted(beside.seen)
 
     ctx.update(finished)
 
+    if spec.skip_export:
+        return
     for fmt in spec.export_formats:
         ctx.check_cancelled()
         export = _export(framework, session, repository, job, data, fmt, settings.max_batch_size)
@@ -328,7 +448,7 @@ def _export(
     batch = data.test.x[:EXPORT_CHECK_ROWS]
     with repository.stage(name, fmt) as staging:
         session.export(fmt, staging.model_path)
-        # No thread setting: this runs in the training thread, whose threads must stay its own.
+        # No thread setting: this runs in the job's process, whose threads stay as the job set them.
         runtime: Runtime = framework.loaders[fmt](staging.model_path, None)
         expected = session.predict(session.prepare(batch))
         diff = float(np.max(np.abs(runtime.infer(batch) - expected)))

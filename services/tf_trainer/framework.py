@@ -214,8 +214,8 @@ def _gpu_name() -> str:
 
 
 class SavedModelRuntime:
-    """A SavedModel's serving signature. TensorFlow's thread pools belong to the process (and to
-    the training it also runs), so `threads` is not applied here."""
+    """A SavedModel's serving signature. TensorFlow's thread pools belong to the process, so
+    `threads` is not applied here (jobs train in processes of their own)."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.loaded = tf.saved_model.load(str(path))
@@ -229,6 +229,15 @@ class TFFramework:
     name = "tf"
     version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
     loaders = {"savedmodel": SavedModelRuntime, "onnx": OnnxRuntime}
+
+    def set_threads(self, intra_op: int, inter_op: int) -> tuple[int, int]:
+        # Only possible before TensorFlow's runtime starts, so a job's process does it first.
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        return (
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
 
     def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TFSession:
         return TFSession(spec, model)

@@ -231,9 +231,9 @@ _serving_thread = threading.local()
 class TorchScriptRuntime:
     """A TorchScript export, run in inference mode.
 
-    With `threads`, each serving thread runs its calls on that many intra-op threads; the
-    setting is per calling thread (OpenMP), so a job training in the same process keeps its
-    own. Measured on 2 cores, LeNet-5 at batch 1: 0.15 ms of CPU with one thread, 0.41 ms with
+    With `threads`, each serving thread runs its calls on that many intra-op threads. The
+    setting is per calling thread (OpenMP) and inherited by threads started later, one reason
+    training jobs run in processes of their own (twinbench.job_worker). Measured on 2 cores, LeNet-5 at batch 1: 0.15 ms of CPU with one thread, 0.41 ms with
     two, which mostly spin.
     """
 
@@ -254,6 +254,11 @@ class TorchFramework:
     name = "torch"
     version = torch.__version__
     loaders = {"torchscript": TorchScriptRuntime, "onnx": OnnxRuntime}
+
+    def set_threads(self, intra_op: int, inter_op: int) -> tuple[int, int]:
+        torch.set_num_threads(intra_op)
+        torch.set_num_interop_threads(inter_op)  # once per process, before any parallel work
+        return torch.get_num_threads(), torch.get_num_interop_threads()
 
     def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TorchSession:
         return TorchSession(spec, model)

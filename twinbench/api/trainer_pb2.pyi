@@ -23,7 +23,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume")
+    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export")
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,8 @@ class JobSpec(_message.Message):
     INIT_FIELD_NUMBER: _ClassVar[int]
     TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_EXPORT_FIELD_NUMBER: _ClassVar[int]
     framework: str
     model: str
     dataset: str
@@ -50,7 +52,9 @@ class JobSpec(_message.Message):
     init: str
     target_accuracy: float
     resume: bool
-    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ...) -> None: ...
+    warmup_steps: int
+    skip_export: bool
+    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ...) -> None: ...
 
 class Optimizer(_message.Message):
     __slots__ = ("name", "learning_rate", "momentum", "epsilon")
@@ -63,6 +67,14 @@ class Optimizer(_message.Message):
     momentum: float
     epsilon: float
     def __init__(self, name: _Optional[str] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
+
+class Threads(_message.Message):
+    __slots__ = ("intra_op", "inter_op")
+    INTRA_OP_FIELD_NUMBER: _ClassVar[int]
+    INTER_OP_FIELD_NUMBER: _ClassVar[int]
+    intra_op: int
+    inter_op: int
+    def __init__(self, intra_op: _Optional[int] = ..., inter_op: _Optional[int] = ...) -> None: ...
 
 class EpochMetrics(_message.Message):
     __slots__ = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
@@ -99,7 +111,7 @@ class ModelExport(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., max_abs_diff: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "error", "created_at", "started_at", "finished_at", "device", "framework_version", "parameter_count", "epochs", "train_seconds", "test_loss", "test_accuracy", "confusion_matrix", "num_classes", "peak_rss_bytes", "peak_gpu_bytes", "exports", "warmup_seconds", "steady_samples_per_second", "time_to_target_seconds", "target_epoch", "fairness")
+    __slots__ = ("id", "spec", "state", "error", "created_at", "started_at", "finished_at", "device", "framework_version", "parameter_count", "epochs", "train_seconds", "test_loss", "test_accuracy", "confusion_matrix", "num_classes", "peak_rss_bytes", "peak_gpu_bytes", "exports", "warmup_seconds", "steady_samples_per_second", "time_to_target_seconds", "target_epoch", "fairness", "threads", "cpu_set", "baseline_rss_bytes", "warmup_steps", "steady_seconds", "steady_samples", "window_samples_per_second", "overlapped_jobs", "test_predictions")
     class FairnessEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +143,15 @@ class Job(_message.Message):
     TIME_TO_TARGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TARGET_EPOCH_FIELD_NUMBER: _ClassVar[int]
     FAIRNESS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    CPU_SET_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEADY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STEADY_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    OVERLAPPED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    TEST_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: JobSpec
     state: JobState
@@ -155,7 +176,16 @@ class Job(_message.Message):
     time_to_target_seconds: float
     target_epoch: int
     fairness: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., device: _Optional[str] = ..., framework_version: _Optional[str] = ..., parameter_count: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., peak_gpu_bytes: _Optional[int] = ..., exports: _Optional[_Iterable[_Union[ModelExport, _Mapping]]] = ..., warmup_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., time_to_target_seconds: _Optional[float] = ..., target_epoch: _Optional[int] = ..., fairness: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    threads: Threads
+    cpu_set: _containers.RepeatedScalarFieldContainer[int]
+    baseline_rss_bytes: int
+    warmup_steps: int
+    steady_seconds: float
+    steady_samples: int
+    window_samples_per_second: _containers.RepeatedScalarFieldContainer[float]
+    overlapped_jobs: _containers.RepeatedScalarFieldContainer[str]
+    test_predictions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., device: _Optional[str] = ..., framework_version: _Optional[str] = ..., parameter_count: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., peak_gpu_bytes: _Optional[int] = ..., exports: _Optional[_Iterable[_Union[ModelExport, _Mapping]]] = ..., warmup_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., time_to_target_seconds: _Optional[float] = ..., target_epoch: _Optional[int] = ..., fairness: _Optional[_Mapping[str, str]] = ..., threads: _Optional[_Union[Threads, _Mapping]] = ..., cpu_set: _Optional[_Iterable[int]] = ..., baseline_rss_bytes: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., steady_seconds: _Optional[float] = ..., steady_samples: _Optional[int] = ..., window_samples_per_second: _Optional[_Iterable[float]] = ..., overlapped_jobs: _Optional[_Iterable[str]] = ..., test_predictions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BatchProgress(_message.Message):
     __slots__ = ("epoch", "batch", "batches", "loss")

@@ -1,0 +1,201 @@
+"""What the CLI prints: job progress as it happens, job records and tables."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.client import Client
+from twinbench.jobs import TERMINAL, state_name
+
+# --- job progress ---
+
+
+class ProgressPrinter:
+    """Prints epochs and state changes as lines, and batch progress on one rewritten line (TTY)."""
+
+    def __init__(self, stream=sys.stdout) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.lock = threading.Lock()
+        self.status: dict[str, str] = {}
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            if self.tty:
+                self.stream.write("\r\033[K")
+            self.stream.write(text + "\n")
+            self._redraw()
+
+    def progress(self, job_id: str, text: str) -> None:
+        with self.lock:
+            self.status[job_id] = text
+            self._redraw()
+
+    def _redraw(self) -> None:
+        if self.tty and self.status:
+            self.stream.write("\r\033[K" + " | ".join(self.status.values()))
+        self.stream.flush()
+
+    def done(self, job_id: str) -> None:
+        with self.lock:
+            self.status.pop(job_id, None)
+
+
+def watch(client: Client, job_id: str, printer: ProgressPrinter) -> tpb.Job:
+    """Follows one job's event stream to its end and returns the final record."""
+    framework = job_id.split("-", 1)[0]
+    last: tpb.Job | None = None
+    for event in client.trainer.WatchJob(tpb.WatchJobRequest(job_id=job_id)):
+        kind = event.WhichOneof("event")
+        if kind == "job":
+            if last is None or event.job.state != last.state:
+                printer.line(f"[{framework}] {job_id}: {state_name(event.job.state)}")
+            last = event.job
+        elif kind == "epoch":
+            e = event.epoch
+            printer.line(
+                f"[{framework}] epoch {e.epoch}: loss {e.train_loss:.4f} acc {e.train_accuracy:.4f}"
+                f" | val loss {e.val_loss:.4f} acc {e.val_accuracy:.4f}"
+                f" | {e.seconds:.2f} s, {e.samples_per_second:,.0f} samples/s"
+            )
+        else:
+            p = event.progress
+            printer.progress(
+                job_id, f"{framework} e{p.epoch} {p.batch}/{p.batches} loss {p.loss:.4f}"
+            )
+    printer.done(job_id)
+    if last is None or last.state not in TERMINAL:
+        return client.trainer.GetJob(tpb.GetJobRequest(job_id=job_id))
+    return last
+
+
+def watch_all(client: Client, jobs: list[tpb.Job]) -> list[tpb.Job]:
+    printer = ProgressPrinter()
+    results: dict[str, tpb.Job] = {}
+
+    def follow(job: tpb.Job) -> None:
+        results[job.id] = watch(client, job.id, printer)
+
+    threads = [threading.Thread(target=follow, args=(job,), daemon=True) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [results[job.id] for job in jobs]
+
+
+# --- tables ---
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*map(str, row)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def describe_job(job: tpb.Job) -> str:
+    spec, opt = job.spec, job.spec.optimizer
+    lines = [
+        f"job {job.id}: {state_name(job.state)}" + (f" ({job.error})" if job.error else ""),
+        f"  spec: {spec.framework} {spec.model} on {spec.dataset}, {spec.epochs} epochs,"
+        f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
+        + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
+        + f", seed {spec.seed}, device {spec.device}, init {spec.init}",
+        f"  ran on: {job.device or '-'} ({job.framework_version or '-'}),"
+        f" {job.parameter_count:,} parameters",
+    ]
+    if job.epochs:
+        headers = [
+            "epoch",
+            "train loss",
+            "train acc",
+            "val loss",
+            "val acc",
+            "seconds",
+            "samples/s",
+        ]
+        rows = [
+            [
+                e.epoch,
+                f"{e.train_loss:.4f}",
+                f"{e.train_accuracy:.4f}",
+                f"{e.val_loss:.4f}",
+                f"{e.val_accuracy:.4f}",
+                f"{e.seconds:.2f}",
+                f"{e.samples_per_second:,.0f}",
+            ]
+            for e in job.epochs
+        ]
+        lines.append("  " + table(headers, rows).replace("\n", "\n  "))
+    if job.HasField("threads"):
+        lines.append(
+            f"  process: its own; CPUs {cpu_list(job.cpu_set)}, threads intra-op"
+            f" {job.threads.intra_op}, inter-op {job.threads.inter_op}"
+        )
+    if job.overlapped_jobs:
+        lines.append(
+            "  shared the machine with: "
+            + ", ".join(job.overlapped_jobs)
+            + " (its timings were taken under their load)"
+        )
+    if job.state == tpb.SUCCEEDED:
+        steady = (
+            f"steady {job.steady_samples_per_second:,.0f} samples/s over {job.steady_seconds:.2f} s"
+            if job.steady_seconds
+            else "no steady steps (the job is all warm-up)"
+        )
+        lines.append(
+            f"  test: loss {job.test_loss:.4f}, accuracy {job.test_accuracy:.4f}"
+            f"\n  time: train {job.train_seconds:.2f} s; warm-up (first {job.warmup_steps} steps)"
+            f" {job.warmup_seconds:.3f} s; {steady}"
+            f"\n  memory: peak RSS {job.peak_rss_bytes / 2**20:.0f} MiB"
+            + (
+                f" ({(job.peak_rss_bytes - job.baseline_rss_bytes) / 2**20:+.0f} MiB over the"
+                f" process's {job.baseline_rss_bytes / 2**20:.0f} MiB before data)"
+                if job.baseline_rss_bytes
+                else ""
+            )
+            + ", peak GPU "
+            + (f"{job.peak_gpu_bytes / 2**20:.0f} MiB" if job.peak_gpu_bytes else "- (CPU)")
+        )
+        if spec.HasField("target_accuracy"):
+            lines.append(
+                f"  target val accuracy {spec.target_accuracy:g}: "
+                + (
+                    f"epoch {job.target_epoch}, after {job.time_to_target_seconds:.2f} s"
+                    " (warm-up included)"
+                    if job.target_epoch
+                    else "not reached"
+                )
+            )
+        n = job.num_classes
+        if n and len(job.confusion_matrix) == n * n:
+            matrix = np.array(job.confusion_matrix).reshape(n, n)
+            lines.append("  confusion matrix (rows: true class):")
+            lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in matrix]
+    if job.fairness:
+        lines.append("  settings that differ by default between the frameworks, as set here:")
+        lines += [f"    {key}: {value}" for key, value in sorted(job.fairness.items())]
+    for e in job.exports:
+        lines.append(
+            f"  export {e.model_name} v{e.version}: {e.path} sha256 {e.sha256[:12]}"
+            f" max|diff| {e.max_abs_diff:.2e}"
+        )
+    return "\n".join(lines)
+
+
+def cpu_list(cpus) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and runs[-1][1] == cpu - 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "-"

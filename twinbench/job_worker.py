@@ -1,0 +1,268 @@
+"""Each training job in a fresh process: CPU set, threads and compile caches fixed at its start.
+
+A trainer service never trains in its own process. Thread pools cannot be changed reliably once a
+framework has started (TensorFlow's not at all; PyTorch's `set_num_threads` is inherited by every
+thread started later, so serving a TorchScript model on one thread used to leave training on one
+thread too), and a job's memory peak should be its own. So the service starts
+`python -m twinbench.job_worker` for each job and talks to it over a socket pair:
+
+    worker -> service   ("job", Job bytes)          the record changed
+                        ("epoch", EpochMetrics bytes)
+                        ("progress", epoch, batch, batches, loss)
+                        ("end", outcome, message)   "ok", "cancelled", "invalid", "failed", "crashed"
+    service -> worker   ("cancel", shutting_down)
+
+A worker whose service goes away (its end of the socket closes) exits at once, so no job trains
+on unwatched; a worker that dies fails its job with the reason, never leaves it running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from twinbench.api import trainer_pb2 as pb
+from twinbench.config import Settings, load_settings
+from twinbench.errors import InvalidArgument, JobCancelled, TwinbenchError
+from twinbench.jobs import JobContext
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+
+
+def parse_cpus(text: str) -> set[int]:
+    """ "0-3,8" -> {0, 1, 2, 3, 8}."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        try:
+            cpus.update(range(int(low), int(high or low) + 1))
+        except ValueError:
+            raise InvalidArgument(
+                f"TWINBENCH_TRAIN_CPUS: {part!r} is not a CPU or a range"
+            ) from None
+    return cpus
+
+
+def training_cpus(settings: Settings) -> list[int]:
+    """The CPUs a job trains on: TWINBENCH_TRAIN_CPUS within what this process may use."""
+    allowed = os.sched_getaffinity(0)
+    if not settings.train_cpus:
+        return sorted(allowed)
+    chosen = parse_cpus(settings.train_cpus) & allowed
+    if not chosen:
+        raise InvalidArgument(
+            f"TWINBENCH_TRAIN_CPUS={settings.train_cpus} names none of the CPUs this trainer may"
+            f" use ({','.join(map(str, sorted(allowed)))})"
+        )
+    return sorted(chosen)
+
+
+def training_threads(settings: Settings, cpus: list[int]) -> tuple[int, int]:
+    """(intra-op, inter-op): the settings, or one thread per CPU of the job's set."""
+    return settings.train_threads or len(cpus), settings.train_interop_threads or len(cpus)
+
+
+# --- the service's side ---
+
+
+def run_in_worker(framework_path: str, job: pb.Job, ctx: JobContext, settings: Settings) -> None:
+    """Runs `job` in a new worker process and relays what it reports into `ctx`.
+
+    Returns when the job succeeded; raises JobCancelled or a TwinbenchError as the job's own run
+    would have, so the job manager records the outcome the same way.
+    """
+    ours, theirs = socket.socketpair()
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "twinbench.job_worker", "--framework", framework_path,
+         "--fd", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+        env=env,
+    )  # fmt: skip
+    theirs.close()
+    conn = Connection(ours.detach())
+    cancel_sent = False
+    try:
+        conn.send(job.SerializeToString())
+        while True:
+            if ctx.cancel_requested.is_set() and not cancel_sent:
+                conn.send(("cancel", ctx.shutting_down))
+                cancel_sent = True
+            try:
+                if not conn.poll(POLL_S):
+                    continue
+                message = conn.recv()
+            except (EOFError, OSError):
+                raise TwinbenchError(_died(process)) from None
+            kind = message[0]
+            if kind == "job":
+                record = pb.Job.FromString(message[1])
+                ctx.update(lambda j, r=record: _merge(j, r))
+            elif kind == "epoch":
+                ctx.epoch_done(pb.EpochMetrics.FromString(message[1]))
+            elif kind == "progress":
+                ctx.progress(*message[1:])
+            elif kind == "end":
+                _raise_outcome(message[1], message[2])
+                return
+    finally:
+        conn.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _merge(live: pb.Job, reported: pb.Job) -> None:
+    """The worker's record, keeping the fields only the service changes."""
+    state, error = live.state, live.error
+    live.CopyFrom(reported)
+    live.state, live.error = state, error
+
+
+def _raise_outcome(outcome: str, message: str) -> None:
+    if outcome == "ok":
+        return
+    if outcome == "cancelled":
+        raise JobCancelled()
+    if outcome == "invalid":
+        raise InvalidArgument(message)
+    raise TwinbenchError(message)  # "failed" or "crashed": the message says which error it was
+
+
+def _died(process: subprocess.Popen) -> str:
+    try:
+        code = process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = process.wait()
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    return f"the job's training process ended ({how}) before the job finished"
+
+
+# --- the worker's side ---
+
+
+class WorkerContext:
+    """A JobContext for the training loop inside the worker: reports go over the socket."""
+
+    def __init__(self, conn: Connection, job: pb.Job) -> None:
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self.job = job
+        self.cancel_requested = threading.Event()
+        self.shutting_down = False
+        self._last_progress = 0.0
+
+    def listen(self) -> None:
+        """Reads cancellations; a closed socket means the service is gone: stop at once."""
+        try:
+            while True:
+                kind, shutting_down = self._conn.recv()
+                if kind == "cancel":
+                    self.shutting_down = shutting_down
+                    self.cancel_requested.set()
+        except (EOFError, OSError):
+            os._exit(3)
+
+    def send(self, message: tuple) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def check_cancelled(self) -> None:
+        if self.cancel_requested.is_set():
+            raise JobCancelled()
+
+    def progress(self, epoch: int, batch: int, batches: int, loss: float) -> None:
+        now = time.monotonic()
+        if batch == batches or now - self._last_progress >= 0.25:
+            self._last_progress = now
+            self.send(("progress", epoch, batch, batches, loss))
+
+    def update(self, change) -> None:
+        change(self.job)
+        self.send(("job", self.job.SerializeToString()))
+
+    def epoch_done(self, metrics: pb.EpochMetrics) -> None:
+        self.job.epochs.append(metrics)
+        self.send(("epoch", metrics.SerializeToString()))
+
+
+def _isolate(settings: Settings, job_id: str) -> tuple[list[int], tuple[int, int], Path]:
+    """CPU set, thread counts and a private compile cache, before any framework is imported."""
+    cpus = training_cpus(settings)
+    os.sched_setaffinity(0, cpus)
+    intra, inter = training_threads(settings, cpus)
+    os.environ["OMP_NUM_THREADS"] = str(intra)  # OpenMP and MKL pools, in both frameworks
+    cache = settings.home / "cache" / job_id
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
+    os.environ["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={cache / 'xla'}"
+    return cpus, (intra, inter), cache
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="one training job (started by a trainer)")
+    parser.add_argument("--framework", required=True, help="module:class of the framework")
+    parser.add_argument("--fd", type=int, required=True, help="the socket to the trainer")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s job-worker %(message)s")
+    conn = Connection(args.fd)
+    job = pb.Job.FromString(conn.recv())
+    ctx = WorkerContext(conn, job)
+    threading.Thread(target=ctx.listen, name="cancel-listener", daemon=True).start()
+    settings = load_settings()
+    cache: Path | None = None
+    try:
+        cpus, (intra, inter), cache = _isolate(settings, job.id)
+        module, _, name = args.framework.partition(":")
+        framework = getattr(importlib.import_module(module), name)()
+        threads = framework.set_threads(intra, inter)
+        from twinbench.training import current_rss_bytes, run_training
+
+        baseline = current_rss_bytes()
+
+        def isolated(j: pb.Job) -> None:
+            j.threads.intra_op, j.threads.inter_op = threads
+            j.cpu_set[:] = cpus
+            j.baseline_rss_bytes = baseline
+
+        ctx.update(isolated)
+        from twinbench.repository import ModelRepository
+
+        run_training(framework, ModelRepository(settings.model_repository), settings, job, ctx)
+        outcome, message = "ok", ""
+    except JobCancelled:
+        outcome, message = "cancelled", ""
+    except InvalidArgument as exc:
+        outcome, message = "invalid", str(exc)
+    except TwinbenchError as exc:
+        outcome, message = "failed", str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported as the job's failure, not lost
+        log.exception("job %s failed", job.id)
+        outcome, message = "crashed", f"{type(exc).__name__}: {exc}"
+    finally:
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
+    ctx.send(("end", outcome, message))
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
