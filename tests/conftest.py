@@ -27,19 +27,25 @@ def home(tmp_path_factory):
     return tmp_path_factory.mktemp("twinbench-home")
 
 
-@pytest.fixture(scope="session")
-def settings(home):
-    return load_settings({"TWINBENCH_HOME": str(home)})
-
-
 # Two models are served with dynamic batching, so every test that infers on them exercises it.
 BATCHED = "lenet5-torch-onnx,lenet5-tf-savedmodel"
+# Training threads set apart from serving's one thread, whatever this machine's CPU count.
+STACK_ENV = {
+    "TWINBENCH_DYNAMIC_BATCHING": BATCHED,
+    "TWINBENCH_TRAIN_THREADS": "2",
+    "TWINBENCH_TRAIN_INTEROP_THREADS": "2",
+}
+
+
+@pytest.fixture(scope="session")
+def settings(home):
+    return load_settings({"TWINBENCH_HOME": str(home), **STACK_ENV})
 
 
 @pytest.fixture(scope="session")
 def stack(settings):
     ports = {"gateway": 0, "torch_trainer": 0, "tf_trainer": 0}
-    with LocalStack(settings, ports, env={"TWINBENCH_DYNAMIC_BATCHING": BATCHED}) as s:
+    with LocalStack(settings, ports, env=STACK_ENV) as s:
         yield s
 
 

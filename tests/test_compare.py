@@ -43,11 +43,17 @@ def test_locust_runs_headless_against_the_gateway(stack, trained, tmp_path):
 @pytest.fixture(scope="module")
 def report(stack, tmp_path_factory):
     reports = tmp_path_factory.mktemp("reports")
-    args = ["--gateway", stack.gateway_address, "compare", "--epochs", "2", "--train-samples", "256",
-            "--users", "2", "--duration", "2s", "--reports", str(reports)]  # fmt: skip
+    args = ["compare", "--epochs", "2", "--train-samples", "256", "--repeats", "2",
+            "--users", "2", "--duration", "2s", "--rounds", "2"]  # fmt: skip
+    return run_compare(stack, reports, args)
+
+
+def run_compare(stack, reports, args: list[str]) -> Path:
     done = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli", *args], capture_output=True, text=True, timeout=600
-    )
+        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, *args,
+         "--reports", str(reports)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     (directory,) = reports.iterdir()
     assert done.stdout.strip().endswith(str(directory / "report.html"))
@@ -60,6 +66,18 @@ def test_compare_writes_every_file_and_results_match_the_schema(report):
     results = json.loads((report / "results.json").read_text())
     jsonschema.validate(results, json.loads(SCHEMA_FILE.read_text()))
     assert set(results["training"]) == {"torch", "tf"}
+    assert results["design"]["order"] == ["torch", "tf", "tf", "torch"]  # A B B A
+    for arm in results["training"].values():
+        seeds = [r["seed"] for r in arm["repeats"]]
+        assert seeds == [0, 1]  # a new seed per repeat, shared by both frameworks
+        assert all(r["threads"]["intra_op"] >= 1 and r["window_samples_per_second"]
+                   for r in arm["repeats"])  # fmt: skip
+        assert [bool(r["exports"]) for r in arm["repeats"]] == [False, True]  # the last serves
+    for v in results["verdict"]:
+        low, high = v["interval"]
+        assert v["outcome"] in ("winner", "equivalent", "inconclusive")
+        assert (v["winner"] is None) == (v["outcome"] != "winner")
+        assert high is None or low <= v["ratio"] <= high
     served = {s["model_name"]: s for s in results["serving"]["models"]}
     assert set(served) == {
         "lenet5-torch-torchscript",
@@ -68,15 +86,38 @@ def test_compare_writes_every_file_and_results_match_the_schema(report):
         "lenet5-tf-onnx",
     }
     assert all(s["requests"] > 0 and s["failures"] == 0 for s in served.values())
-    for name in served:
-        assert (report / "locust" / f"{name}_stats.csv").exists()
+    for name, s in served.items():
+        assert len(s["rounds"]) == 2 and sum(r["requests"] for r in s["rounds"]) == s["requests"]
+        for r in (1, 2):
+            assert (report / "locust" / f"{name}-v{s['version']}-round{r}_stats.csv").exists()
     questions = " ".join(v["question"] for v in results["verdict"])
     assert (
         "faster to train" in questions
         and "more accurate" in questions
         and "faster to serve" in questions
     )
-    assert "## Verdict" in (report / "report.md").read_text()
+    assert "## Verdict (CPU only" in (report / "report.md").read_text()
+
+
+def test_an_a_a_run_shows_the_noise_floor_and_names_no_winner(stack, tmp_path):
+    """One framework against itself through the same code path, each arm with its own seeds and
+    its own served version. Run at 99%: at the default 95%, a correct A/A would name a false
+    winner in up to 1 run in 20, and this test would fail as often."""
+    args = ["compare", "--frameworks", "torch,torch", "--repeats", "3", "--epochs", "1",
+            "--train-samples", "256", "--users", "1", "--duration", "1s", "--rounds", "2",
+            "--confidence", "0.99", "--bench-seconds", "0"]  # fmt: skip
+    report = run_compare(stack, tmp_path, args)
+    results = json.loads((report / "results.json").read_text())
+    jsonschema.validate(results, json.loads(SCHEMA_FILE.read_text()))
+    design = results["design"]
+    assert design["a_a"] and list(results["training"]) == ["torch A", "torch B"]
+    assert design["seeds"] == {"torch A": [0, 2, 4], "torch B": [1, 3, 5]}
+    served = {s["arm"]: s for s in results["serving"]["models"] if s["format"] == "onnx"}
+    assert served["torch A"]["version"] != served["torch B"]["version"]
+    questions = {v["question"].split(" (")[0] for v in results["verdict"]}
+    assert {"faster to train", "more accurate", "faster to serve, onnx"} <= questions
+    assert [v["outcome"] for v in results["verdict"] if v["outcome"] == "winner"] == []
+    assert "A/A run" in (report / "report.md").read_text()
 
 
 def _chromium():

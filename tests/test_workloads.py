@@ -45,7 +45,7 @@ def test_every_workload_runs_to_the_end_and_exports(workload_jobs, model, framew
 
 def test_jobs_show_prints_every_figure(workload_jobs):
     text = describe_job(workload_jobs[("cnn3", "tf")])
-    for figure in ("test: loss", "warm-up (first step)", "steady", "peak RSS", "peak GPU",
+    for figure in ("test: loss", "warm-up (first", "steady", "peak RSS", "peak GPU", "threads intra-op",
                    "target val accuracy", "confusion matrix", "augmentation", "export cnn3-tf-onnx",
                    "tensorflow 2.21", "init shared"):  # fmt: skip
         assert figure in text, figure

@@ -166,7 +166,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from twinbench.parity import PARITY_TOLERANCE, check_parity
+    from twinbench.parity import PARITY_TOLERANCE, check_parity, trajectory
 
     failed = 0
     for name in args.model or sorted(MODELS):
@@ -177,6 +177,15 @@ def cmd_parity(args: argparse.Namespace) -> int:
             f" max |torch - keras| logits {result.max_abs_diff:.2e}"
             f" ({'ok' if result.ok else 'FAILED'}, tolerance {PARITY_TOLERANCE:g})"
         )
+        if args.trajectory:
+            print(f"  {name} trained side by side from one init on the same batches:")
+            rows = [
+                [str(d.step), f"{d.max_abs_diff:.2e}", f"{d.disagreement:.1%}",
+                 f"{d.torch_accuracy:.4f}", f"{d.keras_accuracy:.4f}"]
+                for d in trajectory(name, args.trajectory, seed=args.seed)
+            ]  # fmt: skip
+            headers = ["step", "max |logit diff|", "predictions differ", "torch acc", "keras acc"]
+            print("  " + table(headers, rows).replace("\n", "\n  "))
     return 1 if failed else 0
 
 
@@ -336,6 +345,13 @@ def parser() -> argparse.ArgumentParser:
         "--model", action="append", choices=sorted(MODELS), help="(default: every model)"
     )
     parity.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    parity.add_argument(
+        "--trajectory",
+        type=int,
+        metavar="EPOCHS",
+        help="also train both side by side for EPOCHS epochs (the model's defaults) and show how"
+        " far apart they drift",
+    )
     compare = sub.add_parser(
         "compare", help="train in both frameworks, serve every export, compare (the main job)"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -102,8 +103,8 @@ def run_compare(
         client = Client(address, settings)
         train_arms(client, arms, base_spec, options.repeats)
         served = served_exports(arms)
-        for arm, export in served:  # one inference to each export through the gateway
-            predictions[_served_label(arm, export)] = _infer_sample(client, export, options.sample)
+        for _, export in served:  # one inference to each export through the gateway
+            predictions[_served_label(export)] = _infer_sample(client, export, options.sample)
         client.close()
         if options.users > 0 and served:
             serving = load_test(address, served, options, report_dir)
@@ -171,7 +172,7 @@ def served_exports(arms: list[Arm]) -> list[tuple[Arm, tpb.ModelExport]]:
     return out
 
 
-def _served_label(arm: Arm, export: tpb.ModelExport) -> str:
+def _served_label(export: tpb.ModelExport) -> str:
     return f"{export.model_name} v{export.version}"
 
 
@@ -207,7 +208,7 @@ def load_test(
         for i in order:
             arm, export = served[i]
             print(
-                f"load test, round {r + 1}/{options.rounds}: {_served_label(arm, export)},"
+                f"load test, round {r + 1}/{options.rounds}: {_served_label(export)},"
                 f" {options.users} users for {options.duration}"
             )
             stats = run_locust(
@@ -280,8 +281,6 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
 
 def hardware_of(arms: list[Arm]) -> str:
     """What the training ran on, for every verdict: CPU only, or the GPUs by name."""
-    import os
-
     devices = sorted({job.device for arm in arms for job in arm.jobs if job.device})
     cpu = f"{cpu_name()}, {os.cpu_count()} logical CPUs"
     gpus = [d for d in devices if d != "cpu"]

@@ -136,7 +136,11 @@ def accuracy_ratio(
         raise ValueError("accuracy_ratio needs two equal repeats x images arrays")
     repeats, images = a.shape
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(images, np.full(images, 1.0 / images), size=BOOTSTRAP_SAMPLES)
+    # How often each image is drawn in each bootstrap sample (a multinomial draw, made fast).
+    draws = rng.integers(0, images, size=(BOOTSTRAP_SAMPLES, images))
+    draws += np.arange(BOOTSTRAP_SAMPLES)[:, None] * images
+    weights = np.bincount(draws.ravel(), minlength=BOOTSTRAP_SAMPLES * images)
+    weights = weights.reshape(BOOTSTRAP_SAMPLES, images).astype(float)
     picks = rng.integers(0, repeats, size=(BOOTSTRAP_SAMPLES, repeats))
     columns = np.arange(BOOTSTRAP_SAMPLES)[:, None]
     hits_a = (a @ weights.T)[picks, columns].sum(axis=1)  # bootstrap x: correct answers

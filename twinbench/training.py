@@ -62,7 +62,7 @@ class Session(Protocol):
     def peak_gpu_bytes(self) -> int: ...
 
     def fairness(self) -> dict[str, str]:
-        """How this framework set the constants that silently differ (see DESIGN's table)."""
+        """How this framework set the constants that silently differ (docs/fairness.md)."""
 
     def save_checkpoint(self, path: Path) -> None:
         """Weights and optimizer state, in one file."""
