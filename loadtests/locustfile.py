@@ -11,6 +11,9 @@ Options (each also read from the environment variable in brackets):
                                                                            [TWINBENCH_LOAD_INPUT]
   --latency-file F  on exit, save every latency (ms, float64) to this .npy; Locust's own CSV
                     percentiles are rounded to whole milliseconds, too coarse for fast models
+  --totals-file F   on exit, save the run's final request and failure counts and requests/s
+                    as JSON; Locust's stats CSV holds its last periodic flush, which can miss
+                    the end of a short run
 The host defaults to TWINBENCH_GATEWAY or 127.0.0.1:50051; load goes nowhere else.
 TWINBENCH_TOKEN (a bearer token) and TWINBENCH_TLS_CA (a CA file: TLS) are used as the CLI uses them.
 """
@@ -18,6 +21,7 @@ TWINBENCH_TOKEN (a bearer token) and TWINBENCH_TLS_CA (a CA file: TLS) are used 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 
@@ -46,6 +50,7 @@ def _options(parser) -> None:
     )
     parser.add_argument("--input-file", default=os.environ.get("TWINBENCH_LOAD_INPUT", ""))
     parser.add_argument("--latency-file", default="")
+    parser.add_argument("--totals-file", default="")
 
 
 LATENCIES_MS: list[float] = []  # successful requests only, in this process
@@ -53,9 +58,18 @@ LATENCIES_MS: list[float] = []  # successful requests only, in this process
 
 @events.quitting.add_listener
 def _save_latencies(environment, **_kwargs) -> None:
-    path = environment.parsed_options.latency_file if environment.parsed_options else ""
-    if path:
-        np.save(path, np.asarray(LATENCIES_MS, dtype=np.float64))
+    options = environment.parsed_options
+    if options and options.latency_file:
+        np.save(options.latency_file, np.asarray(LATENCIES_MS, dtype=np.float64))
+    if options and options.totals_file:
+        total = environment.stats.total
+        totals = {
+            "requests": total.num_requests,
+            "failures": total.num_failures,
+            "requests_per_second": total.total_rps,
+        }
+        with open(options.totals_file, "w") as f:
+            json.dump(totals, f)
 
 
 def _images(path: str) -> np.ndarray:

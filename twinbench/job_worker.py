@@ -167,10 +167,12 @@ class WorkerContext:
         self.job = job
         self.cancel_requested = threading.Event()
         self.shutting_down = False
+        self.ended = False  # the outcome was sent: the socket may close now
         self._last_progress = 0.0
 
     def listen(self) -> None:
-        """Reads cancellations; a closed socket means the service is gone: stop at once."""
+        """Reads cancellations; a socket closed before the job ended means the service is gone:
+        stop at once, rather than train on for nobody."""
         try:
             while True:
                 kind, shutting_down = self._conn.recv()
@@ -178,7 +180,8 @@ class WorkerContext:
                     self.shutting_down = shutting_down
                     self.cancel_requested.set()
         except (EOFError, OSError):
-            os._exit(3)
+            if not self.ended:
+                os._exit(3)
 
     def send(self, message: tuple) -> None:
         with self._send_lock:
@@ -259,6 +262,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     finally:
         if cache is not None:
             shutil.rmtree(cache, ignore_errors=True)
+    ctx.ended = True
     ctx.send(("end", outcome, message))
     conn.close()
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def run_locust(
     """Locust's figures for `model` (requests, failures, req/s, latency percentiles in ms)."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     latency_file = csv_prefix.with_name(csv_prefix.name + "_latencies.npy")
+    totals_file = csv_prefix.with_name(csv_prefix.name + "_totals.json")
     command = [
         sys.executable, "-m", "locust",
         "-f", str(LOCUSTFILE),
@@ -37,6 +39,7 @@ def run_locust(
         "--batch-size", str(batch_size),
         "--input-file", str(input_file),
         "--latency-file", str(latency_file),
+        "--totals-file", str(totals_file),
         "--loglevel", "WARNING",
     ]  # fmt: skip
     log = csv_prefix.with_name(csv_prefix.name + ".log")
@@ -47,6 +50,8 @@ def run_locust(
     if not stats_file.exists():
         raise RuntimeError(f"locust exited {done.returncode} without results; see {log}")
     stats = read_locust_stats(csv_prefix, model)
+    if totals_file.exists():  # the run's final counts (the CSV can miss the end of a short run)
+        stats.update(json.loads(totals_file.read_text()))
     if latency_file.exists():
         stats.update(exact_latencies(np.load(latency_file)))
     return stats

@@ -34,8 +34,9 @@ from twinbench.tbevents import EventWriter
 EXPORT_TOLERANCE = 1e-4
 EXPORT_CHECK_ROWS = 64
 # Steps timed apart at the start of a job. Measured on 2 CPU cores with LeNet-5 at batch 32, the
-# first step carries TensorFlow's tracing (about 1 s) and PyTorch's allocations, and by the
-# fourth step both step at their steady pace; 10 leaves a margin for autotuning on a GPU.
+# first step carries TensorFlow's tracing (seconds) and PyTorch's first allocations (2 to 5 times
+# a steady step); from the second step both run at their steady pace, within the machine's noise.
+# 10 leaves a margin for allocator growth and for autotuning on a GPU.
 DEFAULT_WARMUP_STEPS = 10
 # Steady steps are also timed in this many windows, for the spread of speed within one job.
 STEADY_WINDOWS = 10
@@ -156,7 +157,10 @@ class ActiveJobs:
     """Markers of running training jobs in a folder both trainers share, so that a job can record
     whether another trained beside it (its figures then share the machine with that job's)."""
 
-    STALE_S = 600.0  # a marker from another host that has not been touched for this long is dead
+    # A marker from another host (a container) cannot be checked by its pid: it counts as long as
+    # it was touched this recently (a training job touches its own about once a second; evaluation
+    # and exports pause that for seconds, not minutes).
+    STALE_S = 120.0
 
     def __init__(self, folder: Path, job_id: str) -> None:
         self.folder = folder
