@@ -33,7 +33,7 @@ from twinbench.client import Client
 from twinbench.config import LOADGEN_PROGRAM, Settings, installed_program
 from twinbench.datasets import load_dataset
 from twinbench.launcher import LocalStack
-from twinbench.repository import ModelRepository, model_name
+from twinbench.repository import ModelRepository, framework_of, model_name
 from twinbench.specs import MODELS
 from twinbench.tensors import infer_request
 
@@ -181,7 +181,7 @@ def bench_stack(
 
     def record(path: str, address: str, round_: int = 0) -> None:
         for name, request in requests.items():
-            target = address or stack.address(f"{name.split('-')[1]}_trainer")
+            target = address or stack.address(f"{framework_of(name)}_trainer")
             for concurrency in concurrencies:
                 n, p50, p99, rps, cpu = measure_remote(
                     target, request, concurrency, seconds, client_cpus

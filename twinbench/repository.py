@@ -39,7 +39,28 @@ def check_model_name(name: str) -> None:
 
 
 def model_name(model: str, framework: str, fmt: str) -> str:
+    """The served name of an export: <model>-<framework>-<format>. The one naming rule; the Go
+    front's frameworkOf (services/gateway/front/main.go) reads names by the same rule."""
     return f"{model}-{framework}-{fmt}"
+
+
+def parse_model_name(name: str) -> tuple[str, str, str] | None:
+    """(model, framework, format) of a served name, or None when it does not follow the rule.
+
+    The last two '-'-separated parts are the framework and the format; the model is the rest
+    (so a model name may hold '-' itself).
+    """
+    model, _, rest = name.rpartition("-")
+    model, _, framework = model.rpartition("-")
+    if not model or not framework or not rest:
+        return None
+    return model, framework, rest
+
+
+def framework_of(name: str) -> str:
+    """The framework part of a served name (the trainer that serves it), or "" when none."""
+    parsed = parse_model_name(name)
+    return parsed[1] if parsed else ""
 
 
 @dataclass(frozen=True)
