@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -21,6 +22,7 @@ from twinbench.errors import (
 )
 from twinbench.jobs import check_job_id, resolve_spec
 from twinbench.link import FRAME_SLACK_BYTES, OK, BatchingCaller, LinkClient, status_name
+from twinbench.metrics import RequestCounter
 from twinbench.repository import check_model_name, framework_of
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class Gateway:
         self._routes: dict[str, Backend] = {}
         self._routes_lock = threading.Lock()
         self._batchers: dict[str, BatchingCaller | None] = {}  # model name -> its batching
+        self.requests = RequestCounter()  # the ModelInfer calls this process serves itself
 
     def close(self) -> None:
         for backend in self.backends.values():
@@ -245,7 +248,18 @@ class Gateway:
 
     def infer(self, raw_request: bytes, remaining: float | None) -> bytes:
         """A serialized ModelInferRequest in, a serialized ModelInferResponse out."""
-        name = model_name_of(raw_request)
+        start = time.perf_counter_ns()
+        name = ""
+        try:
+            name = model_name_of(raw_request)
+            reply = self._infer(name, raw_request, remaining)
+        except Exception:
+            self.requests.record(name, False, time.perf_counter_ns() - start)
+            raise
+        self.requests.record(name, True, time.perf_counter_ns() - start)
+        return reply
+
+    def _infer(self, name: str, raw_request: bytes, remaining: float | None) -> bytes:
         backend = self.route(name)
         timeout = self._timeout(remaining)
         batcher = self._batcher(name, backend)
