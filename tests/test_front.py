@@ -15,7 +15,7 @@ import pytest
 
 from conftest import BATCHED
 from tally import TALLY
-from tests_support import in_process_logits
+from tests_support import front_pid, in_process_logits
 from twinbench.api import inference_pb2 as ipb
 from twinbench.config import FRONT_PROGRAM, installed_program
 from twinbench.datasets import load_dataset
@@ -28,20 +28,6 @@ def front_built():
         if os.environ.get("TWINBENCH_FRONT_TESTS") == "required":
             pytest.fail("the gateway front is not built: `make native` needs Go (see README)")
         pytest.skip("the gateway front is not built (`make native`)")
-
-
-def front_pid(stack) -> int | None:
-    """The pid of the gateway's front: a child of the gateway's process."""
-    gateway = stack.procs["gateway"].pid
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            comm = stat.with_name("comm").read_text().strip()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == gateway and comm == FRONT_PROGRAM[:15]:  # comm is cut at 15
-            return int(stat.parent.name)
-    return None
 
 
 def listeners(pid: int) -> list[str]:

@@ -77,7 +77,9 @@ class ServingCollector(Collector):
             "nv_inference_request_failure", "Number of failed inference requests", labels=labels
         )
         count = CounterMetricFamily(
-            "nv_inference_count", "Number of inferences performed (a batch of 8 counts 8)", labels
+            "nv_inference_count",
+            "Number of inferences performed (a batch of 8 counts 8)",
+            labels=labels,
         )
         executions = CounterMetricFamily(
             "nv_inference_exec_count", "Number of model executions (runtime calls)", labels=labels
@@ -155,10 +157,12 @@ class RequestCounter:
         with self._lock:
             counts = {k: list(v) for k, v in self._counts.items()}
         success = CounterMetricFamily(
-            "nv_inference_request_success", "Number of successful inference requests", ["model"]
+            "nv_inference_request_success",
+            "Number of successful inference requests",
+            labels=["model"],
         )
         failure = CounterMetricFamily(
-            "nv_inference_request_failure", "Number of failed inference requests", ["model"]
+            "nv_inference_request_failure", "Number of failed inference requests", labels=["model"]
         )
         duration = CounterMetricFamily(*TRITON_DURATIONS["success"], labels=["model"])
         for model, (ok, failed, ns) in sorted(counts.items()):
