@@ -63,7 +63,12 @@ def _state(pid: int) -> str:
 def test_the_front_holds_the_public_port_and_the_gateway_only_loopback(stack, front_built):
     front = front_pid(stack)
     assert front is not None
-    assert listeners(front) == [f"127.0.0.1:{stack.ports['gateway']}"]
+    public = f"127.0.0.1:{stack.ports['gateway']}"
+    own = listeners(front)
+    assert public in own
+    # Besides: its metrics, on loopback, for the gateway to scrape.
+    (metrics,) = set(own) - {public}
+    assert metrics.startswith("127.0.0.1:")
     behind = listeners(stack.procs["gateway"].pid)
     assert behind and all(a.startswith("127.0.0.1:") for a in behind), behind
     assert f"127.0.0.1:{stack.ports['gateway']}" not in behind
@@ -100,7 +105,10 @@ def test_without_the_front_the_gateway_serves_the_same_api(stack, client, traine
     stack.restart("gateway")
     try:
         assert front_pid(stack) is None
-        assert listeners(stack.procs["gateway"].pid) == [f"127.0.0.1:{stack.ports['gateway']}"]
+        # its public port, and its metrics
+        assert sorted(listeners(stack.procs["gateway"].pid)) == sorted(
+            f"127.0.0.1:{port}" for port in (stack.ports["gateway"], stack.metrics_ports["gateway"])
+        )
         images = load_dataset("mnist-5k").test.x[:40]
         model = BATCHED.split(",")[0]
         export = next(e for e in trained["torch"][0].exports if e.model_name == model)
