@@ -68,6 +68,9 @@ def test_compare_writes_every_file_and_results_match_the_schema(report):
         "lenet5-tf-onnx",
     }
     assert all(s["requests"] > 0 and s["failures"] == 0 for s in served.values())
+    # Each export's own time on its trainer, from ModelStatistics.
+    assert all(s["server_compute_ms"] > 0 for s in served.values()), served
+    assert "server compute ms" in (report / "report.md").read_text()
     for name in served:
         assert (report / "locust" / f"{name}_stats.csv").exists()
     questions = " ".join(v["question"] for v in results["verdict"])

@@ -302,6 +302,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     from twinbench.datasets import load_dataset
     from twinbench.loadtest import run_locust
     from twinbench.report import build_results, write_report
+    from twinbench.serving_stats import server_compute_ms
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report_dir = Path(args.reports).resolve() / f"{stamp}-{args.model}"
@@ -338,6 +339,9 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
                         "framework": job.spec.framework,
                         "format": export.format,
                         **stats,
+                        "server_compute_ms": server_compute_ms(
+                            address, settings, export.model_name
+                        ),
                     }
                 )
         if stack and args.bench_seconds > 0 and exports:

@@ -180,3 +180,19 @@ def server_statistics(stub, model: str, timeout_s: float = 10.0) -> dict[str, fl
     parts = [summary[f"compute_{p}_ms"] for p in ("input", "infer", "output")]
     summary["server_compute_ms"] = None if None in parts else sum(parts)
     return summary
+
+
+def server_compute_ms(address: str, settings, model: str) -> float | None:
+    """`server_statistics(...)["server_compute_ms"]` of `model` through the gateway at `address`
+    (a channel of its own, with the settings' token and TLS); None when the server gives none."""
+    import grpc
+
+    from twinbench.api import inference_pb2_grpc
+    from twinbench.client import open_channel
+
+    with open_channel(address, settings) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            return server_statistics(stub, model)["server_compute_ms"]
+        except grpc.RpcError:
+            return None  # a server without Triton's statistics extension
