@@ -9,7 +9,16 @@ import sys
 import jsonschema
 import pytest
 
-from twinbench.bench import bench_stack, measure_remote, ratios, setup, summary
+from twinbench.bench import (
+    Figures,
+    bench_stack,
+    capacity,
+    capacity_lines,
+    measure_remote,
+    ratios,
+    setup,
+    summary,
+)
 from twinbench.config import LOADGEN_PROGRAM, installed_program
 from twinbench.datasets import load_dataset
 from twinbench.report import SCHEMA_FILE, build_results, markdown
@@ -65,3 +74,22 @@ def test_both_load_generators_measure_alike_and_stop_on_a_failed_call(stack, tra
         assert n > 0 and 0 < p50 <= p99 and rps > 0 and 0 < cpu <= 1.5, name
         with pytest.raises(RuntimeError, match="NOT_FOUND|NotFound"):
             measure_remote(stack.gateway_address, bad, 2, 0.5, None, generator)
+
+
+def test_capacity_is_the_most_throughput_under_the_p99_target():
+    def figure(concurrency, p99_ms, rps, round_=0):
+        return Figures("c", "m", concurrency, 100, p99_ms / 2, p99_ms, rps, None, round_)
+
+    figures = [figure(1, 1.0, 100.0), figure(8, 4.0, 700.0), figure(32, 9.0, 900.0)]
+    (under_5,) = capacity(figures, 5.0)
+    assert under_5["best"] == {"concurrency": 8, "rps": 700.0, "p99_ms": 4.0}
+    (under_10,) = capacity(figures, 10.0)
+    assert under_10["best"]["concurrency"] == 32
+    (none,) = capacity(figures, 0.5)
+    assert none["best"] is None
+    # Over rounds, a concurrency's median counts: one lucky round does not make it.
+    rounds = [figure(8, 4.0, 700.0, 0), figure(8, 6.0, 800.0, 1), figure(8, 7.0, 800.0, 2)]
+    (median,) = capacity(rounds, 5.0)
+    assert median["best"] is None
+    lines = capacity_lines(figures, 5.0)
+    assert lines == [f"m, c: under p99 5 ms: {700:,} requests/s with p99 4.000 ms (concurrency 8)"]
