@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,16 @@ INFO_FILE = "export.json"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+
+
+# Fault injection for tests: with TWINBENCH_FAILPOINT=before-publish, an export stops for good
+# once its files are written, before it is published, so that a test's kill lands mid-export.
+FAILPOINT = "TWINBENCH_FAILPOINT"
+
+
+def _failpoint(name: str) -> None:
+    if os.environ.get(FAILPOINT) == name:
+        threading.Event().wait()  # until the process is killed
 
 
 def check_model_name(name: str) -> None:
@@ -143,6 +154,7 @@ class Staging:
 
     def publish(self, **fields) -> ExportInfo:
         """Writes export.json and renames the folder into the next free version number."""
+        _failpoint("before-publish")
         model_dir = self.repository.root / self.name
         sha = sha256_of(self.model_path)
         while True:
