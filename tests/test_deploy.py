@@ -116,6 +116,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_each_image_command_starts_its_service_with_the_compose_environment(tmp_path):
     compose = load_compose(COMPOSE)["services"]
     ports = {p: free_port() for p in ("50051", "50052", "50053", "50062", "50063")}

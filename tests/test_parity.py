@@ -11,6 +11,7 @@ from twinbench.specs import MODELS, get_model_spec
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.integration  # builds and runs both frameworks
 def test_pytorch_weights_copied_into_keras_give_the_same_logits(name):
     result = check_parity(name, seed=3)
     assert result.ok, result

@@ -24,6 +24,8 @@ from twinbench.launcher import LocalStack, is_serving
 from twinbench.repository import FAILPOINT, ModelRepository
 from twinbench.tensors import infer_request, output_array
 
+pytestmark = pytest.mark.integration  # the real services
+
 TOKEN = "s3cret-token"
 LIMITS = {
     "TWINBENCH_MAX_QUEUED_JOBS": "2",
