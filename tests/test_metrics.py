@@ -1,6 +1,9 @@
 """Prometheus metrics and server reflection of the live stack, scraped and parsed after real traffic."""
 
+import json
+import re
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,6 +23,7 @@ from twinbench.serving_stats import server_statistics
 from twinbench.tensors import infer_request
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -101,6 +105,24 @@ def test_metrics_count_real_traffic_on_the_gateway_and_the_trainer(stack, client
     )
     assert stats["requests"] == total
     assert stats["server_compute_ms"] > stats["compute_infer_ms"] > 0
+
+
+def test_the_dashboard_asks_only_for_metrics_the_services_export(stack, trained):
+    dashboard = json.loads(
+        (ROOT / "deploy/monitoring/grafana/dashboards/twinbench.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"\b(?:nv|twinbench|go)_[a-z_]+", e)}
+    assert names
+    pages = ""
+    for service in ("gateway", "torch_trainer", "tf_trainer"):
+        with urllib.request.urlopen(stack.metrics_url(service), timeout=10) as reply:
+            pages += reply.read().decode()
+    exported = set(re.findall(r"^# TYPE (\S+)", pages, re.M)) | {
+        line.split("{")[0].split()[0] for line in pages.splitlines() if line and line[0] != "#"
+    }
+    missing = sorted(n for n in names if n not in exported)
+    assert not missing, missing
 
 
 def test_reflection_lists_the_apis_through_the_front_and_on_a_trainer(stack, settings):
