@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,27 @@ def run_locust(
         raise RuntimeError(f"locust exited {done.returncode} without results; see {log}")
     stats = read_locust_stats(csv_prefix, model)
     if latency_file.exists():
-        stats.update(exact_latencies(np.load(latency_file)))
+        latencies = np.load(latency_file)
+        stats.update(exact_latencies(latencies))
+        # Locust writes its CSV every second and may quit before a last write (seen on a busy
+        # 2-core machine: a 2 s run whose CSV still said 0 requests); the latency file is
+        # written at exit and holds every successful request.
+        counted = len(latencies) + stats["failures"]
+        if counted > stats["requests"]:
+            seconds = duration_seconds(duration)
+            if stats["requests"]:
+                stats["requests_per_second"] *= counted / stats["requests"]
+            elif seconds:
+                stats["requests_per_second"] = counted / seconds
+            stats["requests"] = counted
     return stats
+
+
+def duration_seconds(duration: str) -> float:
+    """Locust's run time ("20s", "1m30s", "2h") in seconds; 0 when it cannot be read."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+)\s*([hms])", duration)
+    return float(sum(int(n) * units[u] for n, u in parts))
 
 
 def exact_latencies(latencies_ms: np.ndarray) -> dict:
