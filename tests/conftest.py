@@ -79,3 +79,11 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("reliability")
         for key in sorted(TALLY):
             terminalreporter.write_line(f"{key}: {TALLY[key]}")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that runs on the real services is an integration test: `pytest -m "not
+    integration"` runs the fast unit tests alone (`make test` runs everything)."""
+    for item in items:
+        if "stack" in item.fixturenames:
+            item.add_marker(pytest.mark.integration)

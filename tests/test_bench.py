@@ -9,10 +9,21 @@ import sys
 import jsonschema
 import pytest
 
-from twinbench.bench import bench_stack, measure_remote, ratios, setup, summary
+from twinbench.api import inference_pb2_grpc
+from twinbench.bench import (
+    Figures,
+    bench_stack,
+    capacity,
+    capacity_lines,
+    measure_remote,
+    ratios,
+    setup,
+    summary,
+)
 from twinbench.config import LOADGEN_PROGRAM, installed_program
 from twinbench.datasets import load_dataset
 from twinbench.report import SCHEMA_FILE, build_results, markdown
+from twinbench.serving_stats import server_statistics
 from twinbench.tensors import infer_request
 
 
@@ -36,7 +47,9 @@ def test_bench_measures_each_path_and_its_figures_reach_the_report(stack, traine
 
     (short,) = ratios(figures)
     assert short["model"] == export.model_name and short["concurrency"] == 4
-    assert short["batching_gain"] == short["batched_rps"] / short["unbatched_rps"]
+    assert short["unbatched_rps"] == next(
+        f.rps for f in figures if f.path[0] == "c" and f.concurrency == 4
+    )
     cost = {
         "figures": [dataclasses.asdict(f) for f in figures],
         "summary": [short],
@@ -53,7 +66,9 @@ def test_bench_measures_each_path_and_its_figures_reach_the_report(stack, traine
     assert "## Serving cost: test; gateway front: " in text and "d gateway + batching" in text
 
 
-def test_both_load_generators_measure_alike_and_stop_on_a_failed_call(stack, trained):
+def test_each_load_generator_counts_what_the_server_served_and_stops_on_a_failed_call(
+    stack, client, trained
+):
     go = installed_program(LOADGEN_PROGRAM)
     if go is None and os.environ.get("TWINBENCH_FRONT_TESTS") == "required":
         pytest.fail("the Go load generator is not built: `make native` needs Go (see README)")
@@ -63,8 +78,50 @@ def test_both_load_generators_measure_alike_and_stop_on_a_failed_call(stack, tra
     image = load_dataset("mnist-5k").test.x[:1]
     good = infer_request("lenet5-torch-onnx", image).SerializeToString()
     bad = infer_request("nosuch-torch-onnx", image).SerializeToString()
+    stub = inference_pb2_grpc.GRPCInferenceServiceStub(client.channel)
     for name, generator in generators.items():
+        before = server_statistics(stub, "lenet5-torch-onnx")["requests"]
         n, p50, p99, rps, cpu = measure_remote(stack.gateway_address, good, 2, 0.5, None, generator)
         assert n > 0 and 0 < p50 <= p99 and rps > 0 and 0 < cpu <= 1.5, name
+        # The requests it counted all reached the trainer (and its warm-up ones, uncounted).
+        assert server_statistics(stub, "lenet5-torch-onnx")["requests"] - before >= n, name
         with pytest.raises(RuntimeError, match="NOT_FOUND|NotFound"):
             measure_remote(stack.gateway_address, bad, 2, 0.5, None, generator)
+
+
+def test_capacity_is_the_most_throughput_under_the_p99_target():
+    def figure(concurrency, p99_ms, rps, round_=0):
+        return Figures("c", "m", concurrency, 100, p99_ms / 2, p99_ms, rps, None, round_)
+
+    figures = [figure(1, 1.0, 100.0), figure(8, 4.0, 700.0), figure(32, 9.0, 900.0)]
+    (under_5,) = capacity(figures, 5.0)
+    assert under_5["best"] == {"concurrency": 8, "rps": 700.0, "p99_ms": 4.0}
+    (under_10,) = capacity(figures, 10.0)
+    assert under_10["best"]["concurrency"] == 32
+    (none,) = capacity(figures, 0.5)
+    assert none["best"] is None
+    # Over rounds, a concurrency's median counts: one lucky round does not make it.
+    rounds = [figure(8, 4.0, 700.0, 0), figure(8, 6.0, 800.0, 1), figure(8, 7.0, 800.0, 2)]
+    (median,) = capacity(rounds, 5.0)
+    assert median["best"] is None
+    lines = capacity_lines(figures, 5.0)
+    assert lines == [f"m, c: under p99 5 ms: {700:,} requests/s with p99 4.000 ms (concurrency 8)"]
+
+
+def test_ratios_take_each_round_apart_and_the_median_of_them():
+    def figure(path, concurrency, rps, p50_ms, round_):
+        return Figures(path, "m", concurrency, 100, p50_ms, p50_ms * 2, rps, None, round_)
+
+    figures = [figure("b direct", 1, 1000.0, 1.0, 0)]
+    # Round 0: 100 -> 300 (3x); round 1: 200 -> 400 (2x); round 2: 400 -> 1000 (2.5x).
+    for round_, (off, on, p50) in enumerate([(100, 300, 1.5), (200, 400, 1.2), (400, 1000, 1.4)]):
+        figures += [
+            figure("c gateway", 1, 900.0, p50, round_),
+            figure("c gateway", 8, off, 5.0, round_),
+            figure("d batching", 8, on, 5.0, round_),
+        ]
+    (r,) = ratios(figures)
+    assert r["batching_gain_by_round"] == [3.0, 2.0, 2.5]
+    assert r["batching_gain"] == 2.5  # the median of the rounds' ratios
+    assert r["batched_rps"] / r["unbatched_rps"] == 2.0  # not the ratio of the medians
+    assert r["gateway_adds_ms"] == pytest.approx(0.4)  # median of 0.5, 0.2, 0.4

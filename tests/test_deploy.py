@@ -14,6 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from twinbench.config import DEFAULT_METRICS_PORTS
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted([*ROOT.glob("services/*/Dockerfile"), ROOT / "loadtests" / "Dockerfile"])
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -65,6 +67,7 @@ def test_compose_reserves_gpus_and_keeps_trainers_internal():
         assert trainer["restart"] == "unless-stopped" and "healthcheck" in trainer
     assert services["tensorboard"]["profiles"] == ["tensorboard"]
     assert services["locust"]["profiles"] == ["loadtest"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
     cpu = load_compose(COMPOSE_CPU)["services"]
     assert all(cpu[name]["deploy"] is None for name in TRAINERS)
 
@@ -86,6 +89,49 @@ def test_kubernetes_manifests_validate_and_ask_for_gpus():
             assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {s["metadata"]["name"] for s in kinds["Service"]} == set(deployments)
     assert "model-repository" in {c["metadata"]["name"] for c in kinds["PersistentVolumeClaim"]}
+
+
+def test_monitoring_scrapes_every_service_on_its_metrics_port():
+    services = load_compose(COMPOSE)["services"]
+    prometheus = yaml.safe_load((ROOT / "deploy" / "monitoring" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in prometheus["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    # Compose's service names, and each service's metrics port as the code has it.
+    assert targets == {f"{name}:{DEFAULT_METRICS_PORTS[name]}" for name in DEFAULT_METRICS_PORTS}
+    assert set(DEFAULT_METRICS_PORTS) <= set(services)
+    # Prometheus reaches the internal network the trainers sit on.
+    assert "internal" in services["prometheus"]["networks"]
+    for mount in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
+        source = mount.split(":")[0]
+        if source.startswith("./"):
+            assert (ROOT / "deploy" / source).exists(), source
+    dashboard = json.loads(
+        (ROOT / "deploy/monitoring/grafana/dashboards/twinbench.json").read_text()
+    )
+    datasource = yaml.safe_load(
+        (ROOT / "deploy/monitoring/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    uids = {d["uid"] for d in datasource["datasources"]}
+    assert dashboard["panels"] and all(p["datasource"]["uid"] in uids for p in dashboard["panels"])
+
+
+def test_kubernetes_pods_carry_scrape_annotations_for_their_metrics_port():
+    for name, service in (("gateway", "gateway"), ("torch-trainer", "torch_trainer"),
+                          ("tf-trainer", "tf_trainer")):  # fmt: skip
+        docs = yaml.safe_load_all((K8S / f"{name}.yaml").read_text())
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        (container,) = template["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+        assert ports["metrics"] == DEFAULT_METRICS_PORTS[service]
 
 
 # --- each image's own command, run here as it would run in its container ---
@@ -116,6 +162,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_each_image_command_starts_its_service_with_the_compose_environment(tmp_path):
     compose = load_compose(COMPOSE)["services"]
     ports = {p: free_port() for p in ("50051", "50052", "50053", "50062", "50063")}
@@ -134,6 +181,7 @@ def test_each_image_command_starts_its_service_with_the_compose_environment(tmp_
             assert set(env) >= {"TWINBENCH_HOME", "TWINBENCH_LISTEN"}
             env = {k: local(str(v)) for k, v in env.items()}
             env["TWINBENCH_HOME"] = str(tmp_path / service)  # the volume
+            env["TWINBENCH_METRICS_LISTEN"] = "127.0.0.1:0"  # a free port, not the image's 80xx
             env.pop("PYTHONPATH", None)
             run_env = {**os.environ, **env}
             assert cmd[0] == "python" and health[0] == "python"

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import BATCHED
 from tally import TALLY
-from tests_support import in_process_logits
+from tests_support import front_pid, in_process_logits
 from twinbench.api import inference_pb2 as ipb
 from twinbench.config import FRONT_PROGRAM, installed_program
 from twinbench.datasets import load_dataset
@@ -28,20 +28,6 @@ def front_built():
         if os.environ.get("TWINBENCH_FRONT_TESTS") == "required":
             pytest.fail("the gateway front is not built: `make native` needs Go (see README)")
         pytest.skip("the gateway front is not built (`make native`)")
-
-
-def front_pid(stack) -> int | None:
-    """The pid of the gateway's front: a child of the gateway's process."""
-    gateway = stack.procs["gateway"].pid
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            comm = stat.with_name("comm").read_text().strip()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == gateway and comm == FRONT_PROGRAM[:15]:  # comm is cut at 15
-            return int(stat.parent.name)
-    return None
 
 
 def listeners(pid: int) -> list[str]:
@@ -77,7 +63,12 @@ def _state(pid: int) -> str:
 def test_the_front_holds_the_public_port_and_the_gateway_only_loopback(stack, front_built):
     front = front_pid(stack)
     assert front is not None
-    assert listeners(front) == [f"127.0.0.1:{stack.ports['gateway']}"]
+    public = f"127.0.0.1:{stack.ports['gateway']}"
+    own = listeners(front)
+    assert public in own
+    # Besides: its metrics, on loopback, for the gateway to scrape.
+    (metrics,) = set(own) - {public}
+    assert metrics.startswith("127.0.0.1:")
     behind = listeners(stack.procs["gateway"].pid)
     assert behind and all(a.startswith("127.0.0.1:") for a in behind), behind
     assert f"127.0.0.1:{stack.ports['gateway']}" not in behind
@@ -114,7 +105,10 @@ def test_without_the_front_the_gateway_serves_the_same_api(stack, client, traine
     stack.restart("gateway")
     try:
         assert front_pid(stack) is None
-        assert listeners(stack.procs["gateway"].pid) == [f"127.0.0.1:{stack.ports['gateway']}"]
+        # its public port, and its metrics
+        assert sorted(listeners(stack.procs["gateway"].pid)) == sorted(
+            f"127.0.0.1:{port}" for port in (stack.ports["gateway"], stack.metrics_ports["gateway"])
+        )
         images = load_dataset("mnist-5k").test.x[:40]
         model = BATCHED.split(",")[0]
         export = next(e for e in trained["torch"][0].exports if e.model_name == model)

@@ -9,6 +9,8 @@ from twinbench.jobs import resolve_spec
 from twinbench.parity import PARITY_TOLERANCE, check_parity
 from twinbench.specs import MODELS, get_model_spec
 
+pytestmark = pytest.mark.integration  # builds and runs both frameworks
+
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_pytorch_weights_copied_into_keras_give_the_same_logits(name):

@@ -53,5 +53,36 @@ def test_inference_api_keeps_the_public_field_numbers():
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+        "ModelConfig",
+        "ModelStatistics",
         "RepositoryIndex",
     }
+
+
+def test_triton_extensions_keep_tritons_field_numbers():
+    """ModelConfig and ModelStatistics as Triton's grpc_service.proto and model_config.proto
+    number them: perf_analyzer and tritonclient read them."""
+    from twinbench.api import inference_pb2 as pb
+
+    def numbers(message) -> dict[str, int]:
+        return {f.name: f.number for f in message.DESCRIPTOR.fields}
+
+    assert numbers(pb.ModelStatistics) == {
+        "name": 1, "version": 2, "last_inference": 3, "inference_count": 4,
+        "execution_count": 5, "inference_stats": 6, "batch_stats": 7,
+    }  # fmt: skip
+    assert numbers(pb.InferStatistics) == {
+        "success": 1, "fail": 2, "queue": 3, "compute_input": 4, "compute_infer": 5,
+        "compute_output": 6, "cache_hit": 7, "cache_miss": 8,
+    }  # fmt: skip
+    assert numbers(pb.StatisticDuration) == {"count": 1, "ns": 2}
+    assert numbers(pb.InferBatchStatistics) == {
+        "batch_size": 1, "compute_input": 2, "compute_infer": 3, "compute_output": 4,
+    }  # fmt: skip
+    config = numbers(pb.ModelConfig)
+    assert {k: config[k] for k in ("name", "platform", "version_policy", "max_batch_size")} == {
+        "name": 1, "platform": 2, "version_policy": 3, "max_batch_size": 4,
+    }  # fmt: skip
+    assert (config["input"], config["output"], config["backend"]) == (5, 6, 17)
+    assert numbers(pb.ModelInput) == {"name": 1, "data_type": 2, "format": 3, "dims": 4}
+    assert pb.DataType.Value("TYPE_FP32") == 11

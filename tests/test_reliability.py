@@ -21,8 +21,10 @@ from twinbench.client import Client
 from twinbench.config import load_settings
 from twinbench.datasets import load_dataset
 from twinbench.launcher import LocalStack, is_serving
-from twinbench.repository import ModelRepository
+from twinbench.repository import FAILPOINT, ModelRepository
 from twinbench.tensors import infer_request, output_array
+
+pytestmark = pytest.mark.integration  # the real services
 
 TOKEN = "s3cret-token"
 LIMITS = {
@@ -288,12 +290,20 @@ def test_sigterm_interrupts_the_running_job_and_exits_within_the_grace(guarded):
 def test_a_trainer_killed_mid_export_leaves_nothing_half_written(guarded):
     stack, client, settings = guarded
     repository = settings.model_repository
-    spec = tpb.JobSpec(framework="torch", model="cnn3", epochs=1, train_samples=16, batch_size=16)
-    (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
-    deadline = time.monotonic() + 180
-    while not list(repository.glob("cnn3-torch-*/.staging-*")):
-        assert time.monotonic() < deadline, "never saw the export being written"
-        time.sleep(0.005)
+    # The trainer's exports stop for good before they publish: the kill lands mid-export, always.
+    stack.extra_env[FAILPOINT] = "before-publish"
+    try:
+        stack.restart("torch_trainer")
+        spec = tpb.JobSpec(
+            framework="torch", model="cnn3", epochs=1, train_samples=16, batch_size=16
+        )
+        (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec), timeout=30).jobs
+        deadline = time.monotonic() + 180
+        while not list(repository.glob("cnn3-torch-*/.staging-*")):
+            assert time.monotonic() < deadline, "never saw the export being written"
+            time.sleep(0.05)
+    finally:
+        del stack.extra_env[FAILPOINT]
     stack.kill("torch_trainer")
     TALLY["faults injected"] += 1
     assert list(repository.glob("cnn3-torch-*/.staging-*"))  # the half-written export
@@ -327,20 +337,34 @@ def test_a_trainer_killed_under_load_costs_only_its_own_models(guarded):
             except grpc.RpcError as exc:
                 results[model].append((exc.code().name, time.monotonic() - start))
 
+    def until(condition, what: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    def served(model: str, since: int = 0) -> int:
+        return sum(code == "OK" for code, _ in results[model][since:])
+
     with futures.ThreadPoolExecutor(8) as pool:
         for i in range(8):
             pool.submit(hammer, list(results)[i % 2])
-        time.sleep(1.5)
+        until(lambda: min(served(m) for m in results) >= 20, "no load before the fault")
         stack.kill("tf_trainer")
         TALLY["faults injected"] += 1
-        time.sleep(3)
+        until(
+            lambda: any(code != "OK" for code, _ in results["mlp-tf-onnx"]),
+            "the killed trainer's model never failed",
+        )
+        torch_before = len(results["mlp-torch-onnx"])
+        # The other trainer's model is served while this one is down.
+        until(lambda: served("mlp-torch-onnx", torch_before) >= 20, "the other model stalled")
         stack.start_service("tf_trainer")
         restarted = len(results["mlp-tf-onnx"])
-        deadline = time.monotonic() + 15  # the gateway's channel reconnects by itself
-        while not any(code == "OK" for code, _ in results["mlp-tf-onnx"][restarted:]):
-            assert time.monotonic() < deadline, "the restarted trainer's model never came back"
-            time.sleep(0.1)
-        time.sleep(0.5)
+        # the gateway's channel reconnects by itself
+        until(lambda: served("mlp-tf-onnx", restarted) >= 1, "the model never came back", 15)
+        back = len(results["mlp-tf-onnx"])
+        until(lambda: served("mlp-tf-onnx", back) >= 20, "the model is not served steadily")
         stop.set()
     torch_codes = {code for code, _ in results["mlp-torch-onnx"]}
     tf_codes = [code for code, _ in results["mlp-tf-onnx"]]

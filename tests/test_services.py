@@ -13,6 +13,7 @@ from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.datasets import load_dataset
 from twinbench.launcher import is_serving
+from twinbench.specs import MODELS
 from twinbench.tensors import infer_request, output_array
 
 EXPORTS = {
@@ -33,7 +34,7 @@ def test_both_frameworks_train_and_export_through_the_gateway(trained):
         assert job.spec.optimizer.name == "adam" and job.spec.optimizer.epsilon == pytest.approx(
             1e-8
         )
-        assert job.parameter_count == 61_706 and job.device == "cpu"
+        assert job.parameter_count == MODELS["lenet5"].parameter_count() and job.device == "cpu"
         assert [e.epoch for e in job.epochs] == [1, 2]
         assert all(e.samples_per_second > 0 and 0 < e.val_accuracy <= 1 for e in job.epochs)
         assert 0.5 < job.test_accuracy <= 1  # 1,024 images, two epochs: far above chance
@@ -198,10 +199,13 @@ BAD_JOB_CALLS = [
 )
 def test_bad_job_calls_get_their_code(client, case, method, request_, code):
     TALLY["bad inputs tried"] += 1
+    before = [j.id for j in client.trainer.ListJobs(tpb.ListJobsRequest()).jobs]
     with pytest.raises(grpc.RpcError) as err:
         getattr(client.trainer, method)(request_)
     assert err.value.code() == grpc.StatusCode[code]
-    assert client.trainer.ListJobs(tpb.ListJobsRequest()) is not None
+    # Refused whole: no job was created or changed, and the service answers on.
+    after = [j.id for j in client.trainer.ListJobs(tpb.ListJobsRequest()).jobs]
+    assert after == before
 
 
 def test_a_running_job_can_be_cancelled(client):

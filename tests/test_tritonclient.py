@@ -12,6 +12,7 @@ import numpy as np
 
 from tests_support import in_process_logits
 from twinbench.datasets import load_dataset
+from twinbench.repository import ModelRepository
 
 CLIENT = r"""
 import json, sys
@@ -23,12 +24,20 @@ image = np.load(sys.argv[3])
 client = triton.InferenceServerClient(url=address)
 index = client.get_model_repository_index(as_json=True)
 meta = client.get_model_metadata(model, as_json=True)
+config = client.get_model_config(model, as_json=True)["config"]
+before = client.get_inference_statistics(model, version, as_json=True)
 request = triton.InferInput("input", list(image.shape), "FP32")
 request.set_data_from_numpy(image)
 result = client.infer(
     model, [request], model_version=version, outputs=[triton.InferRequestedOutput("logits")]
 )
+after = client.get_inference_statistics(model, version, as_json=True)
+everything = client.get_inference_statistics(as_json=True)
 print(json.dumps({
+    "config": config,
+    "stats_before": before["model_stats"],
+    "stats_after": after["model_stats"],
+    "all_stats": sorted({m["name"] for m in everything["model_stats"]}),
     "live": client.is_server_live(),
     "ready": client.is_server_ready(),
     "model_ready": client.is_model_ready(model),
@@ -71,6 +80,27 @@ def test_tritonclient_talks_to_the_gateway(stack, trained, home, tmp_path):
         "datatype": "FP32",
         "shape": ["-1", "1", "28", "28"],
     }
+    # ModelConfig: the config.pbtxt Triton would read, as Triton's message.
+    info = ModelRepository(home / "model_repository").info(export.model_name, int(export.version))
+    config = reply["config"]
+    assert (config["name"], config["platform"]) == (export.model_name, info.platform)
+    assert config["max_batch_size"] == info.max_batch_size
+    assert (config["input"][0]["name"], config["input"][0]["data_type"]) == ("input", "TYPE_FP32")
+    assert tuple(int(d) for d in config["input"][0]["dims"]) == info.input_shape
+    assert [int(d) for d in config["output"][0]["dims"]] == [info.num_classes]
+    # ModelStatistics: the one inference above is counted, with its compute time.
+    (before,), (after,) = reply["stats_before"], reply["stats_after"]
+    assert (after["name"], after["version"]) == (export.model_name, export.version)
+
+    def count(stats, key):
+        return int(stats["inference_stats"][key].get("count", 0))
+
+    assert count(after, "success") == count(before, "success") + 1
+    assert int(after["inference_count"]) == int(before.get("inference_count", 0)) + 1
+    assert int(after["inference_stats"]["compute_infer"]["ns"]) > int(
+        before["inference_stats"]["compute_infer"].get("ns", 0)
+    )
+    assert export.model_name in reply["all_stats"]
     logits = np.array(reply["logits"])
     expected = in_process_logits(home, export, image)
     assert logits.argmax() == expected.argmax()

@@ -1,5 +1,9 @@
 """Helpers the test modules share."""
 
+from pathlib import Path
+
+from twinbench.config import FRONT_PROGRAM
+
 
 def in_process_logits(home, export, batch):
     """The export file run in this process by its own framework, not by the services."""
@@ -17,3 +21,17 @@ def in_process_logits(home, export, batch):
     return (
         tf.saved_model.load(str(path)).signatures["serving_default"](input=batch)["logits"].numpy()
     )
+
+
+def front_pid(stack) -> int | None:
+    """The pid of the gateway's front: a child of the gateway's process."""
+    gateway = stack.procs["gateway"].pid
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            comm = stat.with_name("comm").read_text().strip()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == gateway and comm == FRONT_PROGRAM[:15]:  # comm is cut at 15
+            return int(stat.parent.name)
+    return None

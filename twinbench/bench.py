@@ -15,7 +15,9 @@ otherwise `twinbench.loadgen`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -33,7 +35,7 @@ from twinbench.client import Client
 from twinbench.config import LOADGEN_PROGRAM, Settings, installed_program
 from twinbench.datasets import load_dataset
 from twinbench.launcher import LocalStack
-from twinbench.repository import ModelRepository, model_name
+from twinbench.repository import ModelRepository, framework_of, model_name
 from twinbench.specs import MODELS
 from twinbench.tensors import infer_request
 
@@ -43,7 +45,9 @@ PATHS = {
     "b": "b trainer directly",
     "c": "c through the gateway",
     "d": "d gateway + batching",
+    "e": "e perf_analyzer, gateway",
 }
+PERF_ANALYZER = "perf_analyzer"  # Triton's load tool; the tritonclient wheel installs it
 
 
 @dataclasses.dataclass
@@ -181,7 +185,7 @@ def bench_stack(
 
     def record(path: str, address: str, round_: int = 0) -> None:
         for name, request in requests.items():
-            target = address or stack.address(f"{name.split('-')[1]}_trainer")
+            target = address or stack.address(f"{framework_of(name)}_trainer")
             for concurrency in concurrencies:
                 n, p50, p99, rps, cpu = measure_remote(
                     target, request, concurrency, seconds, client_cpus
@@ -210,7 +214,9 @@ def run_serving_bench(
     seconds: float = 3.0,
     rounds: int = 1,
     report: Callable[[Figures], None] = print,
+    perf_analyzer: bool = False,
 ) -> list[Figures]:
+    """Paths a-d (and e, perf_analyzer through the gateway, with `perf_analyzer`)."""
     from services.torch_trainer.framework import TorchFramework  # the runtimes, in process
 
     home = Path(tempfile.mkdtemp(prefix="twinbench-bench-"))
@@ -239,9 +245,134 @@ def run_serving_bench(
                     report(out[-1])
             requests = {name: infer_request(name, image).SerializeToString() for name in names}
             out += bench_stack(stack, requests, concurrencies, seconds, rounds, report, client_cpus)
+            if perf_analyzer:
+                for name in names:
+                    out += run_perf_analyzer(
+                        stack.gateway_address, name, concurrencies, seconds, client_cpus, report
+                    )
     finally:
         os.sched_setaffinity(0, before)
     return out
+
+
+def perf_analyzer_env() -> dict[str, str] | None:
+    """perf_analyzer's environment: it links libcudart.so.12 even on a CPU-only machine, which
+    PyPI's nvidia-cuda-runtime-cu12 puts under site-packages; None when it cannot be found."""
+    for entry in sys.path:
+        lib = Path(entry) / "nvidia" / "cuda_runtime" / "lib"
+        if (lib / "libcudart.so.12").is_file():
+            path = os.environ.get("LD_LIBRARY_PATH", "")
+            return {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{path}" if path else str(lib)}
+    return None
+
+
+def perf_analyzer_command() -> list[str] | None:
+    """perf_analyzer when it is installed and can start, else None."""
+    program = installed_program(PERF_ANALYZER)
+    env = perf_analyzer_env()
+    if program is None or env is None:
+        return None
+    return [str(program)]
+
+
+def run_perf_analyzer(
+    address: str,
+    model: str,
+    concurrencies: tuple[int, ...],
+    seconds: float,
+    cpus: set[int] | None = None,
+    report: Callable[[Figures], None] = print,
+) -> list[Figures]:
+    """Triton's perf_analyzer against `address` (gRPC), one figure per concurrency.
+
+    It reads the model's config and statistics from the server (ModelConfig, ModelStatistics),
+    so it checks those too. Its CSV gives p50/p99 in microseconds and inferences per second.
+    """
+    command = perf_analyzer_command()
+    if command is None:
+        raise RuntimeError(
+            "perf_analyzer is not installed or cannot start (it comes with tritonclient and needs"
+            " Debian's libb64-0d and PyPI's nvidia-cuda-runtime-cu12)"
+        )
+    out: list[Figures] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for concurrency in concurrencies:
+            csv_file = Path(tmp) / f"c{concurrency}.csv"
+            run = subprocess.run(
+                [
+                    *command, "-m", model, "-u", address, "-i", "grpc",
+                    "--concurrency-range", f"{concurrency}:{concurrency}",
+                    "--measurement-interval", str(max(100, int(seconds * 1000))),
+                    # A shared 2-core machine rarely holds perf_analyzer's default 10% between
+                    # windows; its figures are still the average of the last three.
+                    "--stability-percentage", "50", "-f", str(csv_file),
+                ],
+                capture_output=True, text=True, env=perf_analyzer_env(),
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )  # fmt: skip
+            if run.returncode != 0 or not csv_file.exists():
+                tail = (run.stdout + run.stderr).strip()[-2000:]
+                raise RuntimeError(f"perf_analyzer failed on {model}: {tail}")
+            (row,) = parse_perf_analyzer_csv(csv_file.read_text())
+            requests = int(
+                next(
+                    (ln.split(":")[1] for ln in run.stdout.splitlines() if "Request count" in ln),
+                    "0",
+                )
+            )
+            out.append(
+                Figures(
+                    PATHS["e"], model, int(row["Concurrency"]), requests,
+                    float(row["p50 latency"]) / 1000, float(row["p99 latency"]) / 1000,
+                    float(row["Inferences/Second"]),
+                )
+            )  # fmt: skip
+            report(out[-1])
+    return out
+
+
+def parse_perf_analyzer_csv(text: str) -> list[dict[str, str]]:
+    """perf_analyzer's `-f` file: a header, one row per concurrency (a blank line may follow)."""
+    rows = list(csv.DictReader(io.StringIO(text.strip())))
+    for row in rows:
+        for column in ("Concurrency", "Inferences/Second", "p50 latency", "p99 latency"):
+            if not row.get(column):
+                raise RuntimeError(f"perf_analyzer's CSV has no {column!r}: {text[:300]!r}")
+    return rows
+
+
+def capacity(figures: list[Figures], p99_target_ms: float) -> list[dict]:
+    """Per path and model, the most requests per second measured with p99 under the target
+    (MLPerf's server scenario): the figure capacity planning needs. Over several rounds, the
+    median of each concurrency's figures is taken first."""
+    groups: dict[tuple[str, str], dict[int, list[Figures]]] = {}
+    for f in figures:
+        groups.setdefault((f.path, f.model), {}).setdefault(f.concurrency, []).append(f)
+    out = []
+    for (path, model), by_concurrency in sorted(groups.items()):
+        best: dict | None = None
+        for concurrency, runs in sorted(by_concurrency.items()):
+            p99 = float(np.median([f.p99_ms for f in runs]))
+            rps = float(np.median([f.rps for f in runs]))
+            if p99 <= p99_target_ms and (best is None or rps > best["rps"]):
+                best = {"concurrency": concurrency, "rps": rps, "p99_ms": p99}
+        out.append({"path": path, "model": model, "p99_target_ms": p99_target_ms, "best": best})
+    return out
+
+
+def capacity_lines(figures: list[Figures], p99_target_ms: float) -> list[str]:
+    lines = []
+    for c in capacity(figures, p99_target_ms):
+        best = c["best"]
+        if best is None:
+            said = f"no concurrency kept p99 under {p99_target_ms:g} ms"
+        else:
+            said = (
+                f"{best['rps']:,.0f} requests/s with p99 {best['p99_ms']:.3f} ms"
+                f" (concurrency {best['concurrency']})"
+            )
+        lines.append(f"{c['model']}, {c['path']}: under p99 {p99_target_ms:g} ms: {said}")
+    return lines
 
 
 def ratios(figures: list[Figures]) -> list[dict]:

@@ -200,8 +200,17 @@ def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from twinbench.bench import run_serving_bench, setup, summary
+    from twinbench.bench import (
+        capacity_lines,
+        perf_analyzer_command,
+        run_serving_bench,
+        setup,
+        summary,
+    )
 
+    use_perf_analyzer = args.perf_analyzer == "on" or (
+        args.perf_analyzer == "auto" and perf_analyzer_command() is not None
+    )
     how = setup(settings)
     print(f"gateway front: {how['gateway_front']}; load generator: {how['load_generator']}")
     print(
@@ -225,8 +234,9 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         seconds=args.seconds,
         rounds=args.rounds,
         report=report,
+        perf_analyzer=use_perf_analyzer,
     )
-    for line in summary(figures):
+    for line in summary(figures) + capacity_lines(figures, args.p99_target_ms):
         print(line)
     return 0
 
@@ -337,6 +347,19 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         help="alternations of c and d, against a machine's drift (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--p99-target-ms",
+        type=float,
+        default=5.0,
+        help="report each path's most requests/s with p99 under this (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--perf-analyzer",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also measure with Triton's perf_analyzer through the gateway (path e);"
+        " auto: when it is installed (default: %(default)s)",
     )
     parity = sub.add_parser(
         "parity", help="copy PyTorch weights into Keras and compare logits (exit 1 above 1e-5)"

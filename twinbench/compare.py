@@ -107,7 +107,7 @@ def run_compare(
             predictions[_served_label(export)] = _infer_sample(client, export, options.sample)
         client.close()
         if options.users > 0 and served:
-            serving = load_test(address, served, options, report_dir)
+            serving = load_test(address, settings, served, options, report_dir)
         if stack and options.bench_seconds > 0 and served:
             serving_cost = serving_cost_of(stack, [e for _, e in served], options.bench_seconds)
     lines = training_lines(arms, settings, options.level)
@@ -191,6 +191,7 @@ def _infer_sample(client: Client, export: tpb.ModelExport, sample: int) -> np.nd
 
 def load_test(
     address: str,
+    settings: Settings,
     served: list[tuple[Arm, tpb.ModelExport]],
     options: CompareOptions,
     report_dir: Path,
@@ -198,6 +199,7 @@ def load_test(
     """Locust on each served export, in rounds whose order alternates (forward, backward, ...)."""
     from twinbench.datasets import load_dataset
     from twinbench.loadtest import run_locust
+    from twinbench.serving_stats import server_compute_ms
 
     report_dir.mkdir(parents=True, exist_ok=True)
     inputs = report_dir / "inputs.npy"  # the same real test images for every model
@@ -229,6 +231,11 @@ def load_test(
                 "format": export.format,
                 **_median_of_rounds(per_round),
                 "rounds": per_round,
+                # The export's own time on its trainer (Triton's ModelStatistics), whatever the
+                # load generator's CPU was doing.
+                "server_compute_ms": server_compute_ms(
+                    address, settings, export.model_name, export.version
+                ),
             }
         )
     return out

@@ -12,6 +12,8 @@ from pathlib import Path
 DEFAULT_PORTS = {"gateway": 50051, "torch_trainer": 50052, "tf_trainer": 50053}
 # Each trainer's inference link (twinbench.link), which only the gateway calls.
 DEFAULT_LINK_PORTS = {"torch_trainer": 50062, "tf_trainer": 50063}
+# Each service's Prometheus metrics (HTTP, /metrics); 8002 is Triton's metrics port.
+DEFAULT_METRICS_PORTS = {"gateway": 8002, "torch_trainer": 8012, "tf_trainer": 8013}
 FRAMEWORKS = ("torch", "tf")
 # The Go programs that `make` builds when it can (see the Makefile's `native`).
 FRONT_PROGRAM = "twinbench-front"
@@ -29,6 +31,7 @@ class Settings:
     tf_trainer_link: str
     listen: str | None  # this service's bind address; None: loopback on its default port
     link_listen: str | None  # a trainer's inference link; None: the host of `listen`, port 5006x
+    metrics_listen: str | None  # this service's /metrics; None: the host of `listen`, 8002/801x
     max_message_bytes: int
     backend_timeout_s: float
     max_batch_size: int
@@ -84,6 +87,10 @@ class Settings:
         host = self.listen_address(service).rsplit(":", 1)[0]
         return self.link_listen or f"{host}:{DEFAULT_LINK_PORTS[service]}"
 
+    def metrics_listen_address(self, service: str) -> str:
+        host = self.listen_address(service).rsplit(":", 1)[0]
+        return self.metrics_listen or f"{host}:{DEFAULT_METRICS_PORTS[service]}"
+
     def batches(self, model_name: str) -> bool:
         """Whether `model_name` is served with dynamic batching."""
         if self.dynamic_batching in ("off", ""):
@@ -133,6 +140,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tf_trainer_link=get("TF_TRAINER_LINK", link(tf_trainer, "tf_trainer")),
         listen=env.get("TWINBENCH_LISTEN") or None,
         link_listen=env.get("TWINBENCH_LINK_LISTEN") or None,
+        metrics_listen=env.get("TWINBENCH_METRICS_LISTEN") or None,
         max_message_bytes=int(get("MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
         backend_timeout_s=float(get("BACKEND_TIMEOUT_S", "30")),
         max_batch_size=int(get("MAX_BATCH_SIZE", "256")),

@@ -94,6 +94,21 @@ def create_server(
     return server, port, health_servicer
 
 
+def enable_reflection(server: grpc.Server) -> None:
+    """gRPC server reflection (what `grpcurl list` asks), for the APIs every service serves."""
+    from grpc_reflection.v1alpha import reflection
+
+    from twinbench.api import inference_pb2, trainer_pb2
+
+    names = [
+        trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name,
+        inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(names, server)
+
+
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
     status = health_pb2.HealthCheckResponse
     health_servicer.set("", status.SERVING if serving else status.NOT_SERVING)

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from twinbench.config import DEFAULT_LINK_PORTS, DEFAULT_PORTS, Settings
+from twinbench.config import DEFAULT_LINK_PORTS, DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Settings
 
 TRAINERS = ("torch_trainer", "tf_trainer")
 
@@ -48,6 +48,8 @@ class LocalStack:
         self.link_ports = {t: 0 if self.ports[t] == 0 else DEFAULT_LINK_PORTS[t] for t in TRAINERS}
         self.extra_env = env or {}  # more TWINBENCH_* settings for the services
         self.procs: dict[str, subprocess.Popen] = {}
+        # Each service's /metrics port, known once it serves (free ones with free service ports).
+        self.metrics_ports: dict[str, int] = {}
 
     @property
     def gateway_address(self) -> str:
@@ -57,6 +59,9 @@ class LocalStack:
         # A TLS certificate names a host, not an IP address: clients use localhost then.
         host = "localhost" if service == "gateway" and self.settings.tls_cert else "127.0.0.1"
         return f"{host}:{self.ports[service]}"
+
+    def metrics_url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -90,6 +95,10 @@ class LocalStack:
         )
         if service in TRAINERS:
             env["TWINBENCH_LINK_LISTEN"] = f"127.0.0.1:{self.link_ports[service]}"
+        metrics_port = 0 if self.ports[service] == 0 else DEFAULT_METRICS_PORTS[service]
+        env["TWINBENCH_METRICS_LISTEN"] = (
+            f"127.0.0.1:{self.metrics_ports.get(service, metrics_port)}"
+        )
         return env
 
     def _port_file(self, service: str, kind: str = "") -> Path:
@@ -99,6 +108,7 @@ class LocalStack:
         self.settings.logs.mkdir(parents=True, exist_ok=True)
         self._port_file(service).unlink(missing_ok=True)
         self._port_file(service, ".link").unlink(missing_ok=True)
+        self._port_file(service, ".metrics").unlink(missing_ok=True)
         log = open(self.settings.logs / f"{service}.log", "ab")  # noqa: SIM115 - the child owns it
         self.procs[service] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
@@ -123,6 +133,8 @@ class LocalStack:
                 self.ports[service] = int(port_file.read_text())
                 if service in TRAINERS:  # its link's port file was written first
                     self.link_ports[service] = int(self._port_file(service, ".link").read_text())
+                # Written before the gRPC port file, like the link's.
+                self.metrics_ports[service] = int(self._port_file(service, ".metrics").read_text())
                 tls_ca = self.settings.tls_ca if service == "gateway" else None
                 if is_serving(self.address(service), tls_ca=tls_ca):
                     return

@@ -284,6 +284,11 @@ class BatchingCaller:
         self._waiting: list[_Waiting] = []
         self._sending = False
 
+    def queued(self) -> int:
+        """Requests waiting for a frame (not those in the frame out now)."""
+        with self._lock:
+            return len(self._waiting)
+
     def call(self, request: bytes, timeout: float) -> Reply:
         me = _Waiting(request, timeout)
         with self._lock:

@@ -527,6 +527,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 "p90 ms",
                 "p95 ms",
                 "p99 ms",
+                "server compute ms",
             ],
             [
                 [
@@ -538,6 +539,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     str(s["failures"]),
                     f"{s['requests_per_second']:.1f}",
                     *(f"{s['latency_ms'][p]:.2f}" for p in ("p50", "p90", "p95", "p99")),
+                    # The trainer's own time per request (ModelStatistics), when it gave one.
+                    "-" if s.get("server_compute_ms") is None else f"{s['server_compute_ms']:.3f}",
                 ]
                 for s in results["serving"]["models"]
             ],

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,16 @@ OUTPUT_NAME = "logits"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 
 
+# Fault injection for tests: with TWINBENCH_FAILPOINT=before-publish, an export stops for good
+# once its files are written, before it is published, so that a test's kill lands mid-export.
+FAILPOINT = "TWINBENCH_FAILPOINT"
+
+
+def _failpoint(name: str) -> None:
+    if os.environ.get(FAILPOINT) == name:
+        threading.Event().wait()  # until the process is killed
+
+
 def check_model_name(name: str) -> None:
     """Model names become paths: a strict character set, so none can leave the repository."""
     if not NAME_PATTERN.match(name):
@@ -39,7 +50,28 @@ def check_model_name(name: str) -> None:
 
 
 def model_name(model: str, framework: str, fmt: str) -> str:
+    """The served name of an export: <model>-<framework>-<format>. The one naming rule; the Go
+    front's frameworkOf (services/gateway/front/main.go) reads names by the same rule."""
     return f"{model}-{framework}-{fmt}"
+
+
+def parse_model_name(name: str) -> tuple[str, str, str] | None:
+    """(model, framework, format) of a served name, or None when it does not follow the rule.
+
+    The last two '-'-separated parts are the framework and the format; the model is the rest
+    (so a model name may hold '-' itself).
+    """
+    model, _, rest = name.rpartition("-")
+    model, _, framework = model.rpartition("-")
+    if not model or not framework or not rest:
+        return None
+    return model, framework, rest
+
+
+def framework_of(name: str) -> str:
+    """The framework part of a served name (the trainer that serves it), or "" when none."""
+    parsed = parse_model_name(name)
+    return parsed[1] if parsed else ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,7 @@ class Staging:
 
     def publish(self, **fields) -> ExportInfo:
         """Writes export.json and renames the folder into the next free version number."""
+        _failpoint("before-publish")
         model_dir = self.repository.root / self.name
         sha = sha256_of(self.model_path)
         while True:

@@ -55,5 +55,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         return self.core.infer(request)
 
+    def ModelConfig(self, request, context):
+        return self.core.model_config(request.name, request.version)
+
+    def ModelStatistics(self, request, context):
+        return self.core.statistics(request.name, request.version)
+
     def RepositoryIndex(self, request, context):
         return self.core.repository_index()

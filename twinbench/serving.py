@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from twinbench import __version__
@@ -21,7 +23,9 @@ from twinbench.repository import (
     ExportInfo,
     ModelRepository,
     check_model_name,
+    parse_model_name,
 )
+from twinbench.serving_stats import RequestTiming, ServingStats
 from twinbench.tensors import TensorError, add_output, decode_inputs
 
 log = logging.getLogger(__name__)
@@ -80,11 +84,12 @@ class InferenceCore:
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, int], tuple[ExportInfo, Runtime]] = {}
         self._versions: dict[str, list[int]] = {}
+        self.stats = ServingStats()
         self.refresh()
 
     def _served(self, name: str) -> bool:
-        parts = name.rsplit("-", 2)
-        return len(parts) == 3 and parts[1] == self.framework and parts[2] in self.loaders
+        parsed = parse_model_name(name)
+        return parsed is not None and parsed[1] == self.framework and parsed[2] in self.loaders
 
     def refresh(self) -> None:
         """Rescans the repository: at start, after each job, and when a request names the unknown."""
@@ -170,12 +175,60 @@ class InferenceCore:
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
-            name=f"twinbench-{self.framework}-trainer", version=__version__
+            name=f"twinbench-{self.framework}-trainer",
+            version=__version__,
+            extensions=list(EXTENSIONS),
         )
 
+    def model_config(self, name: str, version: str) -> pb.ModelConfigResponse:
+        """The model's config.pbtxt, the file Triton would read, as Triton's ModelConfig."""
+        self._version(name, version)  # NOT_FOUND for what is not served
+        path = self.repository.root / name / "config.pbtxt"
+        try:
+            config = text_format.Parse(path.read_text(), pb.ModelConfig())
+        except (OSError, text_format.ParseError) as exc:
+            log.error("cannot read %s: %s", path, exc)
+            raise Unavailable(f"model {name!r} has no readable config.pbtxt") from None
+        return pb.ModelConfigResponse(config=config)
+
+    def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
+        """Triton's ModelStatistics: one model (or all, with no name), one version (or all)."""
+        if name:
+            self._version(name, version)  # NOT_FOUND for what is not served
+        served = {n: self.versions(n) for n in self.names()}
+        return self.stats.response(name, version, served)
+
     def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        info, runtime, batch = self._prepare(request)
-        return self._response(request, info, runtime.infer(batch))
+        start = time.perf_counter_ns()
+        try:
+            info, runtime, batch = self._prepare(request)
+        except TwinbenchError:
+            self._failed(request.model_name, request.model_version, start)
+            raise
+        prepared = time.perf_counter_ns()
+        try:
+            logits = runtime.infer(batch)
+        except Exception:
+            self._failed(info.name, str(info.version), start)
+            raise
+        inferred = time.perf_counter_ns()
+        response = self._response(request, info, logits)
+        done = time.perf_counter_ns()
+        timing = RequestTiming(
+            done - start, 0, prepared - start, inferred - prepared, done - inferred
+        )
+        self.stats.execution(info.name, info.version, len(batch), *_phases(timing))
+        self.stats.success(info.name, info.version, len(batch), timing)
+        return response
+
+    def _failed(self, name: str, version: str, start_ns: int) -> None:
+        """Counts a failed request against the version it named, when that is a served one."""
+        versions = self.versions(name)
+        if not versions:
+            return  # unknown names are not counted: clients could make up any number of them
+        number = int(version) if version.isdigit() else versions[-1]
+        if number in versions:
+            self.stats.failure(name, number, time.perf_counter_ns() - start_ns)
 
     def infer_frame(self, requests: list[bytes]) -> list[Reply]:
         """Serves one frame of the inference link: serialized requests in, a reply for each.
@@ -184,20 +237,29 @@ class InferenceCore:
         rows), which is where the gateway's dynamic batching pays; a bad request gets its own
         error and does not spoil the others.
         """
+        arrived = time.perf_counter_ns()
         replies: list[Reply | None] = [None] * len(requests)
         runs: dict[tuple[str, int], list[tuple[int, pb.ModelInferRequest, np.ndarray]]] = {}
         runtimes: dict[tuple[str, int], tuple[ExportInfo, Runtime]] = {}
+        prepared: list[int] = [0] * len(requests)  # when each request's input was ready
+        input_ns: list[int] = [0] * len(requests)
         for i, raw in enumerate(requests):
+            start = time.perf_counter_ns()
+            request = None
             try:
                 request = _parse(raw)
                 info, runtime, batch = self._prepare(request)
             except TwinbenchError as exc:
                 replies[i] = (status_of(exc), str(exc).encode())
+                if request is not None:
+                    self._failed(request.model_name, request.model_version, start)
                 continue
             except Exception:  # noqa: BLE001 - a bug: logged whole, the caller told only that
                 log.exception("unhandled error on an inference-link request")
                 replies[i] = (INTERNAL, b"internal error in ModelInfer; see the trainer's log")
                 continue
+            prepared[i] = time.perf_counter_ns()
+            input_ns[i] = prepared[i] - start
             runs.setdefault((info.name, info.version), []).append((i, request, batch))
             runtimes[(info.name, info.version)] = (info, runtime)
         for key, items in runs.items():
@@ -205,6 +267,7 @@ class InferenceCore:
             limit = min(info.max_batch_size, self.max_rows)
             for chunk in _chunks(items, limit):
                 batches = [batch for _, _, batch in chunk]
+                began = time.perf_counter_ns()
                 try:
                     logits = runtime.infer(
                         batches[0] if len(batches) == 1 else np.concatenate(batches)
@@ -214,12 +277,30 @@ class InferenceCore:
                     failed = (INTERNAL, f"model {key[0]!r} failed; see the trainer's log".encode())
                     for i, _, _ in chunk:
                         replies[i] = failed
+                        self.stats.failure(*key, time.perf_counter_ns() - arrived)
                     continue
-                start = 0
+                inferred = time.perf_counter_ns()
+                at = 0
+                output_total = 0
                 for i, request, batch in chunk:
-                    rows = logits[start : start + len(batch)]
-                    start += len(batch)
+                    rows = logits[at : at + len(batch)]
+                    at += len(batch)
+                    out_start = time.perf_counter_ns()
                     replies[i] = (OK, self._response(request, info, rows).SerializeToString())
+                    done = time.perf_counter_ns()
+                    output_total += done - out_start
+                    # As Triton counts it: the batch's run is each of its requests' compute_infer.
+                    timing = RequestTiming(
+                        total=done - arrived,
+                        queue=began - prepared[i],
+                        compute_input=input_ns[i],
+                        compute_infer=inferred - began,
+                        compute_output=done - out_start,
+                    )
+                    self.stats.success(*key, len(batch), timing)
+                self.stats.execution(
+                    *key, at, sum(input_ns[i] for i, _, _ in chunk), inferred - began, output_total
+                )
         return replies
 
     def _prepare(self, request: pb.ModelInferRequest) -> tuple[ExportInfo, Runtime, np.ndarray]:
@@ -268,6 +349,13 @@ class InferenceCore:
                 f"for model {info.name!r}"
             )
         return batch
+
+
+EXTENSIONS = ("model_configuration", "statistics")
+
+
+def _phases(timing: RequestTiming) -> tuple[int, int, int]:
+    return timing.compute_input, timing.compute_infer, timing.compute_output
 
 
 def _parse(raw: bytes) -> pb.ModelInferRequest:

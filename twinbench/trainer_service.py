@@ -10,6 +10,7 @@ from twinbench.config import Settings, load_settings
 from twinbench.grpc_server import (
     configure_logging,
     create_server,
+    enable_reflection,
     run_until_signalled,
     set_serving,
     write_port_file,
@@ -17,6 +18,7 @@ from twinbench.grpc_server import (
 from twinbench.job_worker import run_in_worker
 from twinbench.jobs import JobContext, JobManager, JobStore
 from twinbench.link import FRAME_SLACK_BYTES, LinkServer
+from twinbench.metrics import JobsCollector, ServingCollector, serve_metrics
 from twinbench.repository import ModelRepository
 from twinbench.servicers import InferenceServicer, TrainerServicer
 from twinbench.serving import InferenceCore
@@ -54,6 +56,7 @@ def serve_trainer(framework: Framework) -> None:
     server, port, health = create_server(settings.listen_address(service), settings)
     trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(manager), server)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    enable_reflection(server)
     link = LinkServer(
         settings.link_listen_address(service),
         core.infer_frame,
@@ -63,8 +66,14 @@ def serve_trainer(framework: Framework) -> None:
     manager.start()
     _remove_stale_checkpoints(settings, store)
     link.start()
-    # Written before the gRPC port file, so a launcher that sees that one finds this one too.
+    metrics_port = serve_metrics(
+        settings.metrics_listen_address(service),
+        ServingCollector(core.stats),
+        JobsCollector(framework.name, manager.list),
+    )
+    # Written before the gRPC port file, so a launcher that sees that one finds these too.
     write_port_file(settings.home / "run" / f"{service}.link.port", link.port)
+    write_port_file(settings.home / "run" / f"{service}.metrics.port", metrics_port)
     server.start()
     set_serving(health, True)
 

@@ -16,9 +16,12 @@ from twinbench.config import load_settings
 from twinbench.grpc_server import (
     configure_logging,
     create_server,
+    enable_reflection,
     run_until_signalled,
     set_serving,
+    write_port_file,
 )
+from twinbench.metrics import FrontCollector, serve_metrics
 
 GRACE_S = 10.0
 
@@ -44,6 +47,7 @@ def main() -> None:
     )
     trainer_pb2_grpc.add_TrainerServicer_to_server(GatewayTrainerServicer(gateway), server)
     server.add_generic_rpc_handlers((inference_handler(GatewayInferenceServicer(gateway)),))
+    enable_reflection(server)  # through the front too: it relays what it does not serve
     server.start()
     front = Front(front_binary, settings, control_port=port) if front_binary else None
     if front:
@@ -52,6 +56,12 @@ def main() -> None:
         except SystemExit:
             server.stop(None)
             raise
+    metrics_port = serve_metrics(
+        settings.metrics_listen_address("gateway"),
+        gateway.requests,
+        FrontCollector(lambda: front.metrics_url if front else None),
+    )
+    write_port_file(settings.home / "run" / "gateway.metrics.port", metrics_port)
     stop = threading.Event()
 
     def become_ready() -> None:

@@ -16,6 +16,7 @@ OPEN_INFERENCE = {
         "ServerMetadata",
         "ModelReady",
         "ModelMetadata",
+        "ModelConfig",
         "ModelInfer",
     )
 }
@@ -53,6 +54,8 @@ def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | N
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+    if handler.stream_stream:  # server reflection
+        return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
     return grpc.unary_unary_rpc_method_handler(deny, **kwargs)

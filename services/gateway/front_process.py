@@ -30,6 +30,7 @@ class Front:
         self._proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
         self.died = False  # it exited without being asked to
+        self.metrics_url: str | None = None  # its own /metrics, on loopback
 
     def _args(self, listen: str) -> list[str]:
         s = self.settings
@@ -45,6 +46,7 @@ class Front:
             f"-batch-max-rows={s.batch_max_rows}",
             f"-batch-delay-us={round(s.batch_delay_s * 1e6)}",
             f"-inference-open={str(s.inference_open).lower()}",
+            "-metrics-listen=127.0.0.1:0",
         ]
         if s.tls_cert:
             args += [f"-tls-cert={s.tls_cert}", f"-tls-key={s.tls_key}"]
@@ -62,12 +64,13 @@ class Front:
             # after its own calls have drained, not both at once.
             start_new_session=True,
         )
-        line = self._proc.stdout.readline()  # its one line: the port
-        if not line.strip().isdigit():
+        line = self._proc.stdout.readline().split()  # its one line: its port, its metrics port
+        if len(line) != 2 or not all(p.isdigit() for p in line):
             self._proc.wait()
             raise SystemExit(f"the gateway front did not start (exit code {self._proc.returncode})")
         threading.Thread(target=self._watch, name="gateway-front-watch", daemon=True).start()
-        return int(line)
+        self.metrics_url = f"http://127.0.0.1:{int(line[1])}/metrics"
+        return int(line[0])
 
     def _watch(self) -> None:
         """A front that dies on its own takes the gateway down, so that it is restarted whole."""

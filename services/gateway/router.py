@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -21,7 +22,8 @@ from twinbench.errors import (
 )
 from twinbench.jobs import check_job_id, resolve_spec
 from twinbench.link import FRAME_SLACK_BYTES, OK, BatchingCaller, LinkClient, status_name
-from twinbench.repository import check_model_name
+from twinbench.metrics import RequestCounter
+from twinbench.repository import check_model_name, framework_of
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +119,12 @@ class Gateway:
         self.backends = {
             fw: Backend(fw, settings.trainer_address(fw), settings) for fw in FRAMEWORKS
         }
-        self._routes: dict[str, Backend] = {}  # model name -> backend serving it
+        # model name -> its backend, as last listed: what RepositoryIndex reports UNAVAILABLE
+        # when that backend is down
+        self._routes: dict[str, Backend] = {}
         self._routes_lock = threading.Lock()
         self._batchers: dict[str, BatchingCaller | None] = {}  # model name -> its batching
+        self.requests = RequestCounter()  # the ModelInfer calls this process serves itself
 
     def close(self) -> None:
         for backend in self.backends.values():
@@ -231,20 +236,30 @@ class Gateway:
             self._index(backend)
 
     def route(self, name: str) -> Backend:
-        backend = self._routes.get(name)
+        """The trainer that serves `name`, by the naming rule (twinbench.repository): the trainer
+        then says whether it has such a model, or the call says that it is unavailable."""
+        if not name:
+            raise InvalidArgument("the request names no model")
+        check_model_name(name)  # garbage never costs a look at the backends
+        backend = self.backends.get(framework_of(name))
         if backend is None:
-            if not name:
-                raise InvalidArgument("the request names no model")
-            check_model_name(name)  # garbage never costs a look at the backends
-            self.refresh_routes()  # a model exported since the last look
-            backend = self._routes.get(name)
-            if backend is None:
-                raise NotFound(f"unknown model {name!r}; `twinbench models` lists the served ones")
+            raise NotFound(f"unknown model {name!r}; `twinbench models` lists the served ones")
         return backend
 
     def infer(self, raw_request: bytes, remaining: float | None) -> bytes:
         """A serialized ModelInferRequest in, a serialized ModelInferResponse out."""
-        name = model_name_of(raw_request)
+        start = time.perf_counter_ns()
+        name = ""
+        try:
+            name = model_name_of(raw_request)
+            reply = self._infer(name, raw_request, remaining)
+        except Exception:
+            self.requests.record(name, False, time.perf_counter_ns() - start)
+            raise
+        self.requests.record(name, True, time.perf_counter_ns() - start)
+        return reply
+
+    def _infer(self, name: str, raw_request: bytes, remaining: float | None) -> bytes:
         backend = self.route(name)
         timeout = self._timeout(remaining)
         batcher = self._batcher(name, backend)
@@ -280,6 +295,29 @@ class Gateway:
     def model_metadata(self, request: ipb.ModelMetadataRequest, remaining: float | None):
         backend = self.route(request.name)
         return backend.call(backend.inference.ModelMetadata, request, self._timeout(remaining))
+
+    def model_config(self, request: ipb.ModelConfigRequest, remaining: float | None):
+        backend = self.route(request.name)
+        return backend.call(backend.inference.ModelConfig, request, self._timeout(remaining))
+
+    def model_statistics(
+        self, request: ipb.ModelStatisticsRequest, remaining: float | None
+    ) -> ipb.ModelStatisticsResponse:
+        """One model's statistics from its trainer; with no name, every reachable trainer's."""
+        if request.name:
+            backend = self.route(request.name)
+            return backend.call(
+                backend.inference.ModelStatistics, request, self._timeout(remaining)
+            )
+        response = ipb.ModelStatisticsResponse()
+        for backend in self.backends.values():
+            try:
+                part = backend.inference.ModelStatistics(request, timeout=self._timeout(remaining))
+            except grpc.RpcError as exc:
+                log.warning("no statistics from the %s trainer: %s", backend.framework, exc.code())
+                continue
+            response.model_stats.extend(part.model_stats)
+        return response
 
     def server_ready(self) -> bool:
         for backend in self.backends.values():

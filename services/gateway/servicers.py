@@ -50,7 +50,9 @@ class GatewayInferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ServerMetadata(self, request, context):
         return ipb.ServerMetadataResponse(
-            name="twinbench", version=__version__, extensions=["model_repository"]
+            name="twinbench",
+            version=__version__,
+            extensions=["model_repository", "model_configuration", "statistics"],
         )
 
     def ModelMetadata(self, request, context):
@@ -59,6 +61,12 @@ class GatewayInferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         # `request` is the serialized message: see inference_handler.
         return self.gateway.infer(request, time_remaining(context))
+
+    def ModelConfig(self, request, context):
+        return self.gateway.model_config(request, time_remaining(context))
+
+    def ModelStatistics(self, request, context):
+        return self.gateway.model_statistics(request, time_remaining(context))
 
     def RepositoryIndex(self, request, context):
         return self.gateway.repository_index(request.ready)

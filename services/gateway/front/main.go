@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -61,6 +62,12 @@ type config struct {
 	token           string
 	inferenceOpen   bool
 	tlsCert, tlsKey string
+	metricsListen   string
+	guard           guardConfig
+	headerListBytes int
+	keepaliveMin    time.Duration // the most often a client may ping
+	idle, maxAge    time.Duration // connection idle timeout and maximum age
+	ageGrace        time.Duration // calls in flight when a connection reaches its age
 }
 
 func parseConfig() config {
@@ -79,6 +86,17 @@ func parseConfig() config {
 	flag.BoolVar(&c.inferenceOpen, "inference-open", false, "ModelInfer needs no token")
 	flag.StringVar(&c.tlsCert, "tls-cert", "", "certificate (PEM); with -tls-key, TLS")
 	flag.StringVar(&c.tlsKey, "tls-key", "", "its key (PEM)")
+	flag.StringVar(&c.metricsListen, "metrics-listen", "127.0.0.1:0", "/metrics, for the gateway to scrape")
+	flag.IntVar(&c.guard.maxStreams, "max-streams", 256, "concurrent streams per connection")
+	flag.Float64Var(&c.guard.streamRate, "stream-rate", 50000, "new streams per second per connection")
+	flag.Float64Var(&c.guard.streamBurst, "stream-burst", 5000, "new streams per connection at once")
+	flag.Float64Var(&c.guard.refusalsPerSec, "refusals-per-s", 1000, "refused streams per second before a connection is closed")
+	flag.IntVar(&c.guard.maxConnections, "max-connections", 4096, "open client connections")
+	flag.IntVar(&c.headerListBytes, "max-header-bytes", 16<<10, "the largest header list of a call")
+	flag.DurationVar(&c.keepaliveMin, "keepalive-min-time", 10*time.Second, "the most often a client may ping")
+	flag.DurationVar(&c.idle, "max-connection-idle", 15*time.Minute, "closes connections idle this long")
+	flag.DurationVar(&c.maxAge, "max-connection-age", 2*time.Hour, "asks clients to reconnect after this")
+	flag.DurationVar(&c.ageGrace, "max-connection-age-grace", 1*time.Hour, "lets calls (a job's event stream) finish")
 	flag.Parse()
 	if c.control == "" {
 		log.Fatal("-control is required")
@@ -110,12 +128,30 @@ func main() {
 	if err != nil {
 		log.Fatalf("cannot reach the gateway at %s: %v", cfg.control, err)
 	}
-	f := newFront(cfg, control)
+	g := newGuard(cfg.guard)
+	f := newFront(cfg, control, newMetrics(g))
+	metricsPort := f.metrics.serve(cfg.metricsListen)
 	options := []grpc.ServerOption{
 		grpc.CustomCodec(rawCodec{}),
 		grpc.UnknownServiceHandler(f.handle),
 		grpc.MaxRecvMsgSize(cfg.maxMessageBytes),
 		grpc.MaxSendMsgSize(cfg.maxMessageBytes),
+		// HTTP/2 abuse (see guard.go and README's security section).
+		grpc.MaxConcurrentStreams(uint32(cfg.guard.maxStreams)),
+		grpc.InTapHandle(g.tap),
+		grpc.StatsHandler(guardStats{g}),
+		grpc.MaxHeaderListSize(uint32(cfg.headerListBytes)),
+		grpc.ConnectionTimeout(10 * time.Second), // to finish the handshake
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime: cfg.keepaliveMin, PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle:     cfg.idle,
+			MaxConnectionAge:      cfg.maxAge,
+			MaxConnectionAgeGrace: cfg.ageGrace,
+			Time:                  time.Minute, // a ping after a quiet minute finds dead peers
+			Timeout:               20 * time.Second,
+		}),
 	}
 	if cfg.tlsCert != "" {
 		creds, err := credentials.NewServerTLSFromFile(cfg.tlsCert, cfg.tlsKey)
@@ -138,9 +174,10 @@ func main() {
 		log.Print("the gateway is gone; exiting")
 		os.Exit(1)
 	}()
-	// The one line on stdout: the port, which the gateway waits for (port 0 picks a free one).
-	fmt.Println(listener.Addr().(*net.TCPAddr).Port)
-	if err := server.Serve(listener); err != nil {
+	// The one line on stdout: the port and the metrics port, which the gateway waits for (port 0
+	// picks a free one).
+	fmt.Println(listener.Addr().(*net.TCPAddr).Port, metricsPort)
+	if err := server.Serve(g.listen(listener)); err != nil {
 		log.Fatal(err)
 	}
 	f.close()
@@ -148,18 +185,19 @@ func main() {
 
 type front struct {
 	cfg      config
+	metrics  *metrics
 	control  *grpc.ClientConn
 	links    map[string]*linkClient
 	mu       sync.Mutex
 	batchers map[string]*batcher // served model name -> its batching, nil when it is not batched
 }
 
-func newFront(cfg config, control *grpc.ClientConn) *front {
+func newFront(cfg config, control *grpc.ClientConn, m *metrics) *front {
 	links := map[string]*linkClient{}
 	for fw, address := range cfg.links {
 		links[fw] = &linkClient{address: address, name: fw + " trainer", limit: cfg.maxMessageBytes + frameSlackBytes}
 	}
-	return &front{cfg: cfg, control: control, links: links, batchers: map[string]*batcher{}}
+	return &front{cfg: cfg, control: control, links: links, batchers: map[string]*batcher{}, metrics: m}
 }
 
 func (f *front) close() {
@@ -185,34 +223,45 @@ func (f *front) handle(_ interface{}, stream grpc.ServerStream) error {
 	name, ok := modelName(request)
 	link := f.links[frameworkOf(name)]
 	if !ok || link == nil {
-		// Not ours to judge: the gateway says what is wrong with it, in its own words.
+		// Not ours to judge: the gateway says what is wrong with it, in its own words (and
+		// counts it).
 		return f.relayUnary(method, stream, request)
 	}
+	start := time.Now()
+	queued, err := f.infer(stream, name, link, request)
+	f.metrics.request(name, err == nil, time.Since(start), queued)
+	return err
+}
+
+// infer serves one routed ModelInfer; it returns how long the request queued for its frame.
+func (f *front) infer(stream grpc.ServerStream, name string, link *linkClient, request []byte) (time.Duration, error) {
 	deadline := time.Now().Add(f.cfg.backendTimeout)
 	if d, ok := stream.Context().Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	var r reply
 	var err error
+	var queued time.Duration
 	b, known := f.batcher(name)
 	if b != nil {
-		r, err = b.call(request, deadline)
+		r, queued, err = b.call(request, deadline)
 	} else {
 		var replies []reply
 		if replies, err = link.call([][]byte{request}, deadline); err == nil {
 			r = replies[0]
 		}
+		f.metrics.frame(name, 1)
 	}
 	if err != nil {
-		return err
+		return queued, err
 	}
 	if r.status != 0 {
-		return status.Error(codes.Code(r.status), string(r.payload))
+		return queued, status.Error(codes.Code(r.status), string(r.payload))
 	}
 	if !known {
 		f.learn(name, link)
 	}
-	return stream.SendMsg(&r.payload)
+	return queued, stream.SendMsg(&r.payload)
 }
 
 func (f *front) authorized(ctx context.Context) bool {
@@ -243,7 +292,7 @@ func (f *front) learn(name string, link *linkClient) {
 	}
 	var b *batcher
 	if f.batches(name) {
-		b = &batcher{send: link.call, maxItems: f.cfg.batchMaxRows, maxBytes: f.cfg.maxMessageBytes, delay: f.cfg.batchDelay}
+		b = &batcher{name: name, metrics: f.metrics, send: link.call, maxItems: f.cfg.batchMaxRows, maxBytes: f.cfg.maxMessageBytes, delay: f.cfg.batchDelay}
 	}
 	f.batchers[name] = b
 }
@@ -299,10 +348,11 @@ func modelName(b []byte) (string, bool) {
 	return "", false
 }
 
-// frameworkOf is the framework part of <model>-<framework>-<format>, or "".
+// frameworkOf is the framework part of <model>-<framework>-<format>, or "": the naming rule of
+// twinbench/repository.py (parse_model_name), the one place it is written in Go.
 func frameworkOf(name string) string {
 	last := strings.LastIndexByte(name, '-')
-	if last < 0 {
+	if last < 0 || last == len(name)-1 { // no format part
 		return ""
 	}
 	before := strings.LastIndexByte(name[:last], '-')
@@ -535,6 +585,8 @@ func roundTrip(conn net.Conn, frame [][]byte, expected, limit int) ([]reply, err
 
 type waiting struct {
 	request  []byte
+	arrived  time.Time
+	queued   time.Duration // until its frame went out
 	deadline time.Time
 	reply    reply
 	err      error
@@ -548,6 +600,8 @@ type waiting struct {
 // of them sends the next. A lone caller sends at once, so batching costs nothing at low load, and
 // batches grow with the load. With a delay, a sender first waits that long for company.
 type batcher struct {
+	name     string
+	metrics  *metrics
 	send     func([][]byte, time.Time) ([]reply, error)
 	maxItems int
 	maxBytes int
@@ -557,8 +611,8 @@ type batcher struct {
 	sending  bool
 }
 
-func (b *batcher) call(request []byte, deadline time.Time) (reply, error) {
-	me := &waiting{request: request, deadline: deadline, turn: make(chan struct{}, 1)}
+func (b *batcher) call(request []byte, deadline time.Time) (reply, time.Duration, error) {
+	me := &waiting{request: request, arrived: time.Now(), deadline: deadline, turn: make(chan struct{}, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, me)
 	sendNow := !b.sending
@@ -570,7 +624,7 @@ func (b *batcher) call(request []byte, deadline time.Time) (reply, error) {
 	if !me.done {
 		b.sendBatch() // our turn: our request is at the head of the queue
 	}
-	return me.reply, me.err
+	return me.reply, me.queued, me.err
 }
 
 func (b *batcher) take() []*waiting {
@@ -605,8 +659,11 @@ func (b *batcher) sendBatch() {
 	batch := b.take()
 	requests := make([][]byte, len(batch))
 	deadline := batch[0].deadline
+	sent := time.Now()
+	b.metrics.frame(b.name, len(batch))
 	for i, w := range batch {
 		requests[i] = w.request
+		w.queued = sent.Sub(w.arrived)
 		if w.deadline.After(deadline) {
 			deadline = w.deadline // nobody's answer is cut short by a neighbour's deadline
 		}
