@@ -80,7 +80,7 @@ for spec in "${images[@]}"; do
   "$BUILDER" build -f "$dockerfile" -t "$image" "${args[@]}" $extra .
   size=$("$BUILDER" image inspect --format '{{.Size}}' "$image")
   summary+=("$(awk -v i="$image" -v b="$size" -v s=$((SECONDS - start)) \
-    'BEGIN { printf "%-32s %6.2f GB  built in %d s", i, b / 1e9, s }')")
+    'BEGIN { printf "%-37s %6.2f GB  built in %d s", i, b / 1e9, s }')")
 done
 echo "build-images: done ($DEVICE, on $BASE_IMAGE)"
 printf '  %s\n' "${summary[@]}"
