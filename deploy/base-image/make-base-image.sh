@@ -12,7 +12,7 @@
 # It is a stand-in, not the official image: Debian's python3 at /usr/bin (python and pip linked
 # beside it), pip allowed to install into the system Python (the image is the application's
 # own), and the label org.twinbench.base-image says so. Needs root, debootstrap, and docker or
-# podman; about two minutes and 300 MB.
+# podman; about a minute and a half, and an image of about 150 MB.
 set -euo pipefail
 
 IMAGE=${1:-localhost/twinbench-base:bookworm-python3.11}
