@@ -59,5 +59,11 @@ protos: venv
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
 		protos/twinbench/api/trainer.proto protos/twinbench/api/inference.proto
 
+# Every image, with docker or podman: `make images DEVICE=cpu` for hosts without a GPU; with no
+# registry, on a local stand-in base image (deploy/build-images.sh lists the settings).
+.PHONY: images
+images:
+	deploy/build-images.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
