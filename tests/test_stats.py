@@ -8,6 +8,7 @@ from scipy import stats as scipy_stats
 
 from twinbench.stats import (
     LEVEL,
+    Estimate,
     Line,
     accuracy_ratio,
     decide,
@@ -88,6 +89,17 @@ def test_outcomes_winner_equivalent_inconclusive():
     assert [e["winner"] for e in entries] == ["a", None, None]
     assert all(e["hardware"] == "cpu" and e["level"] == LEVEL for e in entries)
     assert "a/b" in describe(entries[0]) and "95%" in describe(entries[0])
+
+
+def test_a_line_whose_interval_alone_excludes_one_says_holm_made_it_inconclusive():
+    """Four lines with the same p of 0.03: each 95% interval excludes 1, but Holm's correction
+    over four lines lifts every p to 0.12, so none is a winner, and the text says why."""
+    estimate = Estimate(1.6, 1.08, 2.38, 0.03, 3, "paired t")
+    entries = decide([Line(q, "a", "b", estimate, True) for q in "wxyz"], "cpu")
+    assert [e["outcome"] for e in entries] == ["inconclusive"] * 4
+    assert entries[0]["p_holm"] == pytest.approx(0.12)
+    text = describe(entries[0])
+    assert "inconclusive after Holm's correction" in text and "0.12 after Holm" in text
 
 
 def test_a_a_runs_name_a_false_winner_in_at_most_five_percent_of_runs():

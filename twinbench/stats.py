@@ -258,6 +258,9 @@ def describe(entry: dict) -> str:
     interval = f"[{low:.3f}, {high:.3f}]" if high is not None else "[no interval]"
     if entry["outcome"] == "winner":
         outcome = f"{entry['winner']}"
+    elif high is not None and (low > 1 or high < 1):
+        # The interval alone excludes 1, but not once every line of the report is counted.
+        outcome = f"{entry['outcome']} after Holm's correction"
     else:
         outcome = entry["outcome"]
     text = (
@@ -270,4 +273,6 @@ def describe(entry: dict) -> str:
         text += f"; detectable {entry['detectable_points']:.2f} points"
     elif entry["detectable"] is not None:
         text += f"; detectable {entry['detectable']:.1%}"
+    if outcome.endswith("after Holm's correction"):
+        text += f"; p {entry['p_value']:.3g}, {entry['p_holm']:.3g} after Holm"
     return text + ")"
