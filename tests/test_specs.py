@@ -3,18 +3,25 @@
 import pytest
 
 from twinbench.errors import InvalidArgument
-from twinbench.specs import MODELS, get_model_spec
+from twinbench.specs import ARCHITECTURES, MODELS, architecture, get_model_spec
+
+# The ImageNet architectures small enough for a test on a CPU: every kind of layer, few weights.
+SMALL = {name: architecture(name, width=0.125, image_size=64) for name in ARCHITECTURES}
+SEQUENTIAL = {name: spec for name, spec in MODELS.items() if name not in ARCHITECTURES}
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_both_frameworks_build_the_declared_parameter_count(name):
+def _counts(spec) -> tuple[int, int]:
     from services.tf_trainer.framework import build_model as build_keras
+    from services.tf_trainer.framework import trainable_count
     from services.torch_trainer.framework import build_model as build_torch
 
-    spec = MODELS[name]
-    torch_count = sum(p.numel() for p in build_torch(spec).parameters())
-    keras_count = build_keras(spec).count_params()
-    assert torch_count == keras_count == spec.parameter_count()
+    torch_count = sum(p.numel() for p in build_torch(spec).parameters() if p.requires_grad)
+    return torch_count, trainable_count(build_keras(spec))
+
+
+@pytest.mark.parametrize("spec", [*SEQUENTIAL.values(), *SMALL.values()], ids=lambda s: s.name)
+def test_both_frameworks_build_the_declared_parameter_count(spec):
+    assert _counts(spec) == (spec.parameter_count(),) * 2
 
 
 def test_published_sizes():
@@ -33,6 +40,38 @@ def test_published_sizes():
     assert MODELS["lenet5"].shapes()[3] == (16, 5, 5)
 
 
+def test_imagenet_architectures_have_torchvisions_trainable_counts():
+    # torchvision.models' alexnet, vgg19, resnet50 and mobilenet_v2, counted with
+    # sum(p.numel() for p in model.parameters()).
+    published = {
+        "alexnet": 61_100_840,
+        "vgg19": 143_667_240,
+        "resnet50": 25_557_032,
+        "mobilenet_v2": 3_504_872,
+    }
+    assert {name: MODELS[name].parameter_count() for name in published} == published
+    assert MODELS["resnet50"].shapes()[-2] == (2048,)  # after the global average pool
+    # torchvision's adaptive pools (7x7, 6x6) are left out: at 224x224 they are the identity.
+    assert MODELS["vgg19"].shapes()[20] == (512, 7, 7)
+    assert MODELS["alexnet"].shapes()[7] == (256, 6, 6)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2"])
+def test_full_size_batch_norm_nets_build_torchvisions_count_in_both(name):
+    # Keras counts batch norm's moving statistics as weights; they are not trainable ones.
+    assert _counts(MODELS[name]) == (MODELS[name].parameter_count(),) * 2
+
+
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(InvalidArgument, match="lenet5"):
         get_model_spec("resnet9000")
+
+
+def test_knobs_are_checked():
+    assert get_model_spec("resnet50", 0.5, 96).input_shape == (3, 96, 96)
+    with pytest.raises(InvalidArgument, match="width"):
+        get_model_spec("vgg19", width=0)
+    with pytest.raises(InvalidArgument, match="no width or image size"):
+        get_model_spec("lenet5", image_size=64)
+    with pytest.raises(InvalidArgument, match="larger image size"):
+        get_model_spec("alexnet", image_size=32)  # three strided pools leave nothing

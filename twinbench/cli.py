@@ -20,7 +20,7 @@ from twinbench.console import describe_job, table, watch_all
 from twinbench.errors import TwinbenchError
 from twinbench.jobs import state_name
 from twinbench.launcher import LocalStack
-from twinbench.specs import MODELS
+from twinbench.specs import ARCHITECTURES, MODELS
 from twinbench.tensors import infer_request, output_array
 
 # --- commands ---
@@ -166,16 +166,28 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from twinbench.parity import PARITY_TOLERANCE, check_parity, trajectory
+    from twinbench.parity import PARITY_TOLERANCE, TRAIN_TOLERANCE, check_parity, trajectory
 
     failed = 0
     for name in args.model or sorted(MODELS):
-        result = check_parity(name, seed=args.seed)
+        knobs = (args.width, args.image_size) if name in ARCHITECTURES else (None, None)
+        result = check_parity(name, args.seed, args.rows, *knobs)
         failed += not result.ok
+        parts = [f"{result.parameters:,} trainable parameters"]
+        if result.keras_parameters != result.parameters:
+            parts[0] += f" (Keras: {result.keras_parameters:,})"
+        parts.append(
+            f"{result.rows} inputs; eval: max |torch - keras| logits {result.max_abs_diff:.2e}"
+            f" = {result.relative:.2e} of their scale {result.scale:.3g}"
+        )
+        if result.train_stats is not None:
+            parts.append(f"train mode: batch-norm statistics' moves {result.train_stats:.2e}")
+        if result.train_logits is not None:
+            parts.append(f"train-mode logits {result.train_logits:.2e}")
+        verdict = "ok" if result.ok else "FAILED"
         print(
-            f"{name}: {result.parameters:,} parameters, {result.rows} test images,"
-            f" max |torch - keras| logits {result.max_abs_diff:.2e}"
-            f" ({'ok' if result.ok else 'FAILED'}, tolerance {PARITY_TOLERANCE:g})"
+            f"{name}: {'; '.join(parts)} ({verdict}; relative tolerances:"
+            f" eval {PARITY_TOLERANCE:g}, train mode {TRAIN_TOLERANCE:g})"
         )
         if args.trajectory:
             print(f"  {name} trained side by side from one init on the same batches:")
@@ -259,6 +271,19 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def add_architecture_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--width",
+        type=float,
+        help="channel width multiplier of alexnet, vgg19, resnet50, mobilenet_v2 (default: 1)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="input height and width of alexnet, vgg19, resnet50, mobilenet_v2 (default: 224)",
+    )
 
 
 def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> None:
@@ -368,6 +393,10 @@ def parser() -> argparse.ArgumentParser:
         "--model", action="append", choices=sorted(MODELS), help="(default: every model)"
     )
     parity.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    parity.add_argument(
+        "--rows", type=int, help="inputs compared (default: 16 for ImageNet models, else 64)"
+    )
+    add_architecture_options(parity)
     parity.add_argument(
         "--trajectory",
         type=int,

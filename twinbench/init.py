@@ -1,65 +1,70 @@
 """Initial weights drawn once, framework-free, so that both frameworks start from the same point.
 
-The weights are in PyTorch's layout (conv: out x in x kh x kw; dense: out x in, with the input of a
-dense layer that follows a flatten in C, H, W order). The TF trainer converts them to Keras's
-layout. The scheme is Glorot uniform with zero biases, Keras's default; PyTorch's own default
-(Kaiming uniform with a = sqrt(5), uniform biases) is what `init="framework"` gives in torch.
+The weights are in PyTorch's layout (conv: out x in x kh x kw; depthwise: channels x 1 x kh x kw;
+dense: out x in, with the input of a dense layer that follows a flatten in C, H, W order; batch
+norm: weight, bias, running mean, running variance), one tuple of arrays per weighted layer in the
+spec's declaration order. The TF trainer converts them to Keras's layout. The scheme is Glorot
+uniform with zero biases, Keras's default, and batch norm's identity (gamma 1, beta 0, mean 0,
+variance 1); PyTorch's own default (Kaiming uniform with a = sqrt(5), uniform biases) is what
+`init="framework"` gives in torch.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from twinbench.specs import Conv, Dense, ModelSpec
+from twinbench.specs import BatchNorm, Conv, Dense, DepthwiseConv, Flatten, ModelSpec, weight_shapes
 
 INIT_MODES = ("shared", "framework")
 SHARED_INIT = "shared: Glorot uniform, zero biases, drawn from the seed in shared code"
 
-Weights = list[tuple[np.ndarray, np.ndarray]]  # (kernel, bias) per conv or dense layer, in order
+Weights = list[tuple[np.ndarray, ...]]  # the arrays of each weighted layer, in declaration order
 
 
 def shared_initial_weights(spec: ModelSpec, seed: int) -> Weights:
     rng = np.random.default_rng([seed, 0x1217])
     weights: Weights = []
-    shape: tuple[int, ...] = spec.input_shape
-    for layer, after in zip(spec.layers, spec.shapes(), strict=True):
-        if isinstance(layer, Conv):
-            receptive = layer.kernel * layer.kernel
-            kernel_shape = (layer.filters, shape[0], layer.kernel, layer.kernel)
-            fan_in, fan_out = shape[0] * receptive, layer.filters * receptive
-        elif isinstance(layer, Dense):
-            kernel_shape = (layer.units, shape[0])
-            fan_in, fan_out = shape[0], layer.units
-        else:
-            shape = after
+    for layer, shape in spec.weighted():
+        shapes = weight_shapes(layer, shape)
+        if isinstance(layer, BatchNorm):
+            c = shapes[0]
+            one, zero = np.ones(c, np.float32), np.zeros(c, np.float32)
+            weights.append((one, zero, zero.copy(), one.copy()))
             continue
+        kernel_shape = shapes[0]
+        receptive = int(np.prod(kernel_shape[2:]))  # 1 for a dense layer
+        # A depthwise kernel's "in" is one channel per group (PyTorch's convention for fans).
+        fan_in = kernel_shape[1] * receptive
+        fan_out = (1 if isinstance(layer, DepthwiseConv) else kernel_shape[0]) * receptive
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         kernel = rng.uniform(-limit, limit, size=kernel_shape).astype(np.float32)
-        weights.append((kernel, np.zeros(kernel_shape[0], dtype=np.float32)))
-        shape = after
+        weights.append((kernel, *(np.zeros(s, np.float32) for s in shapes[1:])))
     return weights
 
 
-def keras_layout(spec: ModelSpec, weights: Weights) -> list[np.ndarray]:
-    """The same weights as Keras's get_weights() orders and shapes them (NHWC, kernels in x out)."""
-    out: list[np.ndarray] = []
-    shapes = [spec.input_shape, *spec.shapes()]
+def keras_layout(spec: ModelSpec, weights: Weights) -> list[list[np.ndarray]]:
+    """The same weights as each Keras layer's get_weights() orders and shapes them (NHWC,
+    kernels in x out), one list per weighted layer in declaration order."""
+    out: list[list[np.ndarray]] = []
     flattened_from: tuple[int, ...] | None = None
-    pairs = iter(weights)
-    for i, layer in enumerate(spec.layers):
-        if not isinstance(layer, (Conv, Dense)):
-            if len(shapes[i]) == 3 and len(shapes[i + 1]) == 1:
-                flattened_from = shapes[i]  # a flatten of C x H x W
+    arrays = iter(weights)
+    for layer, before, _ in spec.walk():
+        if isinstance(layer, Flatten) and len(before) == 3:
+            flattened_from = before  # a flatten of C x H x W
+        if not isinstance(layer, (Conv, DepthwiseConv, Dense, BatchNorm)):
             continue
-        kernel, bias = next(pairs)
+        kernel, *rest = next(arrays)
         if isinstance(layer, Conv):
-            out.append(kernel.transpose(2, 3, 1, 0))
-        else:
+            kernel = kernel.transpose(2, 3, 1, 0)
+        elif isinstance(layer, DepthwiseConv):
+            kernel = kernel.transpose(2, 3, 0, 1)  # kh x kw x channels x multiplier 1
+        elif isinstance(layer, Dense):
             if flattened_from is not None:
                 # PyTorch flattens C, H, W; Keras flattens H, W, C: reorder the input columns.
                 c, h, w = flattened_from
                 kernel = kernel.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(len(kernel), -1)
                 flattened_from = None
-            out.append(kernel.T)
-        out.append(bias)
-    return [np.ascontiguousarray(a) for a in out]
+            kernel = kernel.T
+        # Batch norm: gamma, beta, moving mean, moving variance, the same order in both.
+        out.append([np.ascontiguousarray(a) for a in (kernel, *rest)])
+    return out

@@ -1,26 +1,72 @@
-"""Each architecture declared once, as data; the trainers build their framework's model from it."""
+"""Each architecture declared once, as data; the trainers build their framework's model from it.
+
+A model is a sequence of layers; a `Residual` holds two such sequences (a body and a shortcut)
+whose outputs are added, so ResNet and MobileNetV2 blocks are data too. Every shape rule, the
+trainable parameter count and the order of the weighted layers live here, once: each trainer's
+builder, the shared initial weights and the parity check all walk the same declaration.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from twinbench.errors import InvalidArgument
+
+ACTIVATIONS = ("relu", "relu6")  # None: linear (logits, and convolutions followed by batch norm)
 
 
 @dataclass(frozen=True)
 class Conv:
     filters: int
     kernel: int
-    padding: str = (
-        "valid"  # "same" is only used with stride 1 and odd kernels: symmetric in both frameworks
-    )
+    # "valid", "same" (stride 1 and odd kernels only: symmetric in both frameworks), or an explicit
+    # symmetric zero padding in pixels: Keras's own 'same' pads 0 before and 1 after at stride 2,
+    # PyTorch pads both sides, so strided convolutions always say how much.
+    padding: str | int = "valid"
     activation: str | None = "relu"
+    stride: int = 1
+    bias: bool = True
+
+
+@dataclass(frozen=True)
+class DepthwiseConv:
+    """One k x k filter per input channel (PyTorch: groups = channels; Keras: DepthwiseConv2D)."""
+
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    activation: str | None = None
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """Batch normalisation over channels, with PyTorch's conventions as the declared ones.
+
+    momentum is PyTorch's (the weight of the new batch); Keras takes 1 - momentum. Both normalise
+    with the biased batch variance; for the running variance PyTorch keeps the unbiased (n - 1)
+    estimate, and the Keras builder is levelled to it (see services/tf_trainer).
+    """
+
+    activation: str | None = None
+    momentum: float = 0.1
+    epsilon: float = 1e-5
 
 
 @dataclass(frozen=True)
 class Pool:
     kind: str  # "avg" or "max"
     size: int
+    stride: int | None = None  # None: the size
+    # Explicit zero padding. Keras pads with zeros, PyTorch's max pooling with -inf: the same only
+    # where inputs are non-negative, so a padded max pool must follow a ReLU (checked below).
+    padding: int = 0
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    """The mean over H and W: C x H x W becomes C."""
 
 
 @dataclass(frozen=True)
@@ -29,12 +75,107 @@ class Flatten:
 
 
 @dataclass(frozen=True)
+class Dropout:
+    rate: float  # equal rates in both; the masks differ, each framework drawing its own
+
+
+@dataclass(frozen=True)
 class Dense:
     units: int
     activation: str | None = "relu"  # the last layer has none: models output logits
 
 
-Layer = Conv | Pool | Flatten | Dense
+@dataclass(frozen=True)
+class Residual:
+    """activation(body(x) + shortcut(x)); an empty shortcut is the identity."""
+
+    body: tuple[Layer, ...]
+    shortcut: tuple[Layer, ...] = ()
+    activation: str | None = None
+
+
+Layer = (
+    Conv | DepthwiseConv | BatchNorm | Pool | GlobalAvgPool | Flatten | Dropout | Dense | Residual
+)
+WEIGHTED = (Conv, DepthwiseConv, BatchNorm, Dense)
+Shape = tuple[int, ...]
+
+
+def _conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_padding(layer: Conv) -> int:
+    """A Conv's padding in pixels on each side."""
+    if layer.padding == "same":
+        return layer.kernel // 2
+    return 0 if layer.padding == "valid" else int(layer.padding)
+
+
+def output_shape(layer: Layer, shape: Shape) -> Shape:
+    if isinstance(layer, Conv):
+        _, h, w = shape
+        p = conv_padding(layer)
+        k, s = layer.kernel, layer.stride
+        return (layer.filters, _conv_size(h, k, s, p), _conv_size(w, k, s, p))
+    if isinstance(layer, DepthwiseConv):
+        c, h, w = shape
+        k, s, p = layer.kernel, layer.stride, layer.padding
+        return (c, _conv_size(h, k, s, p), _conv_size(w, k, s, p))
+    if isinstance(layer, Pool):
+        c, h, w = shape
+        s = layer.stride or layer.size
+        return (
+            c,
+            _conv_size(h, layer.size, s, layer.padding),
+            _conv_size(w, layer.size, s, layer.padding),
+        )
+    if isinstance(layer, GlobalAvgPool):
+        return shape[:1]
+    if isinstance(layer, Flatten):
+        size = 1
+        for d in shape:
+            size *= d
+        return (size,)
+    if isinstance(layer, Dense):
+        return (layer.units,)
+    if isinstance(layer, Residual):
+        return _sequence_shape(layer.body, shape)
+    return shape  # BatchNorm, Dropout
+
+
+def _sequence_shape(layers: tuple[Layer, ...], shape: Shape) -> Shape:
+    for layer in layers:
+        shape = output_shape(layer, shape)
+    return shape
+
+
+def weight_shapes(layer: Layer, shape: Shape) -> list[Shape]:
+    """A weighted layer's arrays in PyTorch's order and layout (twinbench's canonical one)."""
+    if isinstance(layer, Conv):
+        kernel = (layer.filters, shape[0], layer.kernel, layer.kernel)
+        return [kernel, (layer.filters,)] if layer.bias else [kernel]
+    if isinstance(layer, DepthwiseConv):
+        kernel = (shape[0], 1, layer.kernel, layer.kernel)
+        return [kernel, (shape[0],)] if layer.bias else [kernel]
+    if isinstance(layer, BatchNorm):
+        return [shape[:1]] * 4  # weight (gamma), bias (beta), running mean, running variance
+    if isinstance(layer, Dense):
+        return [(layer.units, shape[0]), (layer.units,)]
+    return []
+
+
+def trainable_size(layer: Layer, shape: Shape) -> int:
+    arrays = weight_shapes(layer, shape)
+    if isinstance(layer, BatchNorm):
+        arrays = arrays[:2]  # the running statistics are buffers in PyTorch, non-trainable in Keras
+    total = 0
+    for dims in arrays:
+        size = 1
+        for d in dims:
+            size *= d
+        total += size
+    return total
 
 
 @dataclass(frozen=True)
@@ -70,43 +211,233 @@ class ModelSpec:
     defaults: TrainDefaults
     augment: Augment | None = None
 
+    def __post_init__(self) -> None:
+        for _, _, after in self.walk():
+            if min(after) < 1:
+                _, h, w = self.input_shape
+                raise InvalidArgument(
+                    f"model {self.name}: an input of {h}x{w} shrinks to nothing ({after});"
+                    " use a larger image size"
+                )
+        _check_padded_max_pools(self.layers)
+
     @property
     def num_classes(self) -> int:
         return self.layers[-1].units
 
-    def shapes(self) -> list[tuple[int, ...]]:
-        """The output shape (C, H, W or features) after each layer."""
-        shape: tuple[int, ...] = self.input_shape
+    def shapes(self) -> list[Shape]:
+        """The output shape (C, H, W or features) after each top-level layer."""
+        shape: Shape = self.input_shape
         out = []
         for layer in self.layers:
-            if isinstance(layer, Conv):
-                c, h, w = shape
-                if layer.padding == "valid":
-                    h, w = h - layer.kernel + 1, w - layer.kernel + 1
-                shape = (layer.filters, h, w)
-            elif isinstance(layer, Pool):
-                c, h, w = shape
-                shape = (c, h // layer.size, w // layer.size)
-            elif isinstance(layer, Flatten):
-                size = 1
-                for d in shape:
-                    size *= d
-                shape = (size,)
-            else:
-                shape = (layer.units,)
+            shape = output_shape(layer, shape)
             out.append(shape)
         return out
 
+    def walk(self) -> Iterator[tuple[Layer, Shape, Shape]]:
+        """Every layer but the Residual containers, with its input and output shapes, in
+        declaration order (a block's body before its shortcut): the order of the weights."""
+        yield from _walk(self.layers, self.input_shape)
+
+    def weighted(self) -> list[tuple[Layer, Shape]]:
+        """The layers with weights and their input shapes, in the order of the weights."""
+        return [(layer, shape) for layer, shape, _ in self.walk() if isinstance(layer, WEIGHTED)]
+
     def parameter_count(self) -> int:
-        count = 0
-        shape: tuple[int, ...] = self.input_shape
-        for layer, after in zip(self.layers, self.shapes(), strict=True):
-            if isinstance(layer, Conv):
-                count += layer.filters * (shape[0] * layer.kernel * layer.kernel + 1)
-            elif isinstance(layer, Dense):
-                count += layer.units * (shape[0] + 1)
-            shape = after
-        return count
+        """Trainable parameters (batch norm's running statistics are not)."""
+        return sum(trainable_size(layer, shape) for layer, shape in self.weighted())
+
+
+def _walk(layers: tuple[Layer, ...], shape: Shape) -> Iterator[tuple[Layer, Shape, Shape]]:
+    for layer in layers:
+        after = output_shape(layer, shape)
+        if isinstance(layer, Residual):
+            yield from _walk(layer.body, shape)
+            yield from _walk(layer.shortcut, shape)
+            shortcut = _sequence_shape(layer.shortcut, shape)
+            if shortcut != after:
+                raise InvalidArgument(f"a residual block adds {after} to {shortcut}")
+        else:
+            yield layer, shape, after
+        shape = after
+
+
+def _check_padded_max_pools(layers: tuple[Layer, ...]) -> None:
+    previous: Layer | None = None
+    for layer in layers:
+        if isinstance(layer, Residual):
+            _check_padded_max_pools(layer.body)
+            _check_padded_max_pools(layer.shortcut)
+        if isinstance(layer, Pool) and layer.kind == "max" and layer.padding:
+            if getattr(previous, "activation", None) not in ACTIVATIONS:
+                raise ValueError("a padded max pool must follow a ReLU (zero padding == -inf)")
+        previous = layer
+
+
+# ImageNet-scale architectures at their published sizes (torchvision's definitions), with two
+# knobs so that a CPU can run them small: `width` multiplies every channel and hidden width,
+# `image_size` is the input's height and width. At width 1 the counts are torchvision's.
+
+IMAGENET_CLASSES = 1000
+IMAGENET_DEFAULTS = TrainDefaults(
+    optimizer="sgd", learning_rate=0.01, momentum=0.9, batch_size=32, epochs=1, dataset="synthetic"
+)
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+def alexnet(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
+    c = lambda n: _scaled(n, width)  # noqa: E731
+    return (
+        Conv(c(64), 11, padding=2, stride=4),
+        Pool("max", 3, 2),
+        Conv(c(192), 5, padding=2),
+        Pool("max", 3, 2),
+        Conv(c(384), 3, padding=1),
+        Conv(c(256), 3, padding=1),
+        Conv(c(256), 3, padding=1),
+        Pool("max", 3, 2),
+        # torchvision's adaptive pool to 6x6 is the identity at 224x224 and is left out.
+        Flatten(),
+        Dropout(0.5),
+        Dense(c(4096)),
+        Dropout(0.5),
+        Dense(c(4096)),
+        Dense(IMAGENET_CLASSES, activation=None),
+    )
+
+
+def vgg19(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
+    layers: list[Layer] = []
+    for channels, repeats in ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4)):
+        layers += [Conv(_scaled(channels, width), 3, padding=1)] * repeats
+        layers.append(Pool("max", 2))
+    # torchvision's adaptive pool to 7x7 is the identity at 224x224 and is left out.
+    return (
+        *layers,
+        Flatten(),
+        Dense(_scaled(4096, width)),
+        Dropout(0.5),
+        Dense(_scaled(4096, width)),
+        Dropout(0.5),
+        Dense(IMAGENET_CLASSES, activation=None),
+    )
+
+
+def _bottleneck(channels: int, inputs: int, stride: int) -> Residual:
+    """ResNet v1.5's bottleneck (torchvision's): the stride sits in the 3x3 convolution."""
+    out = channels * 4
+    shortcut: tuple[Layer, ...] = ()
+    if stride != 1 or inputs != out:
+        shortcut = (Conv(out, 1, stride=stride, activation=None, bias=False), BatchNorm())
+    body = (
+        Conv(channels, 1, activation=None, bias=False),
+        BatchNorm("relu"),
+        Conv(channels, 3, padding=1, stride=stride, activation=None, bias=False),
+        BatchNorm("relu"),
+        Conv(out, 1, activation=None, bias=False),
+        BatchNorm(),
+    )
+    return Residual(body, shortcut, "relu")
+
+
+def resnet50(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
+    stem = _scaled(64, width)
+    layers: list[Layer] = [
+        Conv(stem, 7, padding=3, stride=2, activation=None, bias=False),
+        BatchNorm("relu"),
+        Pool("max", 3, 2, padding=1),
+    ]
+    inputs = stem
+    for stage, (channels, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+        channels = _scaled(channels, width)
+        for block in range(blocks):
+            layers.append(_bottleneck(channels, inputs, 2 if stage and not block else 1))
+            inputs = channels * 4
+    return (*layers, GlobalAvgPool(), Dense(IMAGENET_CLASSES, activation=None))
+
+
+def _divisible(value: float, divisor: int = 8) -> int:
+    """MobileNet's channel rounding: to a multiple of 8, never more than 10% down."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _conv_bn(channels: int, kernel: int, stride: int = 1, activation: str | None = "relu6"):
+    return (
+        Conv(channels, kernel, padding=kernel // 2, stride=stride, activation=None, bias=False),
+        BatchNorm(activation),
+    )
+
+
+def mobilenet_v2(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
+    inputs = _divisible(32 * width)
+    layers: list[Layer] = list(_conv_bn(inputs, 3, 2))
+    # (expansion t, channels c, repeats n, first stride s), the paper's Table 2.
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):  # fmt: skip
+        out = _divisible(c * width)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = round(inputs * t)
+            body = (
+                *(_conv_bn(hidden, 1) if t != 1 else ()),
+                DepthwiseConv(3, stride, padding=1),
+                BatchNorm("relu6"),
+                *_conv_bn(out, 1, activation=None),  # the linear bottleneck
+            )
+            # Blocks that keep the shape add their input back; the others have no shortcut at all.
+            layers += [Residual(body)] if stride == 1 and inputs == out else list(body)
+            inputs = out
+    return (
+        *layers,
+        *_conv_bn(_divisible(1280 * max(1.0, width)), 1),
+        GlobalAvgPool(),
+        Dropout(0.2),
+        Dense(IMAGENET_CLASSES, activation=None),
+    )
+
+
+@dataclass(frozen=True)
+class Architecture:
+    build: Callable[[float, int], tuple[Layer, ...]]
+    description: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "alexnet": Architecture(alexnet, "AlexNet (torchvision's, one GPU): 5 convs, 3 dense, dropout"),
+    "vgg19": Architecture(vgg19, "VGG-19 (configuration E): 16 3x3 convs, 3 dense, dropout"),
+    "resnet50": Architecture(
+        resnet50, "ResNet-50 v1.5: bottleneck blocks 3-4-6-3, batch norm, stride in the 3x3"
+    ),
+    "mobilenet_v2": Architecture(
+        mobilenet_v2,
+        "MobileNetV2: inverted residuals, depthwise 3x3, ReLU6, linear bottlenecks, width 1.0",
+    ),
+}
+
+
+def architecture(name: str, width: float = 1.0, image_size: int = 224) -> ModelSpec:
+    """An ImageNet architecture at a width multiplier and an input size (224 published)."""
+    if not 0 < width <= 4:
+        raise InvalidArgument(f"width must be in (0, 4], got {width:g}")
+    if not 16 <= image_size <= 1024:
+        raise InvalidArgument(f"image size must be in [16, 1024], got {image_size}")
+    arch = ARCHITECTURES[name]
+    knobs = (
+        ""
+        if (width, image_size) == (1.0, 224)
+        else f" (width {width:g}, {image_size}x{image_size})"
+    )
+    return ModelSpec(
+        name=name,
+        description=arch.description + knobs,
+        input_shape=(3, image_size, image_size),
+        layers=arch.build(width, image_size),
+        defaults=IMAGENET_DEFAULTS,
+    )
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -178,11 +509,20 @@ MODELS: dict[str, ModelSpec] = {
         ),
         augment=Augment(horizontal_flip=True, rotation_degrees=30.0),
     ),
+    **{name: architecture(name) for name in ARCHITECTURES},
 }
 
 
-def get_model_spec(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise InvalidArgument(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+def get_model_spec(
+    name: str, width: float | None = None, image_size: int | None = None
+) -> ModelSpec:
+    """A declared model; the ImageNet architectures also take a width and an input size."""
+    if name in ARCHITECTURES:
+        return architecture(name, 1.0 if width is None else width, image_size or 224)
+    if name not in MODELS:
+        raise InvalidArgument(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if width is not None or image_size is not None:
+        raise InvalidArgument(
+            f"model {name} has no width or image size knobs (only {', '.join(ARCHITECTURES)})"
+        )
+    return MODELS[name]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,9 +17,23 @@ import tensorflow as tf  # noqa: E402
 from twinbench.api import trainer_pb2 as pb  # noqa: E402
 from twinbench.datasets import Dataset  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
-from twinbench.init import SHARED_INIT, keras_layout, shared_initial_weights  # noqa: E402
+from twinbench.init import SHARED_INIT, Weights, keras_layout, shared_initial_weights  # noqa: E402
 from twinbench.serving import OnnxRuntime  # noqa: E402
-from twinbench.specs import Augment, Conv, Dense, Flatten, ModelSpec, Pool  # noqa: E402
+from twinbench.specs import (  # noqa: E402
+    Augment,
+    BatchNorm,
+    Conv,
+    Dense,
+    DepthwiseConv,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    ModelSpec,
+    Pool,
+    Residual,
+    conv_padding,
+)
 
 PREDICT_BATCH = 1024
 ONNX_OPSET = 17
@@ -29,24 +45,112 @@ for _gpu in tf.config.list_physical_devices("GPU"):
 tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
-def build_model(spec: ModelSpec) -> keras.Sequential:
-    c, h, w = spec.input_shape
-    layers: list[keras.layers.Layer] = [keras.Input((h, w, c))]
-    for layer in spec.layers:
+class LevelledBatchNorm(keras.layers.BatchNormalization):
+    """Keras's batch normalisation with PyTorch's running-variance estimator.
+
+    Both normalise a training batch by its biased variance (divided by n, the elements per
+    channel). For the moving variance PyTorch folds in the unbiased one (n - 1) and Keras the
+    biased one, so after each training step Keras's update is corrected to PyTorch's:
+    m * old + (1 - m) * var * n / (n - 1) = k * new - (k - 1) * m * old, with k = n / (n - 1).
+    One small per-channel expression per layer and step; the normalisation itself is Keras's.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable):
+            return super().call(inputs, training=training, mask=mask)
+        # A read, not a reference: the variable itself would show the value after the update.
+        before = tf.identity(self.moving_variance.value)
+        outputs = super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        n = keras.ops.cast(keras.ops.size(inputs), "float32") / channels
+        k = n / (n - 1.0)
+        after = self.moving_variance.value
+        self.moving_variance.assign(k * after - (k - 1.0) * self.momentum * before)
+        return outputs
+
+
+def _apply(layers: tuple[Layer, ...], x, names: Iterator[str]):
+    """The layers applied to x; every weighted layer is named from `names` in declaration order,
+    which is how weights are matched to layers (see `set_weights`)."""
+    for layer in layers:
         if isinstance(layer, Conv):
-            layers.append(
-                keras.layers.Conv2D(
-                    layer.filters, layer.kernel, padding=layer.padding, activation=layer.activation
-                )
-            )
+            padding = conv_padding(layer)
+            if layer.padding != "same" and padding:
+                x = keras.layers.ZeroPadding2D(padding)(x)
+            x = keras.layers.Conv2D(
+                layer.filters,
+                layer.kernel,
+                strides=layer.stride,
+                padding="same" if layer.padding == "same" else "valid",
+                activation=layer.activation,
+                use_bias=layer.bias,
+                name=next(names),
+            )(x)
+        elif isinstance(layer, DepthwiseConv):
+            if layer.padding:
+                x = keras.layers.ZeroPadding2D(layer.padding)(x)
+            x = keras.layers.DepthwiseConv2D(
+                layer.kernel,
+                strides=layer.stride,
+                activation=layer.activation,
+                use_bias=layer.bias,
+                name=next(names),
+            )(x)
+        elif isinstance(layer, BatchNorm):
+            x = LevelledBatchNorm(
+                momentum=1.0 - layer.momentum,  # Keras weighs the old value, PyTorch the new one
+                epsilon=layer.epsilon,
+                name=next(names),
+            )(x)
+            if layer.activation:
+                x = keras.layers.Activation(layer.activation)(x)
         elif isinstance(layer, Pool):
+            if layer.padding:
+                x = keras.layers.ZeroPadding2D(layer.padding)(x)
             pool = keras.layers.AveragePooling2D if layer.kind == "avg" else keras.layers.MaxPool2D
-            layers.append(pool(layer.size))
+            x = pool(layer.size, layer.stride or layer.size)(x)
+        elif isinstance(layer, GlobalAvgPool):
+            x = keras.layers.GlobalAveragePooling2D()(x)
         elif isinstance(layer, Flatten):
-            layers.append(keras.layers.Flatten())
+            x = keras.layers.Flatten()(x)
+        elif isinstance(layer, Dropout):
+            x = keras.layers.Dropout(layer.rate)(x)
         elif isinstance(layer, Dense):
-            layers.append(keras.layers.Dense(layer.units, activation=layer.activation))
-    return keras.Sequential(layers)
+            x = keras.layers.Dense(layer.units, activation=layer.activation, name=next(names))(x)
+        elif isinstance(layer, Residual):
+            body = _apply(layer.body, x, names)
+            shortcut = _apply(layer.shortcut, x, names)
+            x = keras.layers.Add()([body, shortcut])
+            if layer.activation:
+                x = keras.layers.Activation(layer.activation)(x)
+    return x
+
+
+def _weight_names() -> Iterator[str]:
+    # Endless: the spec decides how many there are (keras_layout gives one list per layer).
+    return (f"weighted_{i}" for i in itertools.count())
+
+
+def build_model(spec: ModelSpec) -> keras.Model:
+    c, h, w = spec.input_shape
+    inputs = keras.Input((h, w, c))
+    return keras.Model(inputs, _apply(spec.layers, inputs, _weight_names()), name=spec.name)
+
+
+def set_weights(model: keras.Model, spec: ModelSpec, weights: Weights) -> None:
+    """Loads weights in twinbench's canonical layout (PyTorch's) into the Keras model."""
+    for name, layer_arrays in zip(_weight_names(), keras_layout(spec, weights)):  # noqa: B905
+        model.get_layer(name).set_weights(layer_arrays)
+
+
+def weighted_layers(model: keras.Model, spec: ModelSpec) -> list[keras.layers.Layer]:
+    """The Keras layers that hold the spec's weighted layers, in declaration order."""
+    return [model.get_layer(name) for name, _ in zip(_weight_names(), spec.weighted())]  # noqa: B905
+
+
+def trainable_count(model: keras.Model) -> int:
+    """Trainable parameters: batch norm's moving statistics are weights, not trainable ones."""
+    return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
 
 
 def build_augment(augment: Augment | None, seed: int) -> keras.Sequential | None:
@@ -99,9 +203,8 @@ class TFSession:
         with tf.device(self.device):
             self.model = build_model(model_spec)
             if spec.init == "shared":
-                weights = shared_initial_weights(model_spec, spec.seed)
-                self.model.set_weights(keras_layout(model_spec, weights))
-        self.parameter_count = int(self.model.count_params())
+                set_weights(self.model, model_spec, shared_initial_weights(model_spec, spec.seed))
+        self.parameter_count = trainable_count(self.model)
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
         if "GPU" in self.device:  # the peak of this job, not of the process
             tf.config.experimental.reset_memory_stats(self.device.split("device:")[-1])

@@ -17,7 +17,22 @@ from twinbench.datasets import Dataset
 from twinbench.errors import InvalidArgument
 from twinbench.init import SHARED_INIT, Weights, shared_initial_weights
 from twinbench.serving import OnnxRuntime
-from twinbench.specs import Augment, Conv, Dense, Flatten, ModelSpec, Pool
+from twinbench.specs import (
+    Augment,
+    BatchNorm,
+    Conv,
+    Dense,
+    DepthwiseConv,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    ModelSpec,
+    Pool,
+    Residual,
+    conv_padding,
+    output_shape,
+)
 
 # Request tensors are read-only views over the request bytes; the models never write to them.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -34,46 +49,94 @@ ONNX_OPSET = 17
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
-_ACTIVATIONS = {"relu": nn.ReLU, None: None}
+_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+class ResidualBlock(nn.Module):
+    """activation(body(x) + shortcut(x)); an empty shortcut passes x through."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential, activation: str | None):
+        super().__init__()
+        # Registered body first, then shortcut: modules() then visits the weights in the
+        # spec's declaration order.
+        self.body = body
+        self.shortcut = shortcut
+        self.activation = _ACTIVATIONS[activation]() if activation else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.body(x) + self.shortcut(x))
+
+
+def _build(layers: tuple[Layer, ...], shape: tuple[int, ...]) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    for layer in layers:
+        after = output_shape(layer, shape)
+        if isinstance(layer, Conv):
+            modules.append(
+                nn.Conv2d(
+                    shape[0],
+                    layer.filters,
+                    layer.kernel,
+                    stride=layer.stride,
+                    padding=conv_padding(layer),
+                    bias=layer.bias,
+                )
+            )
+        elif isinstance(layer, DepthwiseConv):
+            c = shape[0]
+            modules.append(
+                nn.Conv2d(
+                    c, c, layer.kernel, layer.stride, layer.padding, groups=c, bias=layer.bias
+                )
+            )
+        elif isinstance(layer, BatchNorm):
+            modules.append(nn.BatchNorm2d(shape[0], eps=layer.epsilon, momentum=layer.momentum))
+        elif isinstance(layer, Pool):
+            pool = nn.AvgPool2d if layer.kind == "avg" else nn.MaxPool2d
+            modules.append(pool(layer.size, layer.stride or layer.size, layer.padding))
+        elif isinstance(layer, GlobalAvgPool):
+            modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        elif isinstance(layer, Flatten):
+            modules.append(nn.Flatten())
+        elif isinstance(layer, Dropout):
+            modules.append(nn.Dropout(layer.rate))
+        elif isinstance(layer, Dense):
+            modules.append(nn.Linear(shape[0], layer.units))
+        elif isinstance(layer, Residual):
+            body, shortcut = _build(layer.body, shape), _build(layer.shortcut, shape)
+            modules.append(ResidualBlock(body, shortcut, layer.activation))
+        activation = getattr(layer, "activation", None)
+        if activation is not None and not isinstance(layer, Residual):
+            modules.append(_ACTIVATIONS[activation]())
+        shape = after
+    return nn.Sequential(*modules)
 
 
 def build_model(spec: ModelSpec) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    shape: tuple[int, ...] = spec.input_shape
-    for layer, after in zip(spec.layers, spec.shapes(), strict=True):
-        if isinstance(layer, Conv):
-            padding = layer.kernel // 2 if layer.padding == "same" else 0
-            layers.append(nn.Conv2d(shape[0], layer.filters, layer.kernel, padding=padding))
-        elif isinstance(layer, Pool):
-            pool = nn.AvgPool2d if layer.kind == "avg" else nn.MaxPool2d
-            layers.append(pool(layer.size))
-        elif isinstance(layer, Flatten):
-            layers.append(nn.Flatten())
-        elif isinstance(layer, Dense):
-            layers.append(nn.Linear(shape[0], layer.units))
-        activation = _ACTIVATIONS[getattr(layer, "activation", None)]
-        if activation is not None:
-            layers.append(activation())
-        shape = after
-    return nn.Sequential(*layers)
+    return _build(spec.layers, spec.input_shape)
 
 
-def _weighted(model: nn.Sequential) -> list[nn.Module]:
-    return [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+def weighted_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
 
 
-def model_weights(model: nn.Sequential) -> Weights:
-    """The (kernel, bias) pairs in twinbench's canonical layout, which is PyTorch's."""
-    return [
-        (m.weight.detach().cpu().numpy(), m.bias.detach().cpu().numpy()) for m in _weighted(model)
-    ]
+def _arrays(module: nn.Module) -> list[torch.Tensor]:
+    """A weighted module's tensors in twinbench's canonical order (see twinbench.init)."""
+    if isinstance(module, nn.BatchNorm2d):
+        return [module.weight, module.bias, module.running_mean, module.running_var]
+    return [module.weight] if module.bias is None else [module.weight, module.bias]
 
 
-def load_weights(model: nn.Sequential, weights: Weights) -> None:
+def model_weights(model: nn.Module) -> Weights:
+    """The weights in twinbench's canonical layout, which is PyTorch's."""
+    return [tuple(t.detach().cpu().numpy() for t in _arrays(m)) for m in weighted_modules(model)]
+
+
+def load_weights(model: nn.Module, weights: Weights) -> None:
     with torch.no_grad():
-        for module, (kernel, bias) in zip(_weighted(model), weights, strict=True):
-            module.weight.copy_(torch.from_numpy(kernel))
-            module.bias.copy_(torch.from_numpy(bias))
+        for module, arrays in zip(weighted_modules(model), weights, strict=True):
+            for tensor, array in zip(_arrays(module), arrays, strict=True):
+                tensor.copy_(torch.from_numpy(array))
 
 
 def pick_device(requested: str) -> torch.device:
