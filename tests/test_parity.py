@@ -6,7 +6,7 @@ import pytest
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.datasets import epoch_order, load_dataset
 from twinbench.jobs import resolve_spec
-from twinbench.parity import PARITY_TOLERANCE, TRAIN_TOLERANCE, check_parity
+from twinbench.parity import PARITY_TOLERANCE, TRAIN_TOLERANCE, check_id_parity, check_parity
 from twinbench.specs import ARCHITECTURES, MODELS, get_model_spec
 
 SEQUENTIAL = sorted(set(MODELS) - set(ARCHITECTURES))
@@ -98,3 +98,12 @@ def test_same_start_same_batches_same_sgd_steps():
         tf_loss, _ = tf_session.train_batch(fx[rows], data.train.y[rows])
         assert torch_loss == pytest.approx(tf_loss, abs=1e-5)
     assert _max_logit_diff(torch_session, tf_session, data.test.x[:64]) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["ncf", "gnmt"])
+def test_id_models_match_at_a_small_scale(name):
+    # Embeddings, LSTMs (two PyTorch biases summed into Keras's one), residual LSTM stacks and
+    # dot-product attention.
+    result = check_id_parity(name, seed=3, scale=0.03)
+    assert result.ok, result
+    assert result.relative <= PARITY_TOLERANCE and result.scale > 0

@@ -3,7 +3,7 @@
 import pytest
 
 from twinbench.errors import InvalidArgument
-from twinbench.specs import ARCHITECTURES, MODELS, architecture, get_model_spec
+from twinbench.specs import ARCHITECTURES, ID_MODELS, MODELS, architecture, get_model_spec, id_model
 
 # The ImageNet architectures small enough for a test on a CPU: every kind of layer, few weights.
 SMALL = {name: architecture(name, width=0.125, image_size=64) for name in ARCHITECTURES}
@@ -75,3 +75,21 @@ def test_knobs_are_checked():
         get_model_spec("lenet5", image_size=64)
     with pytest.raises(InvalidArgument, match="larger image size"):
         get_model_spec("alexnet", image_size=32)  # three strided pools leave nothing
+
+
+def test_id_models_declared_counts_and_both_builders():
+    from services.tf_trainer.framework import build_id_model as build_keras
+    from services.tf_trainer.framework import trainable_count
+    from services.torch_trainer.framework import build_id_model as build_torch
+
+    # MLPerf's NCF (NeuMF on MovieLens-20M, factors 64, MLP 256-256-128-64): 31,832,577.
+    assert ID_MODELS["ncf"].parameter_count() == 31_832_577
+    for name in ID_MODELS:
+        small = id_model(name, 0.03)
+        torch_count = sum(p.numel() for p in build_torch(small).parameters())
+        # Keras's LSTM has one bias vector where PyTorch's has two (their sum).
+        keras_declared = small.parameter_count(1) if name == "gnmt" else small.parameter_count()
+        assert torch_count == small.parameter_count()
+        assert trainable_count(build_keras(small)) == keras_declared
+    with pytest.raises(InvalidArgument, match="cannot be trained as a job yet"):
+        get_model_spec("gnmt")

@@ -1,18 +1,24 @@
 """Every workload trains to the end in both frameworks, through the real services."""
 
 import grpc
+import numpy as np
 import pytest
 
 from conftest import wait_for
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.cli import describe_job
+from twinbench.cli import describe_job, infer_sample
+from twinbench.specs import get_model_spec
 
 # A few steps each: this proves the plumbing of every workload, not its accuracy.
 WORKLOADS = {
     "mlp": dict(dataset="mnist-5k", train_samples=128, epochs=2),
     "mnist_cnn": dict(dataset="digits", train_samples=128, epochs=2),
     "cnn3": dict(dataset="synthetic", train_samples=32, epochs=1, batch_size=16),
-}
+    # Batch norm, residual blocks, strided and padded convs, global pooling, through both
+    # trainers and every export format; 1,000 random classes: any accuracy is a target reached.
+    "resnet50": dict(dataset="synthetic", train_samples=32, epochs=1, batch_size=16,
+                     width=0.125, image_size=64, target_accuracy=0.0),
+}  # fmt: skip
 FORMATS = {"torch": ["torchscript", "onnx"], "tf": ["savedmodel", "onnx"]}
 
 
@@ -20,7 +26,7 @@ FORMATS = {"torch": ["torchscript", "onnx"], "tf": ["savedmodel", "onnx"]}
 def workload_jobs(client):
     jobs = {}
     for model, options in WORKLOADS.items():
-        spec = tpb.JobSpec(framework="both", model=model, target_accuracy=0.05, **options)
+        spec = tpb.JobSpec(framework="both", model=model, **{"target_accuracy": 0.05, **options})
         for job in client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs:
             jobs[(model, job.spec.framework)] = job.id
     return {key: wait_for(client, job_id, timeout_s=600)[0] for key, job_id in jobs.items()}
@@ -37,10 +43,23 @@ def test_every_workload_runs_to_the_end_and_exports(workload_jobs, model, framew
     assert job.warmup_seconds > 0 and job.steady_samples_per_second > 0
     assert job.peak_rss_bytes > 50 * 2**20
     assert job.target_epoch == 1 and 0 < job.time_to_target_seconds <= job.train_seconds
-    assert job.fairness["optimizer"].startswith("Adam" if model != "mlp" else "SGD")
+    if model == "resnet50":
+        assert job.parameter_count == get_model_spec("resnet50", 0.125, 64).parameter_count()
+        assert job.spec.width == 0.125 and job.spec.image_size == 64
+    assert job.fairness["optimizer"].startswith("SGD" if model in ("mlp", "resnet50") else "Adam")
     assert "shared" in job.fairness["init"]
     if model == "cnn3":
         assert "rotation" in job.fairness["augmentation"].lower()
+
+
+def test_a_new_architecture_is_served_in_every_format_through_the_gateway(workload_jobs, client):
+    # The input comes from the served model's metadata (3x64x64 here), not from 28x28 digits.
+    for framework in ("torch", "tf"):
+        exports = workload_jobs[("resnet50", framework)].exports
+        logits = [infer_sample(client, e.model_name, sample=1, version=e.version) for e in exports]
+        assert [z.shape for z in logits] == [(1000,)] * 2
+        scale = np.abs(logits[0]).max()
+        np.testing.assert_allclose(logits[1], logits[0], atol=1e-4 * scale)  # runtime vs ONNX
 
 
 def test_jobs_show_prints_every_figure(workload_jobs):
@@ -75,6 +94,16 @@ def test_a_job_on_missing_data_fails_with_the_reason(client):
     final, _ = wait_for(client, job.id)
     assert final.state == tpb.FAILED
     assert "twinbench data download mnist" in final.error
+
+
+def test_a_bad_knob_is_refused_with_invalid_argument(client):
+    for spec in (
+        tpb.JobSpec(framework="torch", model="resnet50", width=-1),
+        tpb.JobSpec(framework="tf", model="lenet5", image_size=64),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_a_dataset_path_outside_the_data_folder_is_refused(client):

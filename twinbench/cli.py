@@ -20,7 +20,7 @@ from twinbench.console import describe_job, table, watch_all
 from twinbench.errors import TwinbenchError
 from twinbench.jobs import state_name
 from twinbench.launcher import LocalStack
-from twinbench.specs import ARCHITECTURES, MODELS
+from twinbench.specs import ARCHITECTURES, ID_MODELS, MODELS
 from twinbench.tensors import infer_request, output_array
 
 # --- commands ---
@@ -28,7 +28,15 @@ from twinbench.tensors import infer_request, output_array
 
 def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
     spec = tpb.JobSpec(framework=framework, model=args.model, dataset=args.dataset or "")
-    for field in ("epochs", "batch_size", "seed", "train_samples", "warmup_steps"):
+    for field in (
+        "epochs",
+        "batch_size",
+        "seed",
+        "train_samples",
+        "warmup_steps",
+        "width",
+        "image_size",
+    ):
         value = getattr(args, field)
         if value is not None:
             setattr(spec, field, value)
@@ -106,14 +114,32 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def infer_sample(client: Client, model: str, sample: int, version: str = "") -> np.ndarray:
-    """Logits of one test image of the embedded dataset, through the gateway."""
+def sample_input(
+    client: Client, model: str, sample: int, version: str = ""
+) -> tuple[np.ndarray, int | None]:
+    """One input shaped as the served model's metadata says, and its true class when known:
+    a test image of the embedded dataset for 1x28x28 models, else a seeded random image."""
     from twinbench.datasets import load_dataset
 
-    test = load_dataset("mnist-5k").test
-    if not 0 <= sample < len(test):
-        raise SystemExit(f"--sample must be 0..{len(test) - 1}")
-    request = infer_request(model, test.x[sample : sample + 1], version=version)
+    request = ipb.ModelMetadataRequest(name=model, version=version)
+    shape = tuple(int(d) for d in client.inference.ModelMetadata(request).inputs[0].shape[1:])
+    if shape == (1, 28, 28):
+        test = load_dataset("mnist-5k").test
+        if not 0 <= sample < len(test):
+            raise SystemExit(f"--sample must be 0..{len(test) - 1}")
+        return test.x[sample : sample + 1], int(test.y[sample])
+    rng = np.random.default_rng(sample)
+    return rng.random((1, *shape), dtype=np.float32), None
+
+
+def infer_sample(client: Client, model: str, sample: int, version: str = "") -> np.ndarray:
+    """Logits of one input (see sample_input), through the gateway."""
+    x, _ = sample_input(client, model, sample, version)
+    return infer_one(client, model, x, version)
+
+
+def infer_one(client: Client, model: str, x: np.ndarray, version: str = "") -> np.ndarray:
+    request = infer_request(model, x, version=version)
     return output_array(client.inference.ModelInfer(request), "logits")[0]
 
 
@@ -123,15 +149,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def cmd_infer(client: Client, args: argparse.Namespace) -> int:
-    from twinbench.datasets import load_dataset
-
-    logits = infer_sample(client, args.model, args.sample, args.version or "")
-    label = load_dataset("mnist-5k").test.y[args.sample]
+    x, label = sample_input(client, args.model, args.sample, args.version or "")
+    logits = infer_one(client, args.model, x, args.version or "")
     probs = softmax(logits)
-    print(
-        f"{args.model}: sample {args.sample} -> class {int(logits.argmax())} (true class {label})"
-    )
-    rows = [[c, f"{logits[c]:.4f}", f"{probs[c]:.4f}"] for c in range(len(logits))]
+    truth = f"true class {label}" if label is not None else "a random input: no true class"
+    print(f"{args.model}: sample {args.sample} -> class {int(logits.argmax())} ({truth})")
+    top = np.argsort(-logits)[:10]  # ImageNet models have 1,000 classes: the ten likeliest
+    rows = [[c, f"{logits[c]:.4f}", f"{probs[c]:.4f}"] for c in top]
     print(table(["class", "logit", "probability"], rows))
     return 0
 
@@ -166,16 +190,25 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from twinbench.parity import PARITY_TOLERANCE, TRAIN_TOLERANCE, check_parity, trajectory
+    from twinbench.parity import (
+        PARITY_TOLERANCE,
+        TRAIN_TOLERANCE,
+        check_id_parity,
+        check_parity,
+        trajectory,
+    )
 
     failed = 0
-    for name in args.model or sorted(MODELS):
-        knobs = (args.width, args.image_size) if name in ARCHITECTURES else (None, None)
-        result = check_parity(name, args.seed, args.rows, *knobs)
+    for name in args.model or [*sorted(MODELS), *ID_MODELS]:
+        if name in ID_MODELS:
+            result = check_id_parity(name, args.seed, args.rows, args.scale)
+        else:
+            knobs = (args.width, args.image_size) if name in ARCHITECTURES else (None, None)
+            result = check_parity(name, args.seed, args.rows, *knobs)
         failed += not result.ok
         parts = [f"{result.parameters:,} trainable parameters"]
         if result.keras_parameters != result.parameters:
-            parts[0] += f" (Keras: {result.keras_parameters:,})"
+            parts[0] += f" (Keras, with one LSTM bias vector: {result.keras_parameters:,})"
         parts.append(
             f"{result.rows} inputs; eval: max |torch - keras| logits {result.max_abs_diff:.2e}"
             f" = {result.relative:.2e} of their scale {result.scale:.3g}"
@@ -300,6 +333,7 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
         "--epochs", type=int, default=epochs_default, help="(default: %(default)s, or the model's)"
     )
     p.add_argument("--batch-size", type=int, help="(default: the model's)")
+    add_architecture_options(p)
     p.add_argument("--optimizer", choices=["adam", "sgd"], help="(default: the model's)")
     p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default: the model's)")
@@ -390,11 +424,22 @@ def parser() -> argparse.ArgumentParser:
         "parity", help="copy PyTorch weights into Keras and compare logits (exit 1 above 1e-5)"
     )
     parity.add_argument(
-        "--model", action="append", choices=sorted(MODELS), help="(default: every model)"
+        "--model",
+        action="append",
+        choices=[*sorted(MODELS), *ID_MODELS],
+        help="(default: every model)",
+    )
+    parity.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="ncf and gnmt: widths, vocabulary, users and items times this (default: 1)",
     )
     parity.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parity.add_argument(
-        "--rows", type=int, help="inputs compared (default: 16 for ImageNet models, else 64)"
+        "--rows",
+        type=int,
+        help="inputs compared (default: 16 for ImageNet models, 4 sentences for gnmt, else 64)",
     )
     add_architecture_options(parity)
     parity.add_argument(

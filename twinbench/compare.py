@@ -384,9 +384,9 @@ def training_lines(arms: list[Arm], settings: Settings, level: float) -> list[Li
 
 def _test_labels(job: tpb.Job, settings: Settings) -> np.ndarray:
     from twinbench.datasets import load_dataset
-    from twinbench.specs import get_model_spec
+    from twinbench.jobs import job_model
 
-    data = load_dataset(job.spec.dataset, get_model_spec(job.spec.model), settings.data)
+    data = load_dataset(job.spec.dataset, job_model(job.spec), settings.data)
     return data.test.y
 
 

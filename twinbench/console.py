@@ -103,7 +103,10 @@ def describe_job(job: tpb.Job) -> str:
     spec, opt = job.spec, job.spec.optimizer
     lines = [
         f"job {job.id}: {state_name(job.state)}" + (f" ({job.error})" if job.error else ""),
-        f"  spec: {spec.framework} {spec.model} on {spec.dataset}, {spec.epochs} epochs,"
+        f"  spec: {spec.framework} {spec.model}"
+        + (f" width {spec.width:g}" if spec.HasField("width") else "")
+        + (f" {spec.image_size}x{spec.image_size}" if spec.HasField("image_size") else "")
+        + f" on {spec.dataset}, {spec.epochs} epochs,"
         f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
         + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
         + f", seed {spec.seed}, device {spec.device}, init {spec.init}",

@@ -68,3 +68,20 @@ def keras_layout(spec: ModelSpec, weights: Weights) -> list[list[np.ndarray]]:
         # Batch norm: gamma, beta, moving mean, moving variance, the same order in both.
         out.append([np.ascontiguousarray(a) for a in (kernel, *rest)])
     return out
+
+
+def keras_id_arrays(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """One layer of an id-input model (NCF, GNMT) from PyTorch's layout to Keras's, told apart
+    by how many tensors it has: an Embedding's one table is the same in both; a Linear's
+    (weight, bias) is Dense's (kernel = weight.T, bias); an LSTM's (weight_ih, weight_hh,
+    bias_ih, bias_hh) is Keras's (kernel, recurrent_kernel, bias), with the gates in the same
+    order (i, f, g, o) and PyTorch's two bias vectors summed into Keras's one: they only ever
+    enter the gates as their sum."""
+    if len(arrays) == 1:
+        out = list(arrays)
+    elif len(arrays) == 2:
+        out = [arrays[0].T, arrays[1]]
+    else:
+        w_ih, w_hh, b_ih, b_hh = arrays
+        out = [w_ih.T, w_hh.T, b_ih + b_hh]
+    return [np.ascontiguousarray(a) for a in out]

@@ -23,7 +23,7 @@ from twinbench.errors import (
 )
 from twinbench.init import INIT_MODES
 from twinbench.repository import FRAMEWORK_FORMATS
-from twinbench.specs import get_model_spec
+from twinbench.specs import ModelSpec, get_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,22 @@ def state_name(state: int) -> str:
     return pb.JobState.Name(state).lower()
 
 
+def job_model(spec: pb.JobSpec) -> ModelSpec:
+    """The model a job trains, with the knobs its spec sets."""
+    return get_model_spec(
+        spec.model,
+        spec.width if spec.HasField("width") else None,
+        spec.image_size if spec.HasField("image_size") else None,
+    )
+
+
 def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     """The spec with every default filled in, or InvalidArgument saying what to change."""
     if spec.framework not in FRAMEWORK_FORMATS:
         raise InvalidArgument(
             f"unknown framework {spec.framework!r}; use one of {', '.join(FRAMEWORK_FORMATS)}"
         )
-    model = get_model_spec(spec.model)
+    model = job_model(spec)
     defaults = model.defaults
     out = pb.JobSpec()
     out.CopyFrom(spec)

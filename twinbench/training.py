@@ -24,10 +24,10 @@ from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings
 from twinbench.datasets import Dataset, Split, epoch_order, load_dataset
 from twinbench.errors import InvalidArgument, TwinbenchError
-from twinbench.jobs import JobContext
+from twinbench.jobs import JobContext, job_model
 from twinbench.repository import ModelRepository, model_name
 from twinbench.serving import Loader, Runtime
-from twinbench.specs import ModelSpec, get_model_spec
+from twinbench.specs import ModelSpec
 from twinbench.tbevents import EventWriter
 
 # Largest |reloaded export - in-memory model| accepted on a test batch of logits.
@@ -310,7 +310,7 @@ def _train_and_export(
     checkpoints: Checkpoints,
 ) -> None:
     spec = job.spec
-    model = get_model_spec(spec.model)
+    model = job_model(spec)
     data = load_dataset(spec.dataset, model, settings.data)
     if data.input_shape != model.input_shape:
         raise InvalidArgument(

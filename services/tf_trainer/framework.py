@@ -17,9 +17,16 @@ import tensorflow as tf  # noqa: E402
 from twinbench.api import trainer_pb2 as pb  # noqa: E402
 from twinbench.datasets import Dataset  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
-from twinbench.init import SHARED_INIT, Weights, keras_layout, shared_initial_weights  # noqa: E402
+from twinbench.init import (  # noqa: E402
+    SHARED_INIT,
+    Weights,
+    keras_id_arrays,
+    keras_layout,
+    shared_initial_weights,
+)
 from twinbench.serving import OnnxRuntime  # noqa: E402
 from twinbench.specs import (  # noqa: E402
+    GNMT,
     Augment,
     BatchNorm,
     Conv,
@@ -30,6 +37,7 @@ from twinbench.specs import (  # noqa: E402
     GlobalAvgPool,
     Layer,
     ModelSpec,
+    NeuMF,
     Pool,
     Residual,
     conv_padding,
@@ -344,3 +352,46 @@ class TFFramework:
 
     def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TFSession:
         return TFSession(spec, model)
+
+
+def _lstm_stack(x, layers: int, hidden: int, names: Iterator[str]):
+    for i in range(layers):
+        y = keras.layers.LSTM(hidden, return_sequences=True, name=next(names))(x)
+        x = keras.layers.Add()([y, x]) if i >= 2 else y  # GNMT's residuals, from the third on
+    return x
+
+
+def build_id_model(m: NeuMF | GNMT) -> keras.Model:
+    """The id-input models; weighted layers named in the PyTorch module's registration order."""
+    names = _weight_names()
+    if isinstance(m, NeuMF):
+        users = keras.Input((), dtype="int64", name="user")
+        items = keras.Input((), dtype="int64", name="item")
+        gmf_user = keras.layers.Embedding(m.users, m.factors, name=next(names))(users)
+        gmf_item = keras.layers.Embedding(m.items, m.factors, name=next(names))(items)
+        mlp_user = keras.layers.Embedding(m.users, m.mlp[0] // 2, name=next(names))(users)
+        mlp_item = keras.layers.Embedding(m.items, m.mlp[0] // 2, name=next(names))(items)
+        x = keras.layers.Concatenate()([mlp_user, mlp_item])
+        for units in m.mlp[1:]:
+            x = keras.layers.Dense(units, activation="relu", name=next(names))(x)
+        gmf = keras.layers.Multiply()([gmf_user, gmf_item])
+        out = keras.layers.Dense(1, name=next(names))(keras.layers.Concatenate()([gmf, x]))
+        return keras.Model([users, items], out, name=m.name)
+    source = keras.Input((None,), dtype="int64", name="source")
+    target = keras.Input((None,), dtype="int64", name="target")
+    h = m.hidden
+    memory = keras.layers.Embedding(m.vocab, h, name=next(names))(source)
+    memory = _lstm_stack(memory, m.layers, h, names)
+    x = keras.layers.Embedding(m.vocab, h, name=next(names))(target)
+    x = _lstm_stack(x, m.layers, h, names)
+    context = keras.layers.Attention()([x, memory])  # softmax(x memory^T) memory, unscaled
+    x = keras.layers.Concatenate()([x, context])
+    x = keras.layers.Dense(h, activation="tanh", name=next(names))(x)
+    logits = keras.layers.Dense(m.vocab, name=next(names))(x)
+    return keras.Model([source, target], logits, name=m.name)
+
+
+def set_id_weights(model: keras.Model, weights: Weights) -> None:
+    """Loads an id-input model's weights in PyTorch's layout (see keras_id_arrays)."""
+    for name, arrays in zip(_weight_names(), weights):  # noqa: B905
+        model.get_layer(name).set_weights(keras_id_arrays(arrays))

@@ -18,6 +18,7 @@ from twinbench.errors import InvalidArgument
 from twinbench.init import SHARED_INIT, Weights, shared_initial_weights
 from twinbench.serving import OnnxRuntime
 from twinbench.specs import (
+    GNMT,
     Augment,
     BatchNorm,
     Conv,
@@ -28,6 +29,7 @@ from twinbench.specs import (
     GlobalAvgPool,
     Layer,
     ModelSpec,
+    NeuMF,
     Pool,
     Residual,
     conv_padding,
@@ -325,3 +327,63 @@ class TorchFramework:
 
     def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TorchSession:
         return TorchSession(spec, model)
+
+
+class TorchNeuMF(nn.Module):
+    def __init__(self, m: NeuMF) -> None:
+        super().__init__()
+        # Registration order is the canonical weight order (see twinbench.init.keras_id_arrays).
+        self.gmf_user = nn.Embedding(m.users, m.factors)
+        self.gmf_item = nn.Embedding(m.items, m.factors)
+        self.mlp_user = nn.Embedding(m.users, m.mlp[0] // 2)
+        self.mlp_item = nn.Embedding(m.items, m.mlp[0] // 2)
+        dense: list[nn.Module] = []
+        for a, b in zip(m.mlp, m.mlp[1:]):  # noqa: B905
+            dense += [nn.Linear(a, b), nn.ReLU()]
+        self.mlp = nn.Sequential(*dense)
+        self.out = nn.Linear(m.factors + m.mlp[-1], 1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        gmf = self.gmf_user(users) * self.gmf_item(items)
+        mlp = self.mlp(torch.cat([self.mlp_user(users), self.mlp_item(items)], 1))
+        return self.out(torch.cat([gmf, mlp], 1))  # one logit per (user, item)
+
+
+def _lstm_stack(x: torch.Tensor, layers: nn.ModuleList) -> torch.Tensor:
+    for i, lstm in enumerate(layers):
+        y, _ = lstm(x)
+        x = y + x if i >= 2 else y  # GNMT's residual connections, from the third layer on
+    return x
+
+
+class TorchGNMT(nn.Module):
+    def __init__(self, m: GNMT) -> None:
+        super().__init__()
+        h = m.hidden
+        self.source_embedding = nn.Embedding(m.vocab, h)
+        self.encoder = nn.ModuleList(nn.LSTM(h, h, batch_first=True) for _ in range(m.layers))
+        self.target_embedding = nn.Embedding(m.vocab, h)
+        self.decoder = nn.ModuleList(nn.LSTM(h, h, batch_first=True) for _ in range(m.layers))
+        self.attentional = nn.Linear(2 * h, h)
+        self.classifier = nn.Linear(h, m.vocab)
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        memory = _lstm_stack(self.source_embedding(source), self.encoder)
+        x = _lstm_stack(self.target_embedding(target), self.decoder)
+        weights = torch.softmax(x @ memory.transpose(1, 2), dim=-1)  # dot-product attention
+        h = torch.tanh(self.attentional(torch.cat([x, weights @ memory], -1)))
+        return self.classifier(h)  # batch x target length x vocabulary
+
+
+def build_id_model(m: NeuMF | GNMT) -> nn.Module:
+    return TorchNeuMF(m) if isinstance(m, NeuMF) else TorchGNMT(m)
+
+
+def id_model_weights(model: nn.Module) -> Weights:
+    """Each Embedding, Linear and LSTM's tensors in registration order; an LSTM's are
+    (weight_ih, weight_hh, bias_ih, bias_hh), gates in the order i, f, g, o."""
+    out: Weights = []
+    for m in model.modules():
+        if isinstance(m, (nn.Embedding, nn.Linear, nn.LSTM)):
+            out.append(tuple(p.detach().cpu().numpy() for p in m.parameters()))
+    return out
