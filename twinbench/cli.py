@@ -244,6 +244,46 @@ def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
+    from twinbench.bench_training import (
+        BenchOptions,
+        run_training_bench,
+        table_rows,
+        write_bench_report,
+    )
+
+    frameworks = tuple(f.strip() for f in args.frameworks.split(","))
+    modes = tuple(m.strip() for m in args.modes.split(","))
+    if len(frameworks) != 2 or not set(frameworks) <= set(FRAMEWORKS):
+        raise SystemExit(f"--frameworks takes two of {', '.join(FRAMEWORKS)}")
+    if not set(modes) <= {"default", "compiled"}:
+        raise SystemExit("--modes takes default and/or compiled")
+    if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
+        raise SystemExit("--repeats, --steps, --warmup-steps and --batch-size must be 1 or more")
+    options = BenchOptions(
+        models=tuple(args.model or ARCHITECTURES),
+        frameworks=frameworks,
+        modes=modes,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        warmup_steps=args.warmup_steps,
+        steps=args.steps,
+        width=args.width,
+        image_size=args.image_size,
+        channels_last=args.channels_last,
+    )
+    results = run_training_bench(client, options)
+    results["options"]["command"] = "twinbench " + " ".join(args.argv)
+    headers, rows = table_rows(results)
+    print(table(headers, rows))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in write_bench_report(Path(args.reports) / f"{stamp}-bench-training", results):
+        print(f"wrote {path}")
+    failed = any(r["state"] != "succeeded" for row in results["rows"]
+                 for runs in row["runs"].values() for r in runs)  # fmt: skip
+    return 1 if failed else 0
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from twinbench.bench import (
         capacity_lines,
@@ -420,6 +460,40 @@ def parser() -> argparse.ArgumentParser:
         help="also measure with Triton's perf_analyzer through the gateway (path e);"
         " auto: when it is installed (default: %(default)s)",
     )
+    training = bench_sub.add_parser(
+        "training",
+        help="steady training throughput per model, framework and mode, as jobs on the trainers",
+    )
+    training.add_argument(
+        "--model",
+        action="append",
+        choices=sorted(ARCHITECTURES),
+        help="(default: alexnet, vgg19, resnet50, mobilenet_v2)",
+    )
+    add_architecture_options(training)
+    training.add_argument(
+        "--frameworks", default="torch,tf", help="first,second (default: %(default)s)"
+    )
+    training.add_argument(
+        "--modes",
+        default="default,compiled",
+        help="default (PyTorch eager, Keras tf.function) and/or compiled (torch.compile, XLA)"
+        " (default: %(default)s)",
+    )
+    training.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="PyTorch jobs in the channels-last memory format (Keras is NHWC already)",
+    )
+    training.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
+    training.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
+    training.add_argument(
+        "--warmup-steps", type=int, default=3, help="timed apart (default: %(default)s)"
+    )
+    training.add_argument(
+        "--steps", type=int, default=10, help="steady steps (default: %(default)s)"
+    )
+    training.add_argument("--reports", default="reports", help="(default: %(default)s)")
     parity = sub.add_parser(
         "parity", help="copy PyTorch weights into Keras and compare logits (exit 1 above 1e-5)"
     )
@@ -518,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_parity(args)
         if args.command == "data":
             return cmd_data(settings, args)
+        if args.command == "bench" and args.bench_command == "training":
+            return cmd_bench_training(Client(args.gateway, settings), args)
         if args.command == "bench":
             return cmd_bench(settings, args)
         client = Client(args.gateway, settings)

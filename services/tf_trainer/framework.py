@@ -226,9 +226,12 @@ class TFSession:
         self.augment = build_augment(model_spec.augment, spec.seed)
         c, h, w = self.input_shape
         image = tf.TensorSpec([None, h, w, c], tf.float32)
-        # Fixed signatures: one trace for every batch size. XLA stays off, as in eager PyTorch.
+        # Fixed signatures: one trace for every batch size. XLA only in the compiled mode, the
+        # counterpart of torch.compile; off by default, as PyTorch is eager by default.
         self._train_step = tf.function(
-            self._step, input_signature=[image, tf.TensorSpec([None], tf.int64)], jit_compile=False
+            self._step,
+            input_signature=[image, tf.TensorSpec([None], tf.int64)],
+            jit_compile=bool(spec.compiled),
         )
         self._forward = tf.function(
             lambda x: self.model(x, training=False), input_signature=[image], jit_compile=False
@@ -245,7 +248,11 @@ class TFSession:
             else f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v",
             "padding": "'same' (symmetric for stride 1 and odd kernels)",
             "tf32": "off",
-            "compilation": "tf.function with fixed signatures, XLA off (jit_compile=False)",
+            "compilation": "tf.function with fixed signatures, XLA on (jit_compile=True), cold"
+            " job-private cache, compiled in the warm-up steps"
+            if self.spec.compiled
+            else "tf.function with fixed signatures, XLA off (jit_compile=False)",
+            "layout": "NHWC (Keras's)",
             "augmentation": "none"
             if not augment
             else f"RandomFlip('horizontal'): {augment.horizontal_flip}; RandomRotation"

@@ -23,7 +23,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export", "width", "image_size")
+    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export", "width", "image_size", "compiled", "channels_last")
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class JobSpec(_message.Message):
     SKIP_EXPORT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    COMPILED_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_LAST_FIELD_NUMBER: _ClassVar[int]
     framework: str
     model: str
     dataset: str
@@ -58,7 +60,9 @@ class JobSpec(_message.Message):
     skip_export: bool
     width: float
     image_size: int
-    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ..., width: _Optional[float] = ..., image_size: _Optional[int] = ...) -> None: ...
+    compiled: bool
+    channels_last: bool
+    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ..., width: _Optional[float] = ..., image_size: _Optional[int] = ..., compiled: _Optional[bool] = ..., channels_last: _Optional[bool] = ...) -> None: ...
 
 class Optimizer(_message.Message):
     __slots__ = ("name", "learning_rate", "momentum", "epsilon")
