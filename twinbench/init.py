@@ -16,7 +16,10 @@ import numpy as np
 from twinbench.specs import BatchNorm, Conv, Dense, DepthwiseConv, Flatten, ModelSpec, weight_shapes
 
 INIT_MODES = ("shared", "framework")
-SHARED_INIT = "shared: Glorot uniform, zero biases, drawn from the seed in shared code"
+SHARED_INIT = (
+    "shared: Glorot uniform, zero biases, batch norm at the identity, drawn from the seed in"
+    " shared code"
+)
 
 Weights = list[tuple[np.ndarray, ...]]  # the arrays of each weighted layer, in declaration order
 

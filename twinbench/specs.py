@@ -288,7 +288,7 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def alexnet(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
+def alexnet(width: float = 1.0) -> tuple[Layer, ...]:
     c = lambda n: _scaled(n, width)  # noqa: E731
     return (
         Conv(c(64), 11, padding=2, stride=4),
@@ -309,7 +309,7 @@ def alexnet(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
     )
 
 
-def vgg19(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
+def vgg19(width: float = 1.0) -> tuple[Layer, ...]:
     layers: list[Layer] = []
     for channels, repeats in ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4)):
         layers += [Conv(_scaled(channels, width), 3, padding=1)] * repeats
@@ -343,7 +343,7 @@ def _bottleneck(channels: int, inputs: int, stride: int) -> Residual:
     return Residual(body, shortcut, "relu")
 
 
-def resnet50(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
+def resnet50(width: float = 1.0) -> tuple[Layer, ...]:
     stem = _scaled(64, width)
     layers: list[Layer] = [
         Conv(stem, 7, padding=3, stride=2, activation=None, bias=False),
@@ -372,7 +372,7 @@ def _conv_bn(channels: int, kernel: int, stride: int = 1, activation: str | None
     )
 
 
-def mobilenet_v2(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]:
+def mobilenet_v2(width: float = 1.0) -> tuple[Layer, ...]:
     inputs = _divisible(32 * width)
     layers: list[Layer] = list(_conv_bn(inputs, 3, 2))
     # (expansion t, channels c, repeats n, first stride s), the paper's Table 2.
@@ -402,7 +402,7 @@ def mobilenet_v2(width: float = 1.0, image_size: int = 224) -> tuple[Layer, ...]
 
 @dataclass(frozen=True)
 class Architecture:
-    build: Callable[[float, int], tuple[Layer, ...]]
+    build: Callable[[float], tuple[Layer, ...]]  # the layers at a width multiplier
     description: str
 
 
@@ -435,7 +435,7 @@ def architecture(name: str, width: float = 1.0, image_size: int = 224) -> ModelS
         name=name,
         description=arch.description + knobs,
         input_shape=(3, image_size, image_size),
-        layers=arch.build(width, image_size),
+        layers=arch.build(width),
         defaults=IMAGENET_DEFAULTS,
     )
 
