@@ -168,8 +168,8 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         "model", "mode", f"{first} samples/s", f"{second} samples/s",
         f"{first}/{second} [{results['options']['level']:.0%} interval]", "verdict",
         f"{first} warm-up s", f"{second} warm-up s", f"{first} peak RSS MiB",
-        f"{second} peak RSS MiB", "published tf / torch (GP100 2019)",
-        "published torch/tf",
+        f"{second} peak RSS MiB", f"published {first} / {second} samples/s (GP100 2019)",
+        f"published {first}/{second}",
     ]  # fmt: skip
     out = []
     for row in results["rows"]:
@@ -189,14 +189,15 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             verdict = v["winner"] or v["outcome"]
         else:
             ratio, verdict = "-", "a job failed"
-        published = row["published"]
+        # The paper's figures by framework, so the column follows --frameworks' order.
+        published = dict(zip(("tf", "torch"), row["published"])) if row["published"] else None  # noqa: B905
         out.append([
             row["model"], row["mode"], fig(first, "samples_per_second"),
             fig(second, "samples_per_second"), ratio, verdict,
             fig(first, "warmup_seconds", fmt="{:.2f}"), fig(second, "warmup_seconds", fmt="{:.2f}"),
             fig(first, "peak_rss_bytes", 2**20, "{:,.0f}"), fig(second, "peak_rss_bytes", 2**20, "{:,.0f}"),
-            f"{published[0]:,.4g} / {published[1]:,.4g}" if published else "-",
-            f"{published[1] / published[0]:.3f}" if published else "-",
+            f"{published[first]:,.4g} / {published[second]:,.4g}" if published else "-",
+            f"{published[first] / published[second]:.3f}" if published else "-",
         ])  # fmt: skip
     return headers, out
 

@@ -254,8 +254,8 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(","))
     modes = tuple(m.strip() for m in args.modes.split(","))
-    if len(frameworks) != 2 or not set(frameworks) <= set(FRAMEWORKS):
-        raise SystemExit(f"--frameworks takes two of {', '.join(FRAMEWORKS)}")
+    if len(set(frameworks)) != 2 or not set(frameworks) <= set(FRAMEWORKS):
+        raise SystemExit(f"--frameworks takes two different ones of {', '.join(FRAMEWORKS)}")
     if not set(modes) <= {"default", "compiled"}:
         raise SystemExit("--modes takes default and/or compiled")
     if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
