@@ -55,3 +55,19 @@ def test_same_start_same_batches_same_sgd_steps():
         tf_loss, _ = tf_session.train_batch(fx[rows], data.train.y[rows])
         assert torch_loss == pytest.approx(tf_loss, abs=1e-5)
     assert _max_logit_diff(torch_session, tf_session, data.test.x[:64]) <= 1e-5
+
+
+def test_parity_and_shared_init_hold_for_tuned_hidden_units():
+    units = (300, 200, 150, 40)  # what a sweep's trial may ask for
+    assert check_parity("mlp", seed=1, hidden_units=units).ok
+    spec = get_model_spec("mlp", units)
+    from services.tf_trainer.framework import TFSession
+    from services.torch_trainer.framework import TorchSession
+
+    sessions = [
+        cls(resolve_spec(tpb.JobSpec(framework=f, model="mlp", hidden_units=units)), spec)
+        for cls, f in ((TorchSession, "torch"), (TFSession, "tf"))
+    ]
+    assert all(s.parameter_count == spec.parameter_count() for s in sessions)
+    x = load_dataset("mnist-5k").test.x[:16]
+    assert _max_logit_diff(*sessions, x) <= PARITY_TOLERANCE

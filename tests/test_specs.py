@@ -36,3 +36,18 @@ def test_published_sizes():
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(InvalidArgument, match="lenet5"):
         get_model_spec("resnet9000")
+
+
+def test_hidden_units_change_the_declared_model_and_are_checked():
+    mlp = MODELS["mlp"]
+    assert mlp.hidden_units() == (456, 150, 132, 68)
+    wider = get_model_spec("mlp", (300, 200, 150, 40))
+    assert wider.hidden_units() == (300, 200, 150, 40) and wider.num_classes == 10
+    assert wider.parameter_count() == (
+        784 * 300 + 300 + 300 * 200 + 200 + 200 * 150 + 150 + 150 * 40 + 40 + 40 * 10 + 10
+    )
+    assert get_model_spec("mlp", ()) is mlp
+    with pytest.raises(InvalidArgument, match="4 hidden dense layers"):
+        get_model_spec("mlp", (300, 200))
+    with pytest.raises(InvalidArgument, match="1..65536"):
+        get_model_spec("mlp", (300, 0, 150, 40))

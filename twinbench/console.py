@@ -103,7 +103,9 @@ def describe_job(job: tpb.Job) -> str:
     spec, opt = job.spec, job.spec.optimizer
     lines = [
         f"job {job.id}: {state_name(job.state)}" + (f" ({job.error})" if job.error else ""),
-        f"  spec: {spec.framework} {spec.model} on {spec.dataset}, {spec.epochs} epochs,"
+        f"  spec: {spec.framework} {spec.model}"
+        + (f" (hidden units {'-'.join(map(str, spec.hidden_units))})" if spec.hidden_units else "")
+        + f" on {spec.dataset}, {spec.epochs} epochs,"
         f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
         + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
         + f", seed {spec.seed}, device {spec.device}, init {spec.init}",

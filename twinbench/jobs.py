@@ -52,7 +52,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         raise InvalidArgument(
             f"unknown framework {spec.framework!r}; use one of {', '.join(FRAMEWORK_FORMATS)}"
         )
-    model = get_model_spec(spec.model)
+    model = get_model_spec(spec.model, spec.hidden_units)  # checks the units too
     defaults = model.defaults
     out = pb.JobSpec()
     out.CopyFrom(spec)

@@ -34,7 +34,9 @@ def _import_torch_first() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def check_parity(model_name: str, seed: int = 0, rows: int = 64) -> Parity:
+def check_parity(
+    model_name: str, seed: int = 0, rows: int = 64, hidden_units: tuple[int, ...] = ()
+) -> Parity:
     _import_torch_first()
     import torch
 
@@ -42,7 +44,7 @@ def check_parity(model_name: str, seed: int = 0, rows: int = 64) -> Parity:
     from services.torch_trainer.framework import build_model as build_torch
     from services.torch_trainer.framework import model_weights
 
-    spec = get_model_spec(model_name)
+    spec = get_model_spec(model_name, hidden_units)
     torch.manual_seed(seed)
     torch_model = build_torch(spec).eval()  # PyTorch's own random init: any weights will do
     keras_model = build_keras(spec)

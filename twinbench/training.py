@@ -310,7 +310,7 @@ def _train_and_export(
     checkpoints: Checkpoints,
 ) -> None:
     spec = job.spec
-    model = get_model_spec(spec.model)
+    model = get_model_spec(spec.model, spec.hidden_units)
     data = load_dataset(spec.dataset, model, settings.data)
     if data.input_shape != model.input_shape:
         raise InvalidArgument(

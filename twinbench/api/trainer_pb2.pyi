@@ -23,7 +23,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export")
+    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export", "hidden_units")
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class JobSpec(_message.Message):
     RESUME_FIELD_NUMBER: _ClassVar[int]
     WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
     SKIP_EXPORT_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_UNITS_FIELD_NUMBER: _ClassVar[int]
     framework: str
     model: str
     dataset: str
@@ -54,7 +55,8 @@ class JobSpec(_message.Message):
     resume: bool
     warmup_steps: int
     skip_export: bool
-    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ...) -> None: ...
+    hidden_units: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ..., hidden_units: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Optimizer(_message.Message):
     __slots__ = ("name", "learning_rate", "momentum", "epsilon")
