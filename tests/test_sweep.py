@@ -256,3 +256,24 @@ def test_paired_points_are_fixed_by_the_seed_and_inside_the_space():
         assert 256 <= p["units_1"] <= 512 and 32 <= p["units_4"] <= 128
     # Quasi-random: 16 points cover each half of every numeric range evenly.
     assert sum(p["momentum"] < 0.45 for p in points) == 8
+
+
+def test_a_database_url_holds_the_studies_like_the_journal(settings, tmp_path):
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    options = SweepOptions(
+        name="db", model="mlp", trials=1, paired=2, epochs=1, cross_repeats=0, seed=0,
+        storage=url, resume=False, reports=tmp_path, command="test",
+    )  # fmt: skip
+    studies = open_studies(open_storage(settings, url), options)
+    assert {s.study_name for s in studies.values()} == {"db/torch", "db/tf", "db/paired"}
+    sweep = Sweep(None, studies, options, MLP_SPACE)
+    sweep.ensure_points()
+    sweep.ensure_points()  # twice: still one waiting trial per point
+    waiting = studies["paired"].get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs["point"] for t in waiting) == [0, 1]
+    # Another machine opening the same sweep must say --resume, and then sees the same studies.
+    with pytest.raises(Exception, match="--resume"):
+        open_studies(open_storage(settings, url), options)
+    options.resume = True
+    again = open_studies(open_storage(settings, url), options)
+    assert len(again["paired"].get_trials(states=(TrialState.WAITING,))) == 2
