@@ -15,9 +15,11 @@ from optuna.trial import TrialState
 from tally import TALLY
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
+from twinbench.specs import IntRange
 from twinbench.sweep import (
     Sweep,
     SweepOptions,
+    job_spec,
     open_storage,
     open_studies,
     paired_point,
@@ -246,6 +248,15 @@ def test_bad_sweep_requests_get_a_clear_error(settings, tmp_path, capsys, argv, 
         err = capsys.readouterr().err
     assert code == 2 and message in err
     TALLY["bad inputs tried"] += 1
+
+
+def test_an_epochs_cap_narrows_the_searched_epochs_or_removes_them():
+    assert search_space("mlp", epochs_cap=50)["epochs"] == IntRange(20, 50)
+    assert "epochs" not in search_space("mlp", epochs_cap=2)
+    assert search_space("mlp", epochs_cap=500)["epochs"] == MLP_SPACE["epochs"]
+    # A trial of the capped space trains the cap.
+    spec = job_spec("mlp", paired_point(search_space("mlp", epochs_cap=2), 0, 0), "torch", 0, 2)
+    assert spec.epochs == 2
 
 
 def test_paired_points_are_fixed_by_the_seed_and_inside_the_space():

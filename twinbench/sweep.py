@@ -157,10 +157,19 @@ def open_studies(
 # --- the search space ---
 
 
-def search_space(model: str) -> dict[str, Range]:
-    space = get_model_spec(model).search_space
+def search_space(model: str, epochs_cap: int | None = None) -> dict[str, Range]:
+    """The model's declared space; an epochs cap narrows its epochs, or removes them when the
+    cap is at or below their lowest value (a parameter that changes nothing would only add
+    noise to the search and to the parameters' importances)."""
+    space = dict(get_model_spec(model).search_space)
     if not space:
         raise SweepError(f"model {model!r} declares no search space; `mlp` does")
+    epochs = space.get("epochs")
+    if epochs_cap and isinstance(epochs, IntRange):
+        if epochs_cap <= epochs.low:
+            del space["epochs"]
+        else:
+            space["epochs"] = IntRange(epochs.low, min(epochs.high, epochs_cap))
     return space
 
 
@@ -249,7 +258,8 @@ def best_of(settings: Settings, storage: str | None, study_name: str) -> tuple[d
         best = study.best_trial
     except ValueError:
         raise SweepError(f"study {study_name!r} has no completed trial yet") from None
-    return dict(best.params), int(best.user_attrs.get("epochs trained", best.params["epochs"]))
+    epochs = best.user_attrs.get("epochs trained") or best.params.get("epochs")
+    return dict(best.params), int(epochs)
 
 
 # --- trials ---
@@ -631,7 +641,7 @@ def run_sweep(settings: Settings, gateway: str, options: SweepOptions) -> int:
     from twinbench.sweep_report import build_sweep_results, print_sweep_summary, write_sweep_report
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = search_space(options.model)
+    space = search_space(options.model, options.epochs)
     url = storage_url(settings, options.storage)
     storage = open_storage(settings, options.storage)
     studies = open_studies(storage, options)
