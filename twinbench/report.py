@@ -659,18 +659,32 @@ IMAGE_TITLES = {
 
 
 def markdown(results: dict, images: dict[str, bytes]) -> str:
+    titled = {name: (IMAGE_TITLES[name], png) for name, png in images.items()}
+    return render_markdown(_title(results), results, tables(results), titled)
+
+
+def render_markdown(
+    title: str, results: dict, sections: list[tuple[str, list[str], list[list[str]]]],
+    images: dict[str, tuple[str, bytes]],
+) -> str:  # fmt: skip
+    """A report as Markdown: its tables, then its plots (PNG files beside it)."""
     lines = [
-        f"# twinbench: {_title(results)}",
+        f"# twinbench: {title}",
         "",
         f"Made {results['created_at']} by `{results['command']}`.",
         "",
     ]
-    for title, headers, rows in tables(results):
-        lines += [f"## {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for heading, headers, rows in sections:
+        lines += [
+            f"## {heading}",
+            "",
+            "| " + " | ".join(headers) + " |",
+            "|" + "---|" * len(headers),
+        ]
         lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
         lines.append("")
-    for name in images:
-        lines += [f"## {IMAGE_TITLES[name]}", "", f"![{IMAGE_TITLES[name]}]({name})", ""]
+    for name, (image_title, _) in images.items():
+        lines += [f"## {image_title}", "", f"![{image_title}]({name})", ""]
     return "\n".join(lines)
 
 
@@ -684,44 +698,61 @@ def _title(results: dict) -> str:
 
 
 def html_page(results: dict, images: dict[str, bytes]) -> str:
+    titled = {name: (IMAGE_TITLES[name], png) for name, png in images.items()}
+    return render_html(_title(results), results, tables(results), titled)
+
+
+def render_html(
+    title: str, results: dict, sections: list[tuple[str, list[str], list[list[str]]]],
+    images: dict[str, tuple[str, bytes]],
+) -> str:  # fmt: skip
+    """One self-contained page: the tables, with the plots embedded after the verdict."""
     esc = html.escape
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>twinbench: {esc(_title(results))}</title>",
+        f"<title>twinbench: {esc(title)}</title>",
         "<style>body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ddd;padding:4px 10px;text-align:left}"
         "th{background:#f4f4f4}img{max-width:100%}code{background:#f4f4f4;padding:1px 4px}</style>",
         "</head><body>",
-        f"<h1>twinbench: {esc(_title(results))}</h1>",
+        f"<h1>twinbench: {esc(title)}</h1>",
         f"<p>Made {esc(results['created_at'])} by <code>{esc(results['command'])}</code>.</p>",
     ]
-    for title, headers, rows in tables(results):
+    for heading, headers, rows in sections:
         parts.append(
-            f"<h2>{esc(title)}</h2><table><tr>"
+            f"<h2>{esc(heading)}</h2><table><tr>"
             + "".join(f"<th>{esc(h)}</th>" for h in headers)
             + "</tr>"
         )
         parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
         parts.append("</table>")
-        if title.startswith("Verdict"):
-            for name, png in images.items():
+        if heading.startswith("Verdict"):
+            for image_title, png in images.values():
                 data = base64.b64encode(png).decode()
                 parts.append(
-                    f"<h2>{esc(IMAGE_TITLES[name])}</h2>"
-                    f"<img alt='{esc(IMAGE_TITLES[name])}' src='data:image/png;base64,{data}'>"
+                    f"<h2>{esc(image_title)}</h2>"
+                    f"<img alt='{esc(image_title)}' src='data:image/png;base64,{data}'>"
                 )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def write_report(directory: Path, results: dict) -> None:
-    """Writes every file of the report; each appears whole (written aside, then renamed)."""
-    directory.mkdir(parents=True, exist_ok=True)
     images = plots(results)
-    files: dict[str, bytes] = {name: png for name, png in images.items()}
-    files["results.json"] = json.dumps(results, indent=2).encode()
-    files["report.md"] = markdown(results, images).encode()
-    files["report.html"] = html_page(results, images).encode()
+    write_files(
+        directory,
+        {
+            **images,
+            "results.json": json.dumps(results, indent=2).encode(),
+            "report.md": markdown(results, images).encode(),
+            "report.html": html_page(results, images).encode(),
+        },
+    )
+
+
+def write_files(directory: Path, files: dict[str, bytes]) -> None:
+    """Writes every file of a report; each appears whole (written aside, then renamed)."""
+    directory.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         tmp = directory / f".{name}.tmp"
         tmp.write_bytes(data)

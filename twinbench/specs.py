@@ -8,8 +8,8 @@ builder, the shared initial weights and the parity check all walk the same decla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 from twinbench.errors import InvalidArgument
 
@@ -203,6 +203,31 @@ class TrainDefaults:
 
 
 @dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False  # sampled evenly in log space: learning rates span orders of magnitude
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[int, ...]
+
+
+Range = FloatRange | IntRange | Choice
+
+# What a search may set, by name: the JobSpec fields of training, and `units_<i>`, the units of the
+# i-th hidden dense layer (1-based), which change the declared model itself.
+SEARCHABLE = ("learning_rate", "momentum", "batch_size", "epochs")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     description: str
@@ -210,6 +235,8 @@ class ModelSpec:
     layers: tuple[Layer, ...]
     defaults: TrainDefaults
     augment: Augment | None = None
+    # A hyperparameter search's space (`twinbench sweep`); None: the model declares none.
+    search_space: dict[str, Range] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         for _, _, after in self.walk():
@@ -224,6 +251,37 @@ class ModelSpec:
     @property
     def num_classes(self) -> int:
         return self.layers[-1].units
+
+    def hidden_units(self) -> tuple[int, ...]:
+        """Units of every dense layer but the output, in order."""
+        return tuple(layer.units for layer in self.layers[:-1] if isinstance(layer, Dense))
+
+    def with_hidden_units(self, units: Sequence[int]) -> ModelSpec:
+        """The same declaration with other hidden dense widths; empty `units` keeps it as is.
+
+        Both frameworks build from the returned declaration, so the parity check's weight
+        mapping and the shared init apply to it unchanged."""
+        units = tuple(units)
+        if not units or units == self.hidden_units():
+            return self
+        hidden = self.hidden_units()
+        if len(units) != len(hidden):
+            raise InvalidArgument(
+                f"{self.name} has {len(hidden)} hidden dense layers ({'-'.join(map(str, hidden))});"
+                f" hidden_units gave {len(units)}"
+            )
+        if not all(1 <= u <= 65_536 for u in units):
+            raise InvalidArgument(f"hidden_units must each be 1..65536, got {list(units)}")
+        widths = iter(units)
+        layers = tuple(
+            replace(layer, units=next(widths))
+            if isinstance(layer, Dense) and i < len(self.layers) - 1
+            else layer
+            for i, layer in enumerate(self.layers)
+        )
+        return replace(
+            self, layers=layers, description=f"{self.description} (hidden units {list(units)})"
+        )
 
     def shapes(self) -> list[Shape]:
         """The output shape (C, H, W or features) after each top-level layer."""
@@ -472,6 +530,17 @@ MODELS: dict[str, ModelSpec] = {
         defaults=TrainDefaults(
             optimizer="sgd", learning_rate=0.0236, momentum=0.0643, batch_size=64, epochs=21
         ),
+        # The Bayesian search that found the defaults above (50 runs, validation loss).
+        search_space={
+            "learning_rate": FloatRange(1e-4, 0.1, log=True),
+            "momentum": FloatRange(0.0, 0.9),
+            "batch_size": Choice((16, 32, 64, 128, 256)),
+            "epochs": IntRange(20, 200),
+            "units_1": IntRange(256, 512),
+            "units_2": IntRange(128, 256),
+            "units_3": IntRange(128, 256),
+            "units_4": IntRange(32, 128),
+        },
     ),
     "mnist_cnn": ModelSpec(
         name="mnist_cnn",
@@ -591,11 +660,16 @@ def id_model(name: str, scale: float = 1.0) -> NeuMF | GNMT:
 
 
 def get_model_spec(
-    name: str, width: float | None = None, image_size: int | None = None
+    name: str,
+    width: float | None = None,
+    image_size: int | None = None,
+    hidden_units: Sequence[int] = (),
 ) -> ModelSpec:
-    """A declared model; the ImageNet architectures also take a width and an input size."""
+    """A declared model; the ImageNet architectures also take a width and an input size, and
+    any model other hidden dense widths (`hidden_units`)."""
     if name in ARCHITECTURES:
-        return architecture(name, 1.0 if width is None else width, image_size or 224)
+        model = architecture(name, 1.0 if width is None else width, image_size or 224)
+        return model.with_hidden_units(hidden_units)
     if name in ID_MODELS:
         raise InvalidArgument(
             f"model {name} is declared and parity-checked (`twinbench parity --model {name}`)"
@@ -607,4 +681,4 @@ def get_model_spec(
         raise InvalidArgument(
             f"model {name} has no width or image size knobs (only {', '.join(ARCHITECTURES)})"
         )
-    return MODELS[name]
+    return MODELS[name].with_hidden_units(hidden_units)
