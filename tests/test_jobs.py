@@ -47,6 +47,18 @@ def test_bad_specs_are_refused_with_what_to_change(fields, message):
         resolve_spec(tpb.JobSpec(**fields))
 
 
+def test_a_field_this_service_does_not_know_is_refused_not_dropped():
+    """A newer client's field (here number 999 in the spec, 99 in its optimizer) would
+    otherwise vanish in parsing, and the job would train something else than was asked."""
+    known = tpb.JobSpec(framework="torch", model="mlp").SerializeToString()
+    newer = tpb.JobSpec.FromString(known + bytes([0xB8, 0x3E, 0x01]))  # field 999, varint 1
+    with pytest.raises(InvalidArgument, match="JobSpec field.s. 999"):
+        resolve_spec(newer)
+    optimizer = tpb.Optimizer.FromString(bytes([0x98, 0x06, 0x01]))  # field 99, varint 1
+    with pytest.raises(InvalidArgument, match="Optimizer field.s. 99"):
+        resolve_spec(tpb.JobSpec(framework="torch", model="mlp", optimizer=optimizer))
+
+
 def test_store_survives_reopening(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite")
     store.put(tpb.Job(id="torch-a", state=tpb.SUCCEEDED, created_at=1, test_accuracy=0.9))

@@ -12,6 +12,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from twinbench import __version__
 from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import check_dataset_name
 from twinbench.errors import (
@@ -56,8 +59,21 @@ def job_model(spec: pb.JobSpec) -> ModelSpec:
     )
 
 
+def _refuse_unknown_fields(spec: pb.JobSpec) -> None:
+    """A spec from a client newer than this service may set fields it does not know; protobuf
+    would drop them silently and the job would train something else than was asked for."""
+    for message, name in ((spec, "JobSpec"), (spec.optimizer, "Optimizer")):
+        numbers = sorted({field.field_number for field in UnknownFieldSet(message)})
+        if numbers:
+            raise InvalidArgument(
+                f"this service does not know {name} field(s) {', '.join(map(str, numbers))}:"
+                f" the client is newer than twinbench {__version__} here; update the services"
+            )
+
+
 def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     """The spec with every default filled in, or InvalidArgument saying what to change."""
+    _refuse_unknown_fields(spec)
     if spec.framework not in FRAMEWORK_FORMATS:
         raise InvalidArgument(
             f"unknown framework {spec.framework!r}; use one of {', '.join(FRAMEWORK_FORMATS)}"

@@ -161,7 +161,7 @@ def search_space(model: str, epochs_cap: int | None = None) -> dict[str, Range]:
     """The model's declared space; an epochs cap narrows its epochs, or removes them when the
     cap is at or below their lowest value (a parameter that changes nothing would only add
     noise to the search and to the parameters' importances)."""
-    space = dict(get_model_spec(model).search_space)
+    space = dict(get_model_spec(model).search_space or {})
     if not space:
         raise SweepError(f"model {model!r} declares no search space; `mlp` does")
     epochs = space.get("epochs")
