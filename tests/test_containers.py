@@ -369,7 +369,8 @@ def test_a_crashed_trainer_is_restarted_while_the_other_serves_on(stack, client,
     # The same exports, reloaded from the volume, give the same answers; the job store survived too.
     for model in MODELS["torch_trainer"]:
         np.testing.assert_allclose(logits(client, model), before[model], rtol=1e-5, atol=1e-6)
-    job_id = json.loads((report / "results.json").read_text())["training"]["torch"]["job_id"]
+    training = json.loads((report / "results.json").read_text())["training"]
+    job_id = training["torch"]["repeats"][-1]["job_id"]  # the repeat whose exports are served
     job = client.trainer.GetJob(tpb.GetJobRequest(job_id=job_id), timeout=10)
     assert tpb.JobState.Name(job.state) == "SUCCEEDED"
     assert all(stack.healthy(service) for service in ("gateway", *TRAINERS))
