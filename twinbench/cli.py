@@ -396,7 +396,8 @@ def add_architecture_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width",
         type=float,
-        help="channel width multiplier of alexnet, vgg19, resnet50, mobilenet_v2 (default: 1)",
+        help="channel width multiplier of alexnet, vgg19, resnet50, mobilenet_v2; for ncf and gnmt,"
+        " widths, vocabulary, users and items times this (default: 1)",
     )
     p.add_argument(
         "--image-size",
@@ -471,8 +472,12 @@ def parser() -> argparse.ArgumentParser:
     infer.add_argument("--version", help="(default: the newest)")
     data = sub.add_parser("data", help="dataset files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    fetch = data_sub.add_parser("download", help="fetch a dataset's IDX files (sha256-checked)")
-    fetch.add_argument("name", choices=["mnist", "fashion-mnist"])
+    fetch = data_sub.add_parser("download", help="fetch a dataset's files (sha256-checked)")
+    fetch.add_argument(
+        "name",
+        choices=["mnist", "fashion-mnist", "ml-1m", "ml-20m"],
+        help="IDX files of MNIST or Fashion-MNIST, or a MovieLens zip for ncf",
+    )
     fetch.add_argument(
         "--dir", help="data folder (default: TWINBENCH_DATA, or TWINBENCH_HOME/data)"
     )

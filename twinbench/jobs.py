@@ -26,7 +26,7 @@ from twinbench.errors import (
 )
 from twinbench.init import INIT_MODES
 from twinbench.repository import FRAMEWORK_FORMATS
-from twinbench.specs import ModelSpec, get_model_spec
+from twinbench.specs import GNMT, ID_MODELS, ModelSpec, NeuMF, get_model_spec, id_model
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,15 @@ def state_name(state: int) -> str:
     return pb.JobState.Name(state).lower()
 
 
-def job_model(spec: pb.JobSpec) -> ModelSpec:
-    """The model a job trains, with the knobs its spec sets."""
+def job_model(spec: pb.JobSpec) -> ModelSpec | NeuMF | GNMT:
+    """The model a job trains, with the knobs its spec sets (for NCF and GNMT, `width` scales
+    their widths, vocabulary and user and item counts: see specs.id_model)."""
+    if spec.model in ID_MODELS:
+        if spec.HasField("image_size") or spec.hidden_units:
+            raise InvalidArgument(
+                f"model {spec.model} takes ids: it has a width knob, no image size or hidden units"
+            )
+        return id_model(spec.model, spec.width if spec.HasField("width") else 1.0)
     return get_model_spec(
         spec.model,
         spec.width if spec.HasField("width") else None,

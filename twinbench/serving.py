@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """float32 N x C x H x W in, float32 logits N x classes out."""
+    def infer(self, *inputs: np.ndarray) -> np.ndarray:
+        """The model's inputs in their declared order (an image model's one: float32 N x C x H x
+        W; NCF: user and item ids; GNMT: source and target token ids), float32 logits out."""
 
 
 # (path of model.pt / model.onnx / model.savedmodel, CPU threads per call or None to leave the
@@ -59,10 +60,10 @@ class OnnxRuntime:
             options.intra_op_num_threads = threads
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+    def infer(self, *inputs: np.ndarray) -> np.ndarray:
+        return self.session.run(None, dict(zip(self.input_names, inputs, strict=True)))[0]
 
 
 class InferenceCore:
