@@ -266,7 +266,10 @@ SYNTHETIC_POSITIVES_PER_USER = 20
 SYNTHETIC_MAX_POSITIVES = 1 << 16
 SYNTHETIC_TASTES = 16  # users and items fall into this many taste groups
 SYNTHETIC_SEQUENCES = 4096
-MOVIELENS = {"ml-1m": ("ml-1m.zip", "ml-1m/ratings.dat"), "ml-20m": ("ml-20m.zip", "ml-20m/ratings.csv")}
+MOVIELENS = {
+    "ml-1m": ("ml-1m.zip", "ml-1m/ratings.dat"),
+    "ml-20m": ("ml-20m.zip", "ml-20m/ratings.csv"),
+}
 
 
 def _interactions(
@@ -343,9 +346,13 @@ def _movielens(name: str, model: NeuMF, data_root: Path) -> Dataset:
         with zipfile.ZipFile(path) as z, z.open(member) as f:
             text = f.read()
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise DatasetError(f"{path.name}: cannot read {member} ({exc}); download it again") from None
+        raise DatasetError(
+            f"{path.name}: cannot read {member} ({exc}); download it again"
+        ) from None
     if name == "ml-1m":  # UserID::MovieID::Rating::Timestamp
-        table = np.fromstring(text.replace(b"::", b",").replace(b"\n", b","), sep=",", dtype=np.int64)
+        table = np.fromstring(
+            text.replace(b"::", b",").replace(b"\n", b","), sep=",", dtype=np.int64
+        )
     else:  # userId,movieId,rating,timestamp after a header line; ratings are halves
         body = text.split(b"\n", 1)[1].replace(b"\n", b",")
         table = np.fromstring(body, sep=",", dtype=np.float64).astype(np.int64)
@@ -363,13 +370,22 @@ def _movielens(name: str, model: NeuMF, data_root: Path) -> Dataset:
     return Dataset(name, train, val, test, INTERACTION_CLASSES)
 
 
+def check_id_dataset(name: str, model: NeuMF | GNMT) -> None:
+    """Refuses, before a job is queued, a dataset that has no ids for `model`."""
+    known = ("synthetic", *MOVIELENS) if isinstance(model, NeuMF) else ("synthetic",)
+    if name not in known:
+        raise DatasetError(
+            f"model {model.name} takes ids: dataset {name} has none for it; use {', '.join(known)}"
+        )
+
+
 def _id_dataset(name: str, model: NeuMF | GNMT, data_root: Path) -> Dataset:
+    check_id_dataset(name, model)
+    if isinstance(model, GNMT):
+        return _synthetic_sequences(model)
     if name == "synthetic":
-        return (_synthetic_interactions if isinstance(model, NeuMF) else _synthetic_sequences)(model)
-    if name in MOVIELENS and isinstance(model, NeuMF):
-        return _movielens(name, model, data_root)
-    known = "synthetic, " + ", ".join(MOVIELENS) if isinstance(model, NeuMF) else "synthetic"
-    raise DatasetError(f"model {model.name} takes ids: dataset {name} has none; use {known}")
+        return _synthetic_interactions(model)
+    return _movielens(name, model, data_root)
 
 
 _LOADERS = {

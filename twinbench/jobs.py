@@ -16,7 +16,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from twinbench import __version__
 from twinbench.api import trainer_pb2 as pb
-from twinbench.datasets import check_dataset_name
+from twinbench.datasets import check_dataset_name, check_id_dataset
 from twinbench.errors import (
     InvalidArgument,
     JobCancelled,
@@ -91,6 +91,8 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     out.CopyFrom(spec)
     out.dataset = spec.dataset or defaults.dataset
     check_dataset_name(out.dataset)
+    if isinstance(model, (NeuMF, GNMT)):
+        check_id_dataset(out.dataset, model)
     out.epochs = spec.epochs if spec.HasField("epochs") else defaults.epochs
     out.batch_size = spec.batch_size if spec.HasField("batch_size") else defaults.batch_size
     out.seed = spec.seed if spec.HasField("seed") else 0

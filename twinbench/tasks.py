@@ -173,7 +173,9 @@ def check_inputs(task: Task, x: np.ndarray, dataset: str, model: str) -> None:
     if task.kind == "classification":
         shape = task.inputs[0].shape
         if tuple(x.shape[1:]) != shape:
-            raise InvalidArgument(f"model {model} takes {shape}, dataset {dataset} has {x.shape[1:]}")
+            raise InvalidArgument(
+                f"model {model} takes {shape}, dataset {dataset} has {x.shape[1:]}"
+            )
         return
     for spec, tensor in zip(task.inputs, task.split(x), strict=True):
         if tuple(tensor.shape[1:]) != spec.shape:

@@ -27,7 +27,6 @@ from twinbench.init import (  # noqa: E402
     shared_initial_weights,
 )
 from twinbench.serving import OnnxRuntime  # noqa: E402
-from twinbench.tasks import PAD_ID, Task, task_for  # noqa: E402
 from twinbench.specs import (  # noqa: E402
     GNMT,
     Augment,
@@ -45,6 +44,7 @@ from twinbench.specs import (  # noqa: E402
     Residual,
     conv_padding,
 )
+from twinbench.tasks import PAD_ID, Task, task_for  # noqa: E402
 
 PREDICT_BATCH = 1024
 ONNX_OPSET = 17
@@ -423,7 +423,9 @@ class _IdServing(tf.Module):
         self.model = model
         self.serve = tf.function(
             lambda *inputs: {"logits": self.model(list(inputs), training=False)},
-            input_signature=[tf.TensorSpec([None, *i.shape], tf.int64, name=i.name) for i in task.inputs],
+            input_signature=[
+                tf.TensorSpec([None, *i.shape], tf.int64, name=i.name) for i in task.inputs
+            ],
         )
 
 

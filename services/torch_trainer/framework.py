@@ -23,7 +23,6 @@ from twinbench.init import (
     shared_initial_weights,
 )
 from twinbench.serving import OnnxRuntime
-from twinbench.tasks import PAD_ID, Task, task_for
 from twinbench.specs import (
     GNMT,
     Augment,
@@ -42,6 +41,7 @@ from twinbench.specs import (
     conv_padding,
     output_shape,
 )
+from twinbench.tasks import PAD_ID, Task, task_for
 
 # Request tensors are read-only views over the request bytes; the models never write to them.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -477,7 +477,9 @@ class TorchIdSession:
     def _inputs(self, x: np.ndarray) -> list[torch.Tensor]:
         return [torch.from_numpy(a).to(self.device) for a in self.task.split(x)]
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's mean loss and its number of hits, as twinbench.tasks defines them."""
         if self.task.kind == "ranking":
             logit = logits.squeeze(1)
