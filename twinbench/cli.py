@@ -330,7 +330,7 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
     if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
         raise SystemExit("--repeats, --steps, --warmup-steps and --batch-size must be 1 or more")
     options = BenchOptions(
-        models=tuple(args.model or ARCHITECTURES),
+        models=tuple(args.model or (*ARCHITECTURES, *ID_MODELS)),
         frameworks=frameworks,
         modes=modes,
         repeats=args.repeats,
@@ -547,8 +547,8 @@ def parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--model",
         action="append",
-        choices=sorted(ARCHITECTURES),
-        help="(default: alexnet, vgg19, resnet50, mobilenet_v2)",
+        choices=[*sorted(ARCHITECTURES), *ID_MODELS],
+        help="(default: alexnet, vgg19, resnet50, mobilenet_v2, ncf, gnmt)",
     )
     add_architecture_options(training)
     training.add_argument(
