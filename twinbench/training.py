@@ -28,7 +28,7 @@ from twinbench.jobs import JobContext, job_model
 from twinbench.repository import ModelRepository, model_name
 from twinbench.serving import Loader, Runtime
 from twinbench.specs import ModelSpec
-from twinbench.tasks import Task, check_inputs, cross_entropy, task_for
+from twinbench.tasks import Task, check_inputs, task_for
 from twinbench.tbevents import EventWriter
 
 # Largest |reloaded export - in-memory model| accepted on a test batch of logits.
@@ -82,9 +82,6 @@ class Framework(Protocol):
         """Fixes the process's CPU thread pools before any work; returns them read back."""
 
     def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> Session: ...
-
-
-__all__ = ["cross_entropy"]  # defined with the tasks' other losses, imported from here too
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
