@@ -431,11 +431,13 @@ def add_architecture_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> None:
-    p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="(default: lenet5)")
+    p.add_argument(
+        "--model", choices=[*sorted(MODELS), *ID_MODELS], default="lenet5", help="(default: lenet5)"
+    )
     p.add_argument(
         "--dataset",
         help="mnist-5k, digits, mnist, fashion-mnist, imagefolder:PATH (under the data folder)"
-        " or synthetic (default: the model's)",
+        " or synthetic; for ncf synthetic, ml-1m or ml-20m (default: the model's)",
     )
     p.add_argument(
         "--target-accuracy", type=float, help="record when validation accuracy first reaches it"
