@@ -178,6 +178,14 @@ def test_bad_id_inputs_are_refused_with_invalid_argument(id_jobs, client):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_locust_loads_an_id_model_with_inputs_from_its_metadata(id_jobs, stack, tmp_path):
+    from twinbench.loadtest import run_locust
+
+    for model in ("ncf-tf-savedmodel", "gnmt-torch-onnx"):
+        stats = run_locust(stack.gateway_address, model, 2, "2s", 2, None, tmp_path / model)
+        assert stats["requests"] > 2 and stats["failures"] == 0, (model, stats)
+
+
 def test_id_model_knobs_that_do_not_apply_are_refused(client):
     for spec in (
         tpb.JobSpec(framework="torch", model="ncf", image_size=64),
@@ -186,3 +194,20 @@ def test_id_model_knobs_that_do_not_apply_are_refused(client):
         with pytest.raises(grpc.RpcError) as err:
             client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_bench_training_measures_id_models_in_their_own_units(client):
+    from twinbench.bench_training import BenchOptions, run_training_bench, table_rows
+
+    options = BenchOptions(
+        models=("ncf", "gnmt"), repeats=1, batch_size=16, warmup_steps=1, steps=2, width=0.01
+    )
+    results = run_training_bench(client, options, progress=lambda line: None)
+    for row, unit in zip(results["rows"], ("samples", "tokens"), strict=True):
+        assert row["unit"] == unit
+        for framework in ("torch", "tf"):
+            (run,) = row["runs"][framework]
+            assert run["state"] == "succeeded" and run["unit"] == unit, run
+            assert run["samples_per_second"] > 0
+    headers, rows = table_rows(results)
+    assert [r[headers.index("unit")] for r in rows] == ["samples", "tokens"]
