@@ -187,12 +187,17 @@ def _served_label(export: tpb.ModelExport) -> str:
 
 
 def _infer_sample(client: Client, export: tpb.ModelExport, sample: int) -> np.ndarray:
-    from twinbench.datasets import load_dataset
+    """One row of what the served model takes (twinbench.inputs), through the gateway."""
+    from twinbench.api import inference_pb2 as ipb
+    from twinbench.inputs import model_inputs, served_inputs
 
-    test = load_dataset("mnist-5k").test
-    if not 0 <= sample < len(test):
-        raise SystemExit(f"--sample must be 0..{len(test) - 1}")
-    request = infer_request(export.model_name, test.x[sample : sample + 1], version=export.version)
+    if sample < 0:
+        raise SystemExit(f"--sample must be 0 or more, got {sample}")
+    name, version = export.model_name, export.version
+    metadata = client.inference.ModelMetadata(ipb.ModelMetadataRequest(name=name, version=version))
+    config = client.inference.ModelConfig(ipb.ModelConfigRequest(name=name, version=version))
+    inputs, _ = model_inputs(served_inputs(metadata, config), rows=1, start=sample)
+    request = infer_request(name, inputs, version=version)
     return output_array(client.inference.ModelInfer(request), "logits")[0]
 
 
