@@ -229,13 +229,10 @@ def load_test(
 ) -> list[dict]:
     """Locust on each served (arm, format), in rounds whose order alternates (forward, backward,
     ...); round r serves repeat r's exports (cycling when there are more rounds than repeats)."""
-    from twinbench.datasets import load_dataset
     from twinbench.loadtest import run_locust
     from twinbench.serving_stats import server_compute_ms
 
     report_dir.mkdir(parents=True, exist_ok=True)
-    inputs = report_dir / "inputs.npy"  # the same real test images for every model
-    np.save(inputs, load_dataset("mnist-5k").test.x[: 64 * options.serving_batch_size])
     exports = repeat_exports(arms)
     keys = list(exports)
     rounds: dict[tuple[str, str], list[dict]] = {k: [] for k in keys}
@@ -249,7 +246,9 @@ def load_test(
             )
             stats = run_locust(
                 address, f"{export.model_name}:{export.version}", options.users, options.duration,
-                options.serving_batch_size, inputs,
+                # Inputs from each model's metadata and dataset (twinbench.inputs): the same
+                # real test images for every 1x28x28 model.
+                options.serving_batch_size, None,
                 report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
             )  # fmt: skip
             rounds[key].append({"version": export.version, **stats})
