@@ -36,6 +36,8 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
         "warmup_steps",
         "width",
         "image_size",
+        "workers",
+        "devices_per_worker",
     ):
         value = getattr(args, field)
         if value is not None:
@@ -426,6 +428,12 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
     p.add_argument("--seed", type=int, help="(default: 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--train-samples", type=int, help="train on the first N rows only")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="data-parallel worker processes; --batch-size stays the global batch (default: 1)",
+    )
+    p.add_argument("--devices-per-worker", type=int, help="GPUs each worker trains on (default: 1)")
     p.add_argument(
         "--warmup-steps",
         type=int,
