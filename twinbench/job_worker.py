@@ -264,9 +264,8 @@ def _isolate(
             else inter
         )
     os.environ["OMP_NUM_THREADS"] = str(intra)  # OpenMP and MKL pools, in both frameworks
-    cache = settings.home / "cache" / job_id
-    if topology.world_size > 1:
-        cache = cache / f"rank-{topology.rank}"
+    rank = f"-rank-{topology.rank}" if topology.world_size > 1 else ""
+    cache = settings.home / "cache" / f"{job_id}{rank}"
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
     os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
     os.environ["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={cache / 'xla'}"
