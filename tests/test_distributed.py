@@ -3,6 +3,7 @@ a killed worker fails its job with a clear error; the spec's limits and the reco
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -164,3 +165,31 @@ def test_jobs_show_prints_the_world():
     job.workers.add(rank=1, pid=7, samples=300)
     text = describe_job(job)
     assert "world size: 2" in text and "backend gloo" in text and "worker rank 1 (pid 7)" in text
+
+
+def test_scaling_bench_reports_efficiency_for_both_frameworks(client, tmp_path):
+    from twinbench.bench_scaling import (
+        ScalingOptions,
+        run_scaling_bench,
+        table_rows,
+        write_scaling_report,
+    )
+    from twinbench.bench_training import BenchOptions
+
+    # One repeat of a small model: this proves the plumbing, not a figure.
+    bench = BenchOptions(models=("mlp",), repeats=1, batch_size=32, warmup_steps=2, steps=6)
+    results = run_scaling_bench(client, ScalingOptions(bench, (1, 2)), progress=lambda _: None)
+    (row,) = results["rows"]
+    for framework in ("torch", "tf"):
+        one, two = row["runs"][framework][1][0], row["runs"][framework][2][0]
+        assert one["state"] == two["state"] == "succeeded", (one["error"], two["error"])
+        assert one["world_size"] == 1 and two["world_size"] == 2
+        assert [w["rank"] for w in two["workers"]] == [0, 1]
+    kinds = sorted((v["kind"], v.get("framework") or "") for v in results["verdicts"])
+    assert kinds == [("efficiency", ""), ("speed-up", "tf"), ("speed-up", "torch"),
+                     ("throughput", ""), ("throughput", "")]  # fmt: skip
+    headers, rows = table_rows(results)
+    assert [r[2] for r in rows] == ["1", "2"] and rows[0][6] == "1 (baseline)"
+    paths = write_scaling_report(tmp_path, results)
+    reread = json.loads(paths[0].read_text())
+    assert table_rows(reread) == (headers, rows)  # the report reads back as it was written

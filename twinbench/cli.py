@@ -320,6 +320,8 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
         image_size=args.image_size,
         channels_last=args.channels_last,
     )
+    if args.workers:
+        return cmd_bench_scaling(client, args, options)
     results = run_training_bench(client, options)
     results["options"]["command"] = "twinbench " + " ".join(args.argv)
     headers, rows = table_rows(results)
@@ -329,6 +331,33 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     failed = any(r["state"] != "succeeded" for row in results["rows"]
                  for runs in row["runs"].values() for r in runs)  # fmt: skip
+    return 1 if failed else 0
+
+
+def cmd_bench_scaling(client: Client, args: argparse.Namespace, options) -> int:
+    """`bench training --workers 1,2,...`: throughput and scaling efficiency per worker count."""
+    from twinbench.bench_scaling import (
+        ScalingOptions,
+        run_scaling_bench,
+        table_rows,
+        write_scaling_report,
+    )
+
+    try:
+        workers = tuple(sorted({int(w) for w in args.workers.split(",") if w.strip()}))
+    except ValueError:
+        raise SystemExit("--workers takes worker counts, e.g. 1,2") from None
+    if not workers or min(workers) < 1:
+        raise SystemExit("--workers takes worker counts of 1 or more, e.g. 1,2")
+    results = run_scaling_bench(client, ScalingOptions(options, workers))
+    results["options"]["command"] = "twinbench " + " ".join(args.argv)
+    headers, rows = table_rows(results)
+    print(table(headers, rows))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in write_scaling_report(Path(args.reports) / f"{stamp}-bench-scaling", results):
+        print(f"wrote {path}")
+    failed = any(r["state"] != "succeeded" for row in results["rows"]
+                 for by in row["runs"].values() for rs in by.values() for r in rs)  # fmt: skip
     return 1 if failed else 0
 
 
@@ -540,6 +569,12 @@ def parser() -> argparse.ArgumentParser:
         help="PyTorch jobs in the channels-last memory format (Keras is NHWC already)",
     )
     training.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
+    training.add_argument(
+        "--workers",
+        help="data-parallel worker counts, e.g. 1,2: throughput and scaling efficiency per count"
+        " for both frameworks (the global batch stays --batch-size; default: one worker, no"
+        " scaling table)",
+    )
     training.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     training.add_argument(
         "--warmup-steps", type=int, default=3, help="timed apart (default: %(default)s)"
