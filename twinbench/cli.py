@@ -550,7 +550,7 @@ def parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--model",
         action="append",
-        choices=sorted(ARCHITECTURES),
+        choices=sorted(MODELS),
         help="(default: alexnet, vgg19, resnet50, mobilenet_v2)",
     )
     add_architecture_options(training)

@@ -534,6 +534,25 @@ def leave(topology: Topology) -> None:
         (Path(folder) / f"rank-{topology.rank}.done").write_text("")
 
 
+def tf_config_from_pod_index(env: dict[str, str] | None = None) -> None:
+    """TF_CONFIG and the rank variables for a TensorFlow worker run by Kubernetes as one pod of an
+    indexed Job inside a JobSet (what a TrainJob of the twinbench-tensorflow runtime creates).
+
+    Kubeflow Trainer has no TensorFlow policy that would write TF_CONFIG, so each pod builds it
+    from what it knows: the worker count (TWINBENCH_TF_WORKERS), its own index
+    (JOB_COMPLETION_INDEX, set by Kubernetes for indexed Jobs) and the JobSet's name, from which
+    JobSet's stable pod hostnames follow: <jobset>-node-0-<index>.<jobset>."""
+    env = os.environ if env is None else env
+    if "TF_CONFIG" in env or "TWINBENCH_TF_WORKERS" not in env:
+        return
+    workers, index = int(env["TWINBENCH_TF_WORKERS"]), int(env.get("JOB_COMPLETION_INDEX", "0"))
+    name, port = env["TWINBENCH_JOBSET_NAME"], env.get("TWINBENCH_TF_PORT", "2222")
+    hosts = [f"{name}-node-0-{i}.{name}:{port}" for i in range(workers)]
+    config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+    env["TF_CONFIG"] = json.dumps(config)
+    env.update(RANK=str(index), WORLD_SIZE=str(workers), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+
+
 def die_with_parent() -> None:
     """A worker whose launcher is killed dies with it (Linux), rather than wait in a collective."""
     try:

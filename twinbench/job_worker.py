@@ -28,8 +28,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+from google.protobuf import json_format
 
 from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings, load_settings
@@ -42,6 +45,7 @@ from twinbench.distributed import (
     die_with_parent,
     leave,
     load_collective,
+    tf_config_from_pod_index,
     worker_cpus,
 )
 from twinbench.errors import InvalidArgument, JobCancelled, TwinbenchError
@@ -272,9 +276,53 @@ def _isolate(
     return cpus, (intra, inter), cache
 
 
+class FileContext(SilentContext):
+    """Rank 0 of a job that Kubernetes runs (no trainer): the record is written, whole and
+    atomically, to <TWINBENCH_HOME>/jobs/<id>.json at every change."""
+
+    def __init__(self, job: pb.Job, path: Path) -> None:
+        super().__init__(job)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def update(self, change) -> None:
+        change(self.job)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json_format.MessageToJson(self.job))
+        tmp.replace(self.path)
+
+    def epoch_done(self, metrics: pb.EpochMetrics) -> None:
+        self.update(lambda j: j.epochs.append(metrics))
+
+    def send(self, message: tuple) -> None:
+        if message[0] == "end":
+            state = pb.SUCCEEDED if message[1] == "ok" else pb.FAILED
+
+            def ended(j: pb.Job) -> None:
+                j.state, j.error, j.finished_at = state, message[2], time.time()
+
+            self.update(ended)
+
+
+def _standalone_job(topology: Topology) -> WorkerContext:
+    """A job from TWINBENCH_JOB_SPEC (a JobSpec as JSON) under the id TWINBENCH_JOB_ID: how a
+    Kubernetes TrainJob or JobSet runs twinbench's workers without a trainer service."""
+    from twinbench.jobs import resolve_spec
+
+    spec = resolve_spec(json_format.Parse(os.environ["TWINBENCH_JOB_SPEC"], pb.JobSpec()))
+    job = pb.Job(id=os.environ["TWINBENCH_JOB_ID"], spec=spec, state=pb.RUNNING,
+                 created_at=time.time(), started_at=time.time())  # fmt: skip
+    if not topology.writer:
+        return SilentContext(job)
+    return FileContext(job, load_settings().home / "jobs" / f"{job.id}.json")
+
+
 def _job_and_context(args: argparse.Namespace, topology: Topology) -> WorkerContext:
     """Where the job comes from and where its reports go: the trainer's socket (one process), the
-    trainer's report address (rank 0 of several) or nowhere (the other ranks)."""
+    trainer's report address (rank 0 of several), a file (a job run by Kubernetes) or nowhere
+    (the other ranks)."""
+    if "TWINBENCH_JOB_SPEC" in os.environ:
+        return _standalone_job(topology)
     if args.fd is not None:
         conn = Connection(args.fd)
         return WorkerContext(conn, pb.Job.FromString(conn.recv()))
@@ -289,6 +337,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--framework", required=True, help="module:class of the framework")
     parser.add_argument("--fd", type=int, help="the socket to the trainer (one-process jobs)")
     args = parser.parse_args(argv)
+    tf_config_from_pod_index()
     topology = Topology.from_env()
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s job-worker rank {topology.rank} %(message)s"
@@ -298,7 +347,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         announce(topology)
     ctx = _job_and_context(args, topology)
     job = ctx.job
-    if not isinstance(ctx, SilentContext):  # the reporting worker: it can be cancelled
+    if type(ctx) is WorkerContext:  # the worker that reports to a trainer: it can be cancelled
         threading.Thread(target=ctx.listen, name="cancel-listener", daemon=True).start()
     settings = load_settings()
     cache: Path | None = None
@@ -340,10 +389,11 @@ def worker_main(argv: list[str] | None = None) -> int:
             shutil.rmtree(cache, ignore_errors=True)
     ctx.ended = True
     ctx.send(("end", outcome, message))
-    if not isinstance(ctx, SilentContext):
-        ctx.close()
+    ctx.close()
     if args.fd is None and outcome == "ok":
         leave(topology)
+    if "TWINBENCH_JOB_SPEC" in os.environ:  # Kubernetes: a failed job is a failed pod
+        return 0 if outcome == "ok" else 1
     return 0 if outcome == "ok" or topology.world_size == 1 else 1
 
 
