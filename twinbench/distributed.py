@@ -250,6 +250,13 @@ def load_collective(framework, spec: pb.JobSpec, topology: Topology) -> Collecti
     """The framework's collective for a data-parallel job; None for a single-process one."""
     if not is_distributed(spec):
         return None
+    # PyTorch runs a process per device; TensorFlow a process per worker, mirroring its devices.
+    expected = workers_of(spec) * (devices_of(spec) if framework.name == "torch" else 1)
+    if topology.world_size != expected:
+        raise InvalidArgument(
+            f"the job asks for {workers_of(spec)} worker(s) x {devices_of(spec)} device(s), but"
+            f" {topology.world_size} process(es) were started for it"
+        )
     module, _, name = framework.distributed.partition(":")
     import importlib
 
