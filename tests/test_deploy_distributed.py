@@ -112,3 +112,24 @@ def test_a_tensorflow_pod_builds_tf_config_from_its_index():
     given = {"TF_CONFIG": "{}", "TWINBENCH_TF_WORKERS": "2"}
     tf_config_from_pod_index(given)  # a TF_CONFIG set by someone else is left alone
     assert given == {"TF_CONFIG": "{}", "TWINBENCH_TF_WORKERS": "2"}
+
+
+def test_locust_runs_as_master_and_workers_in_compose_and_kubernetes():
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["services"]
+    master, worker = compose["locust-master"], compose["locust-worker"]
+    assert master["profiles"] == worker["profiles"] == ["loadtest-distributed"]
+    assert "--master" in master["command"] and "--worker" in worker["command"]
+    assert worker["command"][worker["command"].index("--master-host") + 1] == "locust-master"
+    folder = ROOT / "deploy" / "k8s" / "loadtest"
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs = [d for name in kustomization["resources"]
+            for d in yaml.safe_load_all((folder / name).read_text())]  # fmt: skip
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    assert deployments["locust-master"]["spec"]["replicas"] == 1
+    (container,) = deployments["locust-worker"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][container["args"].index("--master-host") + 1] == "locust-master"
+    assert service["metadata"]["name"] == "locust-master"
+    assert 5557 in {p["port"] for p in service["spec"]["ports"]}  # Locust's master port

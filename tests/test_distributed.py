@@ -193,3 +193,42 @@ def test_scaling_bench_reports_efficiency_for_both_frameworks(client, tmp_path):
     paths = write_scaling_report(tmp_path, results)
     reread = json.loads(paths[0].read_text())
     assert table_rows(reread) == (headers, rows)  # the report reads back as it was written
+
+
+def test_locust_distributed_master_and_worker_load_a_real_gateway(stack, trained, tmp_path):
+    """One master and one worker process, headless, a few seconds: the master runs no users, so
+    every request it counts came from its worker."""
+    import socket
+    import subprocess
+    import sys
+
+    from twinbench.loadtest import LOCUSTFILE
+
+    job, _ = trained["torch"]
+    model = next(e.model_name for e in job.exports if e.format == "onnx")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host",
+              stack.gateway_address, "--models", model, "--loglevel", "WARNING"]  # fmt: skip
+    totals = tmp_path / "totals.json"
+    master = subprocess.Popen(
+        [*common, "--master", "--headless", "--master-bind-host", "127.0.0.1",
+         "--master-bind-port", str(port), "--expect-workers", "1", "-u", "2", "-r", "2",
+         "-t", "4s", "--totals-file", str(totals), "--only-summary"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [*common, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        output, _ = master.communicate(timeout=120)
+        assert worker.wait(timeout=60) == 0  # the master stops its workers at the end
+    finally:
+        for proc in (master, worker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    counts = json.loads(totals.read_text())
+    assert counts["requests"] > 0 and counts["failures"] == 0, output
