@@ -158,6 +158,20 @@ def test_specs_a_data_parallel_job_cannot_run_are_refused(fields, message):
         resolve_spec(tpb.JobSpec(framework="torch", model="mlp", **fields))
 
 
+def test_id_models_are_refused_and_the_cli_sets_the_workers():
+    from twinbench.cli import parser, spec_from_args
+    from twinbench.distributed import check_distributed_spec
+
+    with pytest.raises(InvalidArgument, match="does not train data-parallel"):
+        check_distributed_spec(tpb.JobSpec(framework="torch", model="ncf", workers=2,
+                                           batch_size=64))  # fmt: skip
+
+    args = parser().parse_args(["train", "--model", "mlp", "--workers", "2"])
+    spec = spec_from_args(args, "tf")
+    assert spec.workers == 2 and not spec.HasField("devices_per_worker")
+    assert resolve_spec(spec).workers == 2
+
+
 def test_jobs_show_prints_the_world():
     job = tpb.Job(id="torch-0123456789ab", state=tpb.RUNNING, world_size=2,
                   spec=resolve_spec(tpb.JobSpec(framework="torch", model="mlp", workers=2)))  # fmt: skip

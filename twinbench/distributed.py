@@ -273,6 +273,14 @@ def check_distributed_spec(spec: pb.JobSpec) -> None:
     if devices > 1 and spec.device == "cpu":
         raise InvalidArgument("devices_per_worker > 1 needs GPUs; this job asked for the CPU")
     world = workers * devices
+    if world > 1:
+        from twinbench.specs import ID_MODELS
+
+        if spec.model in ID_MODELS:
+            raise InvalidArgument(
+                f"{spec.model} does not train data-parallel (workers and devices_per_worker are"
+                " for the image models)"
+            )
     if world > 1 and spec.batch_size < world:
         raise InvalidArgument(
             f"batch_size {spec.batch_size} is the global batch: it must give each of the"
