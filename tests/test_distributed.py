@@ -151,6 +151,7 @@ def test_worker_figures_survive_the_all_reduce_row():
         (dict(workers=65), "workers must be 1..64"),
         (dict(workers=4, batch_size=2), "global batch"),
         (dict(devices_per_worker=2, device="cpu"), "needs GPUs"),
+        (dict(workers=2, precision="mixed"), "fp32 for now"),
     ],
 )
 def test_specs_a_data_parallel_job_cannot_run_are_refused(fields, message):

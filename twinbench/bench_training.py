@@ -44,6 +44,7 @@ class BenchOptions:
     models: tuple[str, ...]
     frameworks: tuple[str, str] = ("torch", "tf")
     modes: tuple[str, ...] = ("default",)
+    precisions: tuple[str, ...] = ("fp32",)  # twinbench.precision: "fp32", "mixed"
     repeats: int = 3
     batch_size: int = 16
     warmup_steps: int = 3
@@ -54,7 +55,9 @@ class BenchOptions:
     level: float = LEVEL
 
 
-def job_spec(options: BenchOptions, model: str, framework: str, mode: str, seed: int):
+def job_spec(
+    options: BenchOptions, model: str, framework: str, mode: str, seed: int, precision: str = "fp32"
+):
     spec = tpb.JobSpec(
         framework=framework,
         model=model,
@@ -67,6 +70,7 @@ def job_spec(options: BenchOptions, model: str, framework: str, mode: str, seed:
         skip_export=True,
         compiled=mode == "compiled",
         channels_last=options.channels_last and framework == "torch",
+        precision=precision,
     )
     if options.width is not None:
         spec.width = options.width
@@ -93,6 +97,8 @@ def _record(job: tpb.Job) -> dict:
         "baseline_rss_bytes": job.baseline_rss_bytes,
         "peak_rss_bytes": job.peak_rss_bytes,
         "peak_gpu_bytes": job.peak_gpu_bytes,
+        "data_peak_rss_bytes": job.data_peak_rss_bytes,
+        "precision": job.precision,
         "device": job.device,
         "framework_version": job.framework_version,
         "compilation": job.fairness.get("compilation", ""),
@@ -107,22 +113,27 @@ def run_training_bench(
     first, second = options.frameworks
     rows, lines = [], []
     for model in options.models:
-        for mode in options.modes:
+        for mode, precision in ((m, p) for m in options.modes for p in options.precisions):
+            label = f"{mode} {precision}"
             runs: dict[str, list[dict]] = {first: [], second: []}
             for repeat in range(options.repeats):
                 order = (first, second) if repeat % 2 == 0 else (second, first)
                 for framework in order:
-                    job = _run_job(client, job_spec(options, model, framework, mode, repeat))
+                    spec = job_spec(options, model, framework, mode, repeat, precision)
+                    job = _run_job(client, spec)
                     runs[framework].append(_record(job))
                     progress(
-                        f"{model} {mode} {framework} repeat {repeat + 1}: "
+                        f"{model} {label} {framework} repeat {repeat + 1}: "
                         + (
                             f"{job.steady_samples_per_second:,.1f} samples/s"
                             if job.state == tpb.SUCCEEDED
                             else f"{tpb.JobState.Name(job.state).lower()}: {job.error}"
                         )
                     )
-            row = {"model": model, "mode": mode, "runs": runs, "published": PUBLISHED.get(model)}
+            row = {
+                "model": model, "mode": mode, "precision": precision, "runs": runs,
+                "published": PUBLISHED.get(model),
+            }  # fmt: skip
             ok = all(r["state"] == "succeeded" for rs in runs.values() for r in rs)
             if ok:
                 estimate = paired_ratio(
@@ -134,12 +145,12 @@ def run_training_bench(
                 )
                 lines.append(
                     Line(
-                        f"{model} {mode}: steady training throughput",
+                        f"{model} {label}: steady training throughput",
                         first,
                         second,
                         estimate,
                         higher_is_better=True,
-                        extra={"model": model, "mode": mode},
+                        extra={"model": model, "mode": mode, "precision": precision},
                     )
                 )
             rows.append(row)
@@ -163,13 +174,14 @@ def _geomean(values: list[float]) -> float:
 
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     first, second = results["options"]["frameworks"]
-    verdicts = {(v["model"], v["mode"]): v for v in results["verdicts"]}
+    verdicts = {(v["model"], v["mode"], v.get("precision", "fp32")): v for v in results["verdicts"]}
     headers = [
-        "model", "mode", f"{first} samples/s", f"{second} samples/s",
+        "model", "mode", "precision", f"{first} samples/s", f"{second} samples/s",
         f"{first}/{second} [{results['options']['level']:.0%} interval]", "verdict",
-        f"{first} warm-up s", f"{second} warm-up s", f"{first} peak RSS MiB",
-        f"{second} peak RSS MiB", f"published {first} / {second} samples/s (GP100 2019)",
-        f"published {first}/{second}",
+        f"{first} warm-up s", f"{second} warm-up s",
+        f"{first} peak RSS MiB (data / training)", f"{second} peak RSS MiB (data / training)",
+        f"{first} / {second} peak GPU MiB",
+        f"published {first} / {second} samples/s (GP100 2019)", f"published {first}/{second}",
     ]  # fmt: skip
     out = []
     for row in results["rows"]:
@@ -180,9 +192,15 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             if not done:
                 return "failed"
             # Throughput: the geometric mean over repeats; memory: the largest peak.
-            return fmt.format((max(done) if "rss" in key else _geomean(done)) / scale)
+            return fmt.format((max(done) if "bytes" in key else _geomean(done)) / scale)
 
-        v = verdicts.get((row["model"], row["mode"]))
+        def memory(fw: str, runs=runs) -> str:
+            return f"{fig(fw, 'data_peak_rss_bytes', 2**20, '{:,.0f}')} / " + fig(
+                fw, "peak_rss_bytes", 2**20, "{:,.0f}"
+            )
+
+        gpu = [r["peak_gpu_bytes"] for rs in runs.values() for r in rs]
+        v = verdicts.get((row["model"], row["mode"], row.get("precision", "fp32")))
         if v is not None:
             low, high = v["interval"]
             ratio = f"{v['ratio']:.3f} [{low:.3f}, {high:.3f}]" if high else f"{v['ratio']:.3f}"
@@ -192,10 +210,12 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         # The paper's figures by framework, so the column follows --frameworks' order.
         published = dict(zip(("tf", "torch"), row["published"])) if row["published"] else None  # noqa: B905
         out.append([
-            row["model"], row["mode"], fig(first, "samples_per_second"),
-            fig(second, "samples_per_second"), ratio, verdict,
+            row["model"], row["mode"], row.get("precision", "fp32"),
+            fig(first, "samples_per_second"), fig(second, "samples_per_second"), ratio, verdict,
             fig(first, "warmup_seconds", fmt="{:.2f}"), fig(second, "warmup_seconds", fmt="{:.2f}"),
-            fig(first, "peak_rss_bytes", 2**20, "{:,.0f}"), fig(second, "peak_rss_bytes", 2**20, "{:,.0f}"),
+            memory(first), memory(second),
+            f"{fig(first, 'peak_gpu_bytes', 2**20, '{:,.0f}')} / "
+            f"{fig(second, 'peak_gpu_bytes', 2**20, '{:,.0f}')}" if any(gpu) else "- (no GPU)",
             f"{published[first]:,.4g} / {published[second]:,.4g}" if published else "-",
             f"{published[first] / published[second]:.3f}" if published else "-",
         ])  # fmt: skip

@@ -20,6 +20,7 @@ from twinbench.console import describe_job, table, watch_all
 from twinbench.errors import TwinbenchError
 from twinbench.jobs import state_name
 from twinbench.launcher import LocalStack
+from twinbench.precision import PRECISIONS
 from twinbench.specs import ARCHITECTURES, ID_MODELS, MODELS
 from twinbench.tensors import infer_request, output_array
 
@@ -46,6 +47,8 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
         spec.device = args.device
     if args.init:
         spec.init = args.init
+    if args.precision:
+        spec.precision = args.precision
     if args.target_accuracy is not None:
         spec.target_accuracy = args.target_accuracy
     if args.optimizer:
@@ -171,6 +174,8 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
             f"--frameworks takes two of {', '.join(FRAMEWORKS)}, e.g. torch,tf or torch,torch;"
             f" got {args.frameworks!r}"
         )
+    if args.rounds is None:
+        args.rounds = args.repeats
     if args.repeats < 1 or args.rounds < 1:
         raise SystemExit("--repeats and --rounds must be 1 or more")
     if not 0.5 <= args.confidence < 1:
@@ -306,12 +311,16 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
         raise SystemExit(f"--frameworks takes two different ones of {', '.join(FRAMEWORKS)}")
     if not set(modes) <= {"default", "compiled"}:
         raise SystemExit("--modes takes default and/or compiled")
+    precisions = tuple(p.strip() for p in args.precision.split(","))
+    if not set(precisions) <= set(PRECISIONS):
+        raise SystemExit(f"--precision takes {' and/or '.join(PRECISIONS)}")
     if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
         raise SystemExit("--repeats, --steps, --warmup-steps and --batch-size must be 1 or more")
     options = BenchOptions(
         models=tuple(args.model or ARCHITECTURES),
         frameworks=frameworks,
         modes=modes,
+        precisions=precisions,
         repeats=args.repeats,
         batch_size=args.batch_size,
         warmup_steps=args.warmup_steps,
@@ -470,6 +479,12 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
         " job's steps when it has fewer than 20)",
     )
     p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (default) or mixed: float16 with loss scaling on a GPU, bfloat16 on a CPU"
+        " that has bfloat16 instructions",
+    )
+    p.add_argument(
         "--init",
         choices=["shared", "framework"],
         help="shared: both frameworks start from the same weights (default);"
@@ -564,6 +579,12 @@ def parser() -> argparse.ArgumentParser:
         " (default: %(default)s)",
     )
     training.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 and/or mixed (bfloat16 on a CPU that has it, float16 on a GPU), e.g."
+        " fp32,mixed (default: %(default)s)",
+    )
+    training.add_argument(
         "--channels-last",
         action="store_true",
         help="PyTorch jobs in the channels-last memory format (Keras is NHWC already)",
@@ -648,9 +669,8 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="serving rounds, the models' order alternating; serving verdicts rest on these"
-        " pairs (default: %(default)s)",
+        help="serving rounds, the models' order alternating; round r serves repeat r's exports,"
+        " and serving verdicts pair the repeats' exports (default: the repeats)",
     )
     compare.add_argument(
         "--serving-batch-size", type=int, default=1, help="images per request (default: 1)"

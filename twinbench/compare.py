@@ -5,7 +5,11 @@ machine's noise floor and must name no winner). Each repeat gives both arms a ne
 same one in an A/B run; in an A/A run each arm its own, since one seed twice gives bit-identical
 runs that prove nothing). Jobs run one at a time, in the order A B B A A B ..., so a drift of
 the machine over the run weighs on both arms alike. Serving is measured in rounds that alternate
-the order of the served models the same way. Every verdict comes from `twinbench.stats`.
+the order of the served models the same way, and each round serves another repeat's exports:
+two exports of one model, even loaded in one process, can serve at a steadily different pace
+(an A/A run once measured 1.26x in both of two rounds on the same two versions), so rounds on the
+same two exports are not independent, and the serving verdict pairs repeats' exports, as the
+accuracy verdict resamples seeds. Every verdict comes from `twinbench.stats`.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class CompareOptions:
     repeats: int
     users: int  # Locust users per served model; 0 skips the load test
     duration: str  # Locust run time per model and round
-    rounds: int  # serving rounds, alternating the models' order
+    rounds: int  # serving rounds, alternating the models' order; round r serves repeat r's exports
     serving_batch_size: int
     reports: Path
     sample: int  # a test image each export classifies once
@@ -101,13 +105,13 @@ def run_compare(
     predictions: dict[str, np.ndarray] = {}
     with services(settings, gateway) as (address, stack):
         client = Client(address, settings)
-        train_arms(client, arms, base_spec, options.repeats)
+        train_arms(client, arms, base_spec, options.repeats, export_all=options.users > 0)
         served = served_exports(arms)
         for _, export in served:  # one inference to each export through the gateway
             predictions[_served_label(export)] = _infer_sample(client, export, options.sample)
         client.close()
         if options.users > 0 and served:
-            serving = load_test(address, settings, served, options, report_dir)
+            serving = load_test(address, settings, arms, options, report_dir)
         if stack and options.bench_seconds > 0 and served:
             serving_cost = serving_cost_of(stack, [e for _, e in served], options.bench_seconds)
     lines = training_lines(arms, settings, options.level)
@@ -143,15 +147,20 @@ def run_compare(
     return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
 
 
-def train_arms(client: Client, arms: list[Arm], base_spec: tpb.JobSpec, repeats: int) -> None:
-    """Every job, one at a time (run together, they would share the CPU and skew the timings)."""
+def train_arms(
+    client: Client, arms: list[Arm], base_spec: tpb.JobSpec, repeats: int, export_all: bool
+) -> None:
+    """Every job, one at a time (run together, they would share the CPU and skew the timings).
+
+    With `export_all`, every repeat exports (the serving rounds pair them); else only the last.
+    """
     for repeat, k in run_order(repeats):
         arm = arms[k]
         spec = tpb.JobSpec()
         spec.CopyFrom(base_spec)
         spec.framework = arm.framework
         spec.seed = arm.seeds[repeat]
-        spec.skip_export = repeat < repeats - 1  # the last repeat's models are the served ones
+        spec.skip_export = not export_all and repeat < repeats - 1
         print(f"repeat {repeat + 1}/{repeats}: {arm.label}, seed {spec.seed}")
         (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
         try:
@@ -164,6 +173,7 @@ def train_arms(client: Client, arms: list[Arm], base_spec: tpb.JobSpec, repeats:
 
 
 def served_exports(arms: list[Arm]) -> list[tuple[Arm, tpb.ModelExport]]:
+    """The last repeat's exports: the ones a user would serve, asked once each for a prediction."""
     out = []
     for arm in arms:
         last = arm.jobs[-1] if arm.jobs else None
@@ -189,14 +199,31 @@ def _infer_sample(client: Client, export: tpb.ModelExport, sample: int) -> np.nd
 # --- serving ---
 
 
+def repeat_exports(arms: list[Arm]) -> dict[tuple[str, str], list[tpb.ModelExport]]:
+    """(arm, format): that arm's export of the format from each repeat both arms completed, in
+    repeat order, so that the i-th exports of the two arms were trained from the same seed."""
+    complete = [
+        i
+        for i in range(min(len(arm.jobs) for arm in arms))
+        if all(arm.jobs[i].state == tpb.SUCCEEDED for arm in arms)
+    ]
+    out: dict[tuple[str, str], list[tpb.ModelExport]] = {}
+    for arm in arms:
+        for i in complete:
+            for export in arm.jobs[i].exports:
+                out.setdefault((arm.label, export.format), []).append(export)
+    return out
+
+
 def load_test(
     address: str,
     settings: Settings,
-    served: list[tuple[Arm, tpb.ModelExport]],
+    arms: list[Arm],
     options: CompareOptions,
     report_dir: Path,
 ) -> list[dict]:
-    """Locust on each served export, in rounds whose order alternates (forward, backward, ...)."""
+    """Locust on each served (arm, format), in rounds whose order alternates (forward, backward,
+    ...); round r serves repeat r's exports (cycling when there are more rounds than repeats)."""
     from twinbench.datasets import load_dataset
     from twinbench.loadtest import run_locust
     from twinbench.serving_stats import server_compute_ms
@@ -204,11 +231,13 @@ def load_test(
     report_dir.mkdir(parents=True, exist_ok=True)
     inputs = report_dir / "inputs.npy"  # the same real test images for every model
     np.save(inputs, load_dataset("mnist-5k").test.x[: 64 * options.serving_batch_size])
-    rounds: dict[int, list[dict]] = {i: [] for i in range(len(served))}
+    exports = repeat_exports(arms)
+    keys = list(exports)
+    rounds: dict[tuple[str, str], list[dict]] = {k: [] for k in keys}
     for r in range(options.rounds):
-        order = range(len(served)) if r % 2 == 0 else reversed(range(len(served)))
-        for i in order:
-            arm, export = served[i]
+        for key in keys if r % 2 == 0 else reversed(keys):
+            per_repeat = exports[key]
+            export = per_repeat[r % len(per_repeat)]
             print(
                 f"load test, round {r + 1}/{options.rounds}: {_served_label(export)},"
                 f" {options.users} users for {options.duration}"
@@ -218,24 +247,28 @@ def load_test(
                 options.serving_batch_size, inputs,
                 report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
             )  # fmt: skip
-            rounds[i].append(stats)
+            rounds[key].append({"version": export.version, **stats})
     out = []
-    for i, (arm, export) in enumerate(served):
-        per_round = rounds[i]
+    for key in keys:
+        arm = next(a for a in arms if a.label == key[0])
+        last = exports[key][-1]
+        per_round = rounds[key]
+        versions = sorted({s["version"] for s in per_round}, key=int)
+        # The exports' own time on their trainer (Triton's ModelStatistics), whatever the load
+        # generator's CPU was doing: the mean over the versions the rounds served.
+        compute = [server_compute_ms(address, settings, last.model_name, v) for v in versions]
+        compute = [c for c in compute if c is not None]
         out.append(
             {
-                "model_name": export.model_name,
-                "version": export.version,
+                "model_name": last.model_name,
+                "version": last.version,
+                "versions": versions,
                 "arm": arm.label,
                 "framework": arm.framework,
-                "format": export.format,
+                "format": last.format,
                 **_median_of_rounds(per_round),
                 "rounds": per_round,
-                # The export's own time on its trainer (Triton's ModelStatistics), whatever the
-                # load generator's CPU was doing.
-                "server_compute_ms": server_compute_ms(
-                    address, settings, export.model_name, export.version
-                ),
+                "server_compute_ms": float(np.mean(compute)) if compute else None,
             }
         )
     return out
@@ -405,7 +438,12 @@ def _range_detail(first: list[float], second: list[float], fmt: str) -> str:
 
 
 def serving_lines(arms: list[Arm], serving: list[dict], level: float) -> list[Line]:
-    """Median latency per served format, first arm's export over the second's, paired by round."""
+    """Median latency per served format, first arm's exports over the second's.
+
+    The paired unit is a pair of exports (one repeat's), not a round: rounds that served the
+    same two exports again are averaged into their pair first, so a steady difference between
+    two particular exports counts once, as one draw of the models a framework trains.
+    """
     lines = []
     for kind, formats in (("onnx", ("onnx",)), ("native format", NATIVE_FORMATS)):
         pick = {
@@ -414,24 +452,37 @@ def serving_lines(arms: list[Arm], serving: list[dict], level: float) -> list[Li
         a, b = pick.get(arms[0].label), pick.get(arms[1].label)
         if not (a and b):
             continue
-        rounds = [
-            (ra["latency_ms"]["p50"], rb["latency_ms"]["p50"])
-            for ra, rb in zip(a["rounds"], b["rounds"], strict=True)
-            if ra["latency_ms"]["p50"] > 0 and rb["latency_ms"]["p50"] > 0
-        ]
-        if not rounds:
+        by_exports: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
+            if ra["latency_ms"]["p50"] > 0 and rb["latency_ms"]["p50"] > 0:
+                key = (ra.get("version", a["version"]), rb.get("version", b["version"]))
+                by_exports.setdefault(key, []).append(
+                    (ra["latency_ms"]["p50"], rb["latency_ms"]["p50"])
+                )
+        if not by_exports:
             continue
+        pairs = [
+            (
+                statistics.geometric_mean(x for x, _ in rs),
+                statistics.geometric_mean(y for _, y in rs),
+            )
+            for rs in by_exports.values()
+        ]
         lines.append(
             Line(
                 f"faster to serve, {kind} (p50 latency)",
-                f"{a['model_name']} v{a['version']}",
-                f"{b['model_name']} v{b['version']}",
-                paired_ratio([x for x, _ in rounds], [y for _, y in rounds], level=level),
+                _versions_label(a, [va for va, _ in by_exports]),
+                _versions_label(b, [vb for _, vb in by_exports]),
+                paired_ratio([x for x, _ in pairs], [y for _, y in pairs], level=level),
                 higher_is_better=False,
-                detail=_range_detail([x for x, _ in rounds], [y for _, y in rounds], "{:.2f} ms"),
+                detail=_range_detail([x for x, _ in pairs], [y for _, y in pairs], "{:.2f} ms"),
             )
         )
     return lines
+
+
+def _versions_label(served: dict, versions: list[str]) -> str:
+    return f"{served['model_name']} v{','.join(versions)}"
 
 
 # --- the terminal ---

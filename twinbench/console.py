@@ -112,7 +112,9 @@ def describe_job(job: tpb.Job) -> str:
         + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
         + f", seed {spec.seed}, device {spec.device}, init {spec.init}",
         f"  ran on: {job.device or '-'} ({job.framework_version or '-'}),"
-        f" {job.parameter_count:,} parameters",
+        f" {job.parameter_count:,} parameters, {job.precision or spec.precision or 'fp32'}"
+        + (", compiled" if spec.compiled else "")
+        + (", channels-last" if spec.channels_last else ""),
     ]
     if job.epochs:
         headers = [
@@ -164,6 +166,11 @@ def describe_job(job: tpb.Job) -> str:
                 f" ({(job.peak_rss_bytes - job.baseline_rss_bytes) / 2**20:+.0f} MiB over the"
                 f" process's {job.baseline_rss_bytes / 2**20:.0f} MiB before data)"
                 if job.baseline_rss_bytes
+                else ""
+            )
+            + (
+                f"; {job.data_peak_rss_bytes / 2**20:.0f} MiB by the end of loading data"
+                if job.data_peak_rss_bytes
                 else ""
             )
             + ", peak GPU "

@@ -281,6 +281,10 @@ def check_distributed_spec(spec: pb.JobSpec) -> None:
                 f"{spec.model} does not train data-parallel (workers and devices_per_worker are"
                 " for the image models)"
             )
+    if world > 1 and spec.precision not in ("", "fp32"):
+        raise InvalidArgument(
+            "data-parallel jobs train in fp32 for now: mixed precision runs with one worker"
+        )
     if world > 1 and spec.batch_size < world:
         raise InvalidArgument(
             f"batch_size {spec.batch_size} is the global batch: it must give each of the"

@@ -26,6 +26,7 @@ from twinbench.errors import (
     TwinbenchError,
 )
 from twinbench.init import INIT_MODES
+from twinbench.precision import PRECISIONS
 from twinbench.repository import FRAMEWORK_FORMATS
 from twinbench.specs import ModelSpec, get_model_spec
 
@@ -90,6 +91,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     out.seed = spec.seed if spec.HasField("seed") else 0
     out.device = spec.device or "auto"
     out.init = spec.init or "shared"
+    out.precision = spec.precision or "fp32"
     opt = out.optimizer
     opt.name = opt.name or defaults.optimizer
     if not opt.HasField("learning_rate"):
@@ -108,6 +110,10 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         (out.seed >= 0, f"seed must be 0 or more, got {out.seed}"),
         (out.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {out.device!r}"),
         (out.init in INIT_MODES, f"init must be one of {', '.join(INIT_MODES)}, got {out.init!r}"),
+        (
+            out.precision in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, got {out.precision!r}",
+        ),
         (opt.name in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (
             0 < opt.learning_rate <= 10,

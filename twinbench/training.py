@@ -48,6 +48,7 @@ class Session(Protocol):
 
     device_name: str
     parameter_count: int
+    precision: str  # what runs: "fp32", "mixed float16" or "mixed bfloat16" (twinbench.precision)
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """A whole split in the framework's layout; done once per job, outside the timed loop."""
@@ -329,6 +330,7 @@ def _train_and_export(
     train = data.train
     if spec.HasField("train_samples"):
         train = Split(train.x[: spec.train_samples], train.y[: spec.train_samples])
+    data_peak_rss = max(rss.peak, current_rss_bytes())
 
     session = parallel.new_session(framework, spec, model, data)
     train_x, val_x, test_x = (session.prepare(s.x) for s in (train, data.val, data.test))
@@ -337,6 +339,8 @@ def _train_and_export(
         j.device = session.device_name
         j.framework_version = framework.version
         j.parameter_count = session.parameter_count
+        j.precision = session.precision
+        j.data_peak_rss_bytes = data_peak_rss
         j.num_classes = data.num_classes
         j.fairness.update({**SHARED_FAIRNESS, **session.fairness()})
 

@@ -45,7 +45,7 @@ class DistributedTFSession(TFSession):
         if self.augment is not None:
             x = self.augment(x, training=True)
         with tf.GradientTape() as tape:
-            logits = self.model(x, training=True)
+            logits = tf.cast(self.model(x, training=True), tf.float32)  # as TFSession's step
             # The loss function, not the Loss object: under a strategy Keras's Loss divides by the
             # number of replicas itself, and here the weight says each replica's share.
             per_row = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)

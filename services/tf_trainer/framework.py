@@ -24,6 +24,8 @@ from twinbench.init import (  # noqa: E402
     keras_layout,
     shared_initial_weights,
 )
+from twinbench.precision import GROWTH_STEPS, INITIAL_LOSS_SCALE, compute_dtype, recorded
+from twinbench.precision import describe as describe_precision
 from twinbench.serving import OnnxRuntime  # noqa: E402
 from twinbench.specs import (  # noqa: E402
     GNMT,
@@ -139,10 +141,16 @@ def _weight_names() -> Iterator[str]:
     return (f"weighted_{i}" for i in itertools.count())
 
 
-def build_model(spec: ModelSpec) -> keras.Model:
+def build_model(spec: ModelSpec, dtype_policy: str | None = None) -> keras.Model:
+    """The declared model; with `dtype_policy` (e.g. "mixed_bfloat16"), every layer takes it."""
     c, h, w = spec.input_shape
-    inputs = keras.Input((h, w, c))
-    return keras.Model(inputs, _apply(spec.layers, inputs, _weight_names()), name=spec.name)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy or "float32")  # read by layers as they are made
+    try:
+        inputs = keras.Input((h, w, c))
+        return keras.Model(inputs, _apply(spec.layers, inputs, _weight_names()), name=spec.name)
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def set_weights(model: keras.Model, spec: ModelSpec, weights: Weights) -> None:
@@ -208,10 +216,16 @@ class TFSession:
         self.device = pick_device(spec.device)
         self.input_shape = model_spec.input_shape
         keras.utils.set_random_seed(spec.seed)
+        # Mixed precision (twinbench.precision): the trained model computes in the 16-bit type;
+        # evaluation and exports run a float32 twin holding the same weights, as PyTorch
+        # evaluates and exports outside autocast.
+        dtype = compute_dtype(spec.precision, on_gpu="GPU" in self.device)
+        self.compute_dtype, self.precision = dtype, recorded(dtype)
         with tf.device(self.device):
-            self.model = build_model(model_spec)
+            self.model = build_model(model_spec, f"mixed_{dtype}" if dtype else None)
             if spec.init == "shared":
                 set_weights(self.model, model_spec, shared_initial_weights(model_spec, spec.seed))
+            self.fp32_model = build_model(model_spec) if dtype else self.model
         self.parameter_count = trainable_count(self.model)
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
         if "GPU" in self.device:  # the peak of this job, not of the process
@@ -221,6 +235,10 @@ class TFSession:
             self.optimizer = keras.optimizers.Adam(opt.learning_rate, epsilon=opt.epsilon)
         else:
             self.optimizer = keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum)
+        if dtype == "float16":
+            self.optimizer = keras.optimizers.LossScaleOptimizer(
+                self.optimizer, initial_scale=INITIAL_LOSS_SCALE, dynamic_growth_steps=GROWTH_STEPS
+            )
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.spec, self.model_spec = spec, model_spec
         self.augment = build_augment(model_spec.augment, spec.seed)
@@ -234,7 +252,7 @@ class TFSession:
             jit_compile=bool(spec.compiled),
         )
         self._forward = tf.function(
-            lambda x: self.model(x, training=False), input_signature=[image], jit_compile=False
+            lambda x: self.fp32_model(x, training=False), input_signature=[image], jit_compile=False
         )
 
     def fairness(self) -> dict[str, str]:
@@ -253,6 +271,7 @@ class TFSession:
             if self.spec.compiled
             else "tf.function with fixed signatures, XLA off (jit_compile=False)",
             "layout": "NHWC (Keras's)",
+            "precision": describe_precision(self.compute_dtype),
             "augmentation": "none"
             if not augment
             else f"RandomFlip('horizontal'): {augment.horizontal_flip}; RandomRotation"
@@ -280,9 +299,10 @@ class TFSession:
         if self.augment is not None:
             x = self.augment(x, training=True)
         with tf.GradientTape() as tape:
-            logits = self.model(x, training=True)
+            logits = tf.cast(self.model(x, training=True), tf.float32)
             loss = self.loss(y, logits)
-        grads = tape.gradient(loss, self.model.trainable_variables)
+            scaled = self.optimizer.scale_loss(loss) if self.compute_dtype == "float16" else loss
+        grads = tape.gradient(scaled, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
         hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.int32))
         return loss, hits
@@ -296,7 +316,12 @@ class TFSession:
             loss, hits = self._train_step(x, y)
         return float(loss.numpy()), int(hits.numpy())
 
+    def _sync_fp32_model(self) -> None:
+        if self.fp32_model is not self.model:
+            self.fp32_model.set_weights(self.model.get_weights())
+
     def predict(self, x: np.ndarray) -> np.ndarray:
+        self._sync_fp32_model()
         with tf.device(self.device):
             out = [
                 self._forward(x[start : start + PREDICT_BATCH]).numpy()
@@ -305,7 +330,8 @@ class TFSession:
         return np.concatenate(out)
 
     def export(self, fmt: str, path: Path) -> None:
-        module = _Serving(self.model, self.input_shape)
+        self._sync_fp32_model()
+        module = _Serving(self.fp32_model, self.input_shape)
         if fmt == "savedmodel":
             tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
         elif fmt == "onnx":

@@ -16,6 +16,8 @@ from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import Dataset
 from twinbench.errors import InvalidArgument
 from twinbench.init import SHARED_INIT, Weights, shared_initial_weights
+from twinbench.precision import GROWTH_STEPS, INITIAL_LOSS_SCALE, compute_dtype, recorded
+from twinbench.precision import describe as describe_precision
 from twinbench.serving import OnnxRuntime
 from twinbench.specs import (
     GNMT,
@@ -207,6 +209,17 @@ class TorchSession:
         # The training forward pass only; evaluation and exports use the eager model. Inductor's
         # cache is the job's own, cold (twinbench.job_worker), so compiling is timed in warm-up.
         self.forward = torch.compile(self.model) if spec.compiled else self.model
+        # Mixed precision (twinbench.precision): autocast for the forward pass, and a loss
+        # scaler for float16 that starts where Keras's does.
+        dtype = compute_dtype(spec.precision, on_gpu=self.device.type == "cuda")
+        self.compute_dtype, self.precision = dtype, recorded(dtype)
+        self.autocast_dtype = getattr(torch, dtype) if dtype else None
+        self.scaler = torch.amp.GradScaler(
+            self.device.type,
+            init_scale=INITIAL_LOSS_SCALE,
+            growth_interval=GROWTH_STEPS,
+            enabled=dtype == "float16",
+        )
 
     def fairness(self) -> dict[str, str]:
         opt, augment = self.spec.optimizer, self.model_spec.augment
@@ -224,6 +237,7 @@ class TorchSession:
             if self.spec.compiled
             else "eager (no torch.compile)",
             "layout": "channels-last (NHWC in memory)" if self.spec.channels_last else "NCHW",
+            "precision": describe_precision(self.compute_dtype),
             "augmentation": "none"
             if not augment
             else f"horizontal flip p=0.5: {augment.horizontal_flip}; rotation"
@@ -237,6 +251,8 @@ class TorchSession:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         if self.augment:
             state["augment_rng"] = self.augment.generator.get_state()
+        if self.scaler.is_enabled():  # the loss scale reached, so a resumed job goes on from it
+            state["scaler"] = self.scaler.state_dict()
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)
@@ -247,6 +263,8 @@ class TorchSession:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.augment and "augment_rng" in state:
             self.augment.generator.set_state(state["augment_rng"].cpu())
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self.model.train()
@@ -254,11 +272,15 @@ class TorchSession:
         labels = torch.from_numpy(y).to(self.device, non_blocking=True)
         if self.augment:
             inputs = self.augment(inputs)
-        logits = self.forward(inputs.contiguous(memory_format=self.memory_format))
-        loss = nn.functional.cross_entropy(logits, labels)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            logits = self.forward(inputs.contiguous(memory_format=self.memory_format))
+        loss = nn.functional.cross_entropy(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()  # with no float16, scale and step pass straight through
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         hits = (logits.argmax(dim=1) == labels).sum()
         # One transfer, so one device synchronisation per step, not two.
         loss_value, hit_count = torch.stack([loss.detach(), hits.to(loss.dtype)]).tolist()
