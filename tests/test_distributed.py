@@ -73,6 +73,7 @@ def _onnx_weights(settings, job: tpb.Job) -> dict[str, np.ndarray]:
             if t.data_type == onnx.TensorProto.FLOAT}  # fmt: skip
 
 
+@pytest.mark.integration  # real worker processes of both frameworks
 @pytest.mark.parametrize("manager", ["torch", "tf"], indirect=True)
 def test_two_workers_train_the_weights_one_worker_trains(manager):
     m, settings = manager
@@ -99,6 +100,7 @@ def test_two_workers_train_the_weights_one_worker_trains(manager):
         assert relative <= RELATIVE_TOLERANCE, (framework, name, relative)
 
 
+@pytest.mark.integration  # real worker processes of both frameworks
 @pytest.mark.parametrize("manager", ["torch", "tf"], indirect=True)
 def test_a_killed_worker_fails_the_job_and_stops_the_others(manager):
     m, settings = manager
