@@ -249,3 +249,32 @@ def test_locust_distributed_master_and_worker_load_a_real_gateway(stack, trained
                 proc.wait()
     counts = json.loads(totals.read_text())
     assert counts["requests"] > 0 and counts["failures"] == 0, output
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("manager", ["torch"], indirect=True)
+def test_a_resumable_job_resumes_with_all_its_workers_after_the_trainer_stops(manager):
+    m, settings = manager
+    spec = tpb.JobSpec(framework="torch", model="mlp", dataset="mnist-5k", epochs=12,
+                       batch_size=BATCH, train_samples=512, workers=2, resume=True,
+                       skip_export=True)  # fmt: skip
+    job = m.create(spec)
+    deadline = time.monotonic() + 180
+    while len(m.get(job.id).epochs) < 2:
+        assert time.monotonic() < deadline, "the job did not finish two epochs"
+        time.sleep(0.2)
+    m.stop(timeout_s=60)  # the trainer stopping: rank 0 checkpointed, the job waits to resume
+    stopped = m.get(job.id)
+    assert stopped.state == tpb.QUEUED, stopped.error
+    done = len(stopped.epochs)
+    again = JobManager("torch", JobStore(settings.jobs_db("torch")), m.run_job)
+    again.start()
+    try:
+        final = _finish(again, job.id)
+    finally:
+        again.stop()
+    assert final.state == tpb.SUCCEEDED, final.error
+    assert [e.epoch for e in final.epochs] == list(range(1, 13))
+    assert final.world_size == 2 and all(w.samples > 0 for w in final.workers)
+    # The resumed run trained only the epochs after the checkpoint.
+    assert final.workers[0].samples < 12 * 256 and done >= 2
