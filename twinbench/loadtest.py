@@ -21,10 +21,11 @@ def run_locust(
     users: int,
     duration: str,
     batch_size: int,
-    input_file: Path,
+    input_file: Path | None,
     csv_prefix: Path,
 ) -> dict:
-    """Locust's figures for `model` (requests, failures, req/s, latency percentiles in ms)."""
+    """Locust's figures for `model` (requests, failures, req/s, latency percentiles in ms).
+    Without `input_file`, the requests are built from the model's metadata and dataset."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     latency_file = csv_prefix.with_name(csv_prefix.name + "_latencies.npy")
     totals_file = csv_prefix.with_name(csv_prefix.name + "_totals.json")
@@ -37,7 +38,7 @@ def run_locust(
         "--csv", str(csv_prefix),
         "--models", model,
         "--batch-size", str(batch_size),
-        "--input-file", str(input_file),
+        *(["--input-file", str(input_file)] if input_file else []),
         "--latency-file", str(latency_file),
         "--totals-file", str(totals_file),
         "--loglevel", "WARNING",

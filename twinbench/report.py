@@ -64,7 +64,9 @@ def training_record(job: tpb.Job) -> dict:
     ]
     rows = round(job.epochs[0].samples_per_second * job.epochs[0].seconds) if job.epochs else 0
     n = job.num_classes
-    matrix = np.array(job.confusion_matrix, dtype=int).reshape(n, n).tolist() if n else []
+    # NCF and GNMT jobs have classes (or a vocabulary) but no confusion matrix.
+    has_matrix = n and len(job.confusion_matrix) == n * n
+    matrix = np.array(job.confusion_matrix, dtype=int).reshape(n, n).tolist() if has_matrix else []
     spec, opt = job.spec, job.spec.optimizer
     return {
         "job_id": job.id,

@@ -75,6 +75,20 @@ def framework_of(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One input tensor of a served model, per sample (the batch dimension comes first)."""
+
+    name: str
+    datatype: str  # a V2 datatype: "FP32" for images, "INT64" for ids
+    shape: tuple[int, ...]
+    id_limit: int = 0  # INT64 ids must lie in [0, id_limit); 0: not ids
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> InputSpec:
+        return cls(raw["name"], raw["datatype"], tuple(raw["shape"]), raw.get("id_limit", 0))
+
+
+@dataclass(frozen=True)
 class ExportInfo:
     """What a served version is: stored beside it as export.json."""
 
@@ -91,6 +105,18 @@ class ExportInfo:
     sha256: str
     max_abs_diff: float
     created_at: float
+    # Models with inputs other than one FP32 image (NCF, GNMT) list them here; empty: one FP32
+    # input named INPUT_NAME of input_shape (every export written before these existed).
+    inputs: tuple[InputSpec, ...] = ()
+    output_shape: tuple[int, ...] = ()  # one sample's logits; empty: (num_classes,)
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        return self.inputs or (InputSpec(INPUT_NAME, "FP32", tuple(self.input_shape)),)
+
+    @property
+    def logits_shape(self) -> tuple[int, ...]:
+        return self.output_shape or (self.num_classes,)
 
     @property
     def platform(self) -> str:
@@ -105,6 +131,8 @@ class ExportInfo:
         raw = json.loads(text)
         raw["input_shape"] = tuple(raw["input_shape"])
         raw["class_names"] = tuple(raw["class_names"])
+        raw["inputs"] = tuple(InputSpec.from_dict(i) for i in raw.get("inputs", ()))
+        raw["output_shape"] = tuple(raw.get("output_shape", ()))
         return cls(**raw)
 
 
@@ -122,13 +150,25 @@ def sha256_of(path: Path) -> str:
 
 
 def triton_config(info: ExportInfo) -> str:
-    dims = ", ".join(str(d) for d in info.input_shape)
+    dims = lambda shape: ", ".join(str(d) for d in shape)  # noqa: E731
+    inputs = ", ".join(
+        f'{{ name: "{i.name}" data_type: TYPE_{i.datatype} dims: [ {dims(i.shape)} ] }}'
+        for i in info.input_specs
+    )
+    # The ids' ranges, which the V2 metadata has no field for; ModelConfig's parameters (Triton's
+    # field 14) carry them to clients that build inputs, as "<input>.id_limit".
+    parameters = "".join(
+        f'parameters {{ key: "{i.name}.id_limit" value {{ string_value: "{i.id_limit}" }} }}\n'
+        for i in info.input_specs
+        if i.id_limit
+    )
     return (
         f'name: "{info.name}"\n'
         f'platform: "{info.platform}"\n'
         f"max_batch_size: {info.max_batch_size}\n"
-        f'input [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
-        f'output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {info.num_classes} ] }} ]\n'
+        f"input [ {inputs} ]\n"
+        f'output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {dims(info.logits_shape)} ] }} ]\n'
+        f"{parameters}"
     )
 
 

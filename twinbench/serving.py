@@ -18,7 +18,6 @@ from twinbench.api import inference_pb2 as pb
 from twinbench.errors import InvalidArgument, NotFound, TwinbenchError, Unavailable
 from twinbench.link import INTERNAL, OK, Reply, status_of
 from twinbench.repository import (
-    INPUT_NAME,
     OUTPUT_NAME,
     ExportInfo,
     ModelRepository,
@@ -26,14 +25,15 @@ from twinbench.repository import (
     parse_model_name,
 )
 from twinbench.serving_stats import RequestTiming, ServingStats
-from twinbench.tensors import TensorError, add_output, decode_inputs
+from twinbench.tensors import DATATYPES, TensorError, add_output, decode_inputs
 
 log = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """float32 N x C x H x W in, float32 logits N x classes out."""
+    def infer(self, *inputs: np.ndarray) -> np.ndarray:
+        """The model's inputs in their declared order (an image model's one: float32 N x C x H x
+        W; NCF: user and item ids; GNMT: source and target token ids), float32 logits out."""
 
 
 # (path of model.pt / model.onnx / model.savedmodel, CPU threads per call or None to leave the
@@ -59,10 +59,10 @@ class OnnxRuntime:
             options.intra_op_num_threads = threads
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+    def infer(self, *inputs: np.ndarray) -> np.ndarray:
+        return self.session.run(None, dict(zip(self.input_names, inputs, strict=True)))[0]
 
 
 class InferenceCore:
@@ -169,8 +169,11 @@ class InferenceCore:
             name=name,
             versions=[str(v) for v in self.versions(name)],
             platform=info.platform,
-            inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, *info.input_shape])],
-            outputs=[tensor(name=OUTPUT_NAME, datatype="FP32", shape=[-1, info.num_classes])],
+            inputs=[
+                tensor(name=i.name, datatype=i.datatype, shape=[-1, *i.shape])
+                for i in info.input_specs
+            ],
+            outputs=[tensor(name=OUTPUT_NAME, datatype="FP32", shape=[-1, *info.logits_shape])],
         )
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
@@ -207,7 +210,7 @@ class InferenceCore:
             raise
         prepared = time.perf_counter_ns()
         try:
-            logits = runtime.infer(batch)
+            logits = runtime.infer(*batch)
         except Exception:
             self._failed(info.name, str(info.version), start)
             raise
@@ -217,8 +220,8 @@ class InferenceCore:
         timing = RequestTiming(
             done - start, 0, prepared - start, inferred - prepared, done - inferred
         )
-        self.stats.execution(info.name, info.version, len(batch), *_phases(timing))
-        self.stats.success(info.name, info.version, len(batch), timing)
+        self.stats.execution(info.name, info.version, len(batch[0]), *_phases(timing))
+        self.stats.success(info.name, info.version, len(batch[0]), timing)
         return response
 
     def _failed(self, name: str, version: str, start_ns: int) -> None:
@@ -239,7 +242,7 @@ class InferenceCore:
         """
         arrived = time.perf_counter_ns()
         replies: list[Reply | None] = [None] * len(requests)
-        runs: dict[tuple[str, int], list[tuple[int, pb.ModelInferRequest, np.ndarray]]] = {}
+        runs: dict[tuple[str, int], list[tuple[int, pb.ModelInferRequest, list[np.ndarray]]]] = {}
         runtimes: dict[tuple[str, int], tuple[ExportInfo, Runtime]] = {}
         prepared: list[int] = [0] * len(requests)  # when each request's input was ready
         input_ns: list[int] = [0] * len(requests)
@@ -267,11 +270,14 @@ class InferenceCore:
             limit = min(info.max_batch_size, self.max_rows)
             for chunk in _chunks(items, limit):
                 batches = [batch for _, _, batch in chunk]
+                merged = (
+                    batches[0]
+                    if len(batches) == 1
+                    else [np.concatenate(parts) for parts in zip(*batches, strict=True)]
+                )
                 began = time.perf_counter_ns()
                 try:
-                    logits = runtime.infer(
-                        batches[0] if len(batches) == 1 else np.concatenate(batches)
-                    )
+                    logits = runtime.infer(*merged)
                 except Exception:  # noqa: BLE001 - every request of the chunk hears of it
                     log.exception("%s version %d failed on a batch", *key)
                     failed = (INTERNAL, f"model {key[0]!r} failed; see the trainer's log".encode())
@@ -283,8 +289,8 @@ class InferenceCore:
                 at = 0
                 output_total = 0
                 for i, request, batch in chunk:
-                    rows = logits[at : at + len(batch)]
-                    at += len(batch)
+                    rows = logits[at : at + len(batch[0])]
+                    at += len(batch[0])
                     out_start = time.perf_counter_ns()
                     replies[i] = (OK, self._response(request, info, rows).SerializeToString())
                     done = time.perf_counter_ns()
@@ -297,14 +303,16 @@ class InferenceCore:
                         compute_infer=inferred - began,
                         compute_output=done - out_start,
                     )
-                    self.stats.success(*key, len(batch), timing)
+                    self.stats.success(*key, len(batch[0]), timing)
                 self.stats.execution(
                     *key, at, sum(input_ns[i] for i, _, _ in chunk), inferred - began, output_total
                 )
         return replies
 
-    def _prepare(self, request: pb.ModelInferRequest) -> tuple[ExportInfo, Runtime, np.ndarray]:
-        """The model version a request names and its input, checked."""
+    def _prepare(
+        self, request: pb.ModelInferRequest
+    ) -> tuple[ExportInfo, Runtime, list[np.ndarray]]:
+        """The model version a request names and its inputs, checked, in the model's order."""
         info, runtime = self.load(request.model_name, request.model_version)
         batch = self._input(request, info)
         for out in request.outputs:
@@ -325,30 +333,53 @@ class InferenceCore:
         return response
 
     @staticmethod
-    def _input(request: pb.ModelInferRequest, info: ExportInfo) -> np.ndarray:
+    def _input(request: pb.ModelInferRequest, info: ExportInfo) -> list[np.ndarray]:
         try:
             inputs = decode_inputs(request)
         except TensorError as exc:
             raise InvalidArgument(str(exc)) from None
-        if list(inputs) != [INPUT_NAME]:
+        specs = info.input_specs
+        names = [spec.name for spec in specs]
+        if sorted(inputs) != sorted(names):
+            if len(specs) == 1:
+                raise InvalidArgument(
+                    f"model {info.name!r} takes one input named {names[0]!r}, got {list(inputs)}"
+                )
+            raise InvalidArgument(f"model {info.name!r} takes inputs {names}, got {list(inputs)}")
+        out = []
+        for spec in specs:
+            batch = inputs[spec.name]
+            expected = [-1, *spec.shape]
+            dtype = DATATYPES[spec.datatype][0]
+            if batch.dtype != dtype:
+                raise InvalidArgument(
+                    f"input {spec.name!r} must be {spec.datatype}, got {batch.dtype}"
+                )
+            if batch.ndim != len(expected) or tuple(batch.shape[1:]) != spec.shape:
+                layout = " (batch first, NCHW)" if spec.datatype == "FP32" else " (batch first)"
+                raise InvalidArgument(
+                    f"input {spec.name!r} has shape {list(batch.shape)}; model {info.name!r} "
+                    f"takes {expected}{layout}"
+                )
+            if not 1 <= batch.shape[0] <= info.max_batch_size:
+                raise InvalidArgument(
+                    f"batch size {batch.shape[0]} is outside 1..{info.max_batch_size} "
+                    f"for model {info.name!r}"
+                )
+            # An id out of its table would fail inside the runtime (an INTERNAL error) or,
+            # in some runtimes, read another row: refuse it here.
+            if spec.id_limit and batch.size and (batch.min() < 0 or batch.max() >= spec.id_limit):
+                raise InvalidArgument(
+                    f"input {spec.name!r} holds ids outside 0..{spec.id_limit - 1}"
+                    f" for model {info.name!r}"
+                )
+            out.append(batch)
+        if len({len(batch) for batch in out}) > 1:
             raise InvalidArgument(
-                f"model {info.name!r} takes one input named {INPUT_NAME!r}, got {list(inputs)}"
+                f"model {info.name!r}: inputs {names} have different batch sizes"
+                f" {[len(b) for b in out]}"
             )
-        batch = inputs[INPUT_NAME]
-        expected = [-1, *info.input_shape]
-        if batch.dtype != np.float32:
-            raise InvalidArgument(f"input {INPUT_NAME!r} must be FP32, got {batch.dtype}")
-        if batch.ndim != len(expected) or tuple(batch.shape[1:]) != info.input_shape:
-            raise InvalidArgument(
-                f"input {INPUT_NAME!r} has shape {list(batch.shape)}; model {info.name!r} "
-                f"takes {expected} (batch first, NCHW)"
-            )
-        if not 1 <= batch.shape[0] <= info.max_batch_size:
-            raise InvalidArgument(
-                f"batch size {batch.shape[0]} is outside 1..{info.max_batch_size} "
-                f"for model {info.name!r}"
-            )
-        return batch
+        return out
 
 
 EXTENSIONS = ("model_configuration", "statistics")
@@ -370,7 +401,7 @@ def _chunks(items: list, max_rows: int) -> list[list]:
     chunks: list[list] = []
     rows = max_rows
     for item in items:
-        n = len(item[2])
+        n = len(item[2][0])  # the rows of its first input
         if rows + n > max_rows:
             chunks.append([])
             rows = 0

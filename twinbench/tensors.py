@@ -92,13 +92,19 @@ def add_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) ->
 
 
 def infer_request(
-    model: str, batch: np.ndarray, input_name: str = "input", version: str = ""
+    model: str,
+    batch: np.ndarray | dict[str, np.ndarray],
+    input_name: str = "input",
+    version: str = "",
 ) -> pb.ModelInferRequest:
-    """A request carrying `batch` as raw bytes, as V2 clients send it for speed."""
-    batch = np.ascontiguousarray(batch)
+    """A request carrying `batch` (one array, or arrays by input name) as raw bytes, as V2
+    clients send it for speed."""
+    inputs = batch if isinstance(batch, dict) else {input_name: batch}
     request = pb.ModelInferRequest(model_name=model, model_version=version)
-    request.inputs.add(name=input_name, datatype=datatype_of(batch), shape=batch.shape)
-    request.raw_input_contents.append(batch.tobytes())
+    for name, array in inputs.items():
+        array = np.ascontiguousarray(array)
+        request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        request.raw_input_contents.append(array.tobytes())
     return request
 
 

@@ -24,11 +24,12 @@ from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings
 from twinbench.datasets import Dataset, Split, epoch_order, load_dataset
 from twinbench.distributed import DataParallel
-from twinbench.errors import InvalidArgument, TwinbenchError
+from twinbench.errors import TwinbenchError
 from twinbench.jobs import JobContext, job_model
 from twinbench.repository import ModelRepository, model_name
 from twinbench.serving import Loader, Runtime
 from twinbench.specs import ModelSpec
+from twinbench.tasks import Task, check_inputs, task_for
 from twinbench.tbevents import EventWriter
 
 # Largest |reloaded export - in-memory model| accepted on a test batch of logits.
@@ -54,7 +55,8 @@ class Session(Protocol):
         """A whole split in the framework's layout; done once per job, outside the timed loop."""
 
     def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        """One optimizer step; returns the batch's mean loss and its number of correct predictions."""
+        """One optimizer step; returns the batch's mean loss and its number of correct predictions
+        (per task: images, user-item pairs, or non-pad target tokens; see twinbench.tasks)."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits for all of a prepared `x`, in inference mode."""
@@ -84,24 +86,17 @@ class Framework(Protocol):
     def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> Session: ...
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy of logits, computed the same way for both frameworks' evaluations."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
-
-
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     matrix = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(matrix, (labels, predicted), 1)
     return matrix
 
 
-def _evaluate(session: Session, x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
-    logits = session.predict(x)
-    predicted = logits.argmax(axis=1)
-    return cross_entropy(logits, y), float((predicted == y).mean()), predicted
+def _evaluate(
+    task: Task, session: Session, x: np.ndarray, y: np.ndarray
+) -> tuple[float, float, np.ndarray | None]:
+    result = task.evaluate(session.predict, x, y)
+    return result.loss, result.accuracy, result.predicted
 
 
 class StepTimer:
@@ -240,7 +235,6 @@ def current_rss_bytes() -> int:
 SHARED_FAIRNESS = {
     "data order": "one seeded permutation per epoch, shared by both frameworks",
     "split": "fixed, seeded in shared code; the same rows for every job",
-    "loss": "mean cross-entropy on logits (the models output logits)",
     "evaluation": "loss and accuracy computed in shared code from each framework's logits",
     "timing": "the first warm-up steps timed apart; steady figures from every later step, the"
     " batch slicing and per-step augmentation included, evaluation excluded",
@@ -322,11 +316,9 @@ def _train_and_export(
 ) -> None:
     spec = job.spec
     model = job_model(spec)
+    task = task_for(model)
     data = load_dataset(spec.dataset, model, settings.data)
-    if data.input_shape != model.input_shape:
-        raise InvalidArgument(
-            f"model {model.name} takes {model.input_shape}, dataset {data.name} has {data.input_shape}"
-        )
+    check_inputs(task, data.train.x, data.name, model.name)
     train = data.train
     if spec.HasField("train_samples"):
         train = Split(train.x[: spec.train_samples], train.y[: spec.train_samples])
@@ -342,7 +334,9 @@ def _train_and_export(
         j.precision = session.precision
         j.data_peak_rss_bytes = data_peak_rss
         j.num_classes = data.num_classes
-        j.fairness.update({**SHARED_FAIRNESS, **session.fairness()})
+        j.task = task.kind
+        j.throughput_unit = task.unit
+        j.fairness.update({**SHARED_FAIRNESS, "loss": task.loss, **session.fairness()})
 
     ctx.update(started)
     run_dir = settings.runs / f"{spec.model}-{data.name.replace(':', '_')}" / job.id
@@ -350,6 +344,8 @@ def _train_and_export(
 
     n, batch_size = len(train), spec.batch_size
     batches = -(-n // batch_size)
+    # What a mean loss and an accuracy are taken over: the rows, or GNMT's non-pad tokens.
+    epoch_units = task.units(train.y)
     train_seconds = time_to_target = 0.0
     target_epoch = first_epoch = 0
     resumed = checkpoints.latest()
@@ -386,27 +382,29 @@ def _train_and_export(
                 step_start = time.perf_counter()
                 rows = order[b * batch_size : (b + 1) * batch_size]
                 mine = parallel.mine(rows)  # this worker's shard; all the rows with one worker
-                loss, hits = session.train_batch(train_x[mine], train.y[mine])
+                labels = train.y[mine]
+                loss, hits = session.train_batch(train_x[mine], labels)
                 elapsed = time.perf_counter() - step_start  # loss fetched: synced
-                timer.add(elapsed, len(rows))
-                parallel.step_done(elapsed, len(mine))
-                loss_sum += loss * len(mine)
+                units = task.units(labels)  # len(mine), but for GNMT's tokens
+                timer.add(elapsed, task.units(train.y[rows]))  # the job's: every worker's rows
+                parallel.step_done(elapsed, units)
+                loss_sum += loss * units
                 correct += hits
-                seen += len(mine)
-                ctx.progress(epoch, b + 1, batches, loss_sum / max(1, seen))
+                seen += units
+                ctx.progress(epoch, b + 1, batches, loss_sum / max(seen, 1))
                 beside.check(every_s=1.0)
             seconds = time.perf_counter() - start
             train_seconds += seconds
             loss_sum, correct = parallel.epoch_sums(loss_sum, correct)
-            val_loss, val_accuracy, _ = _evaluate(session, val_x, data.val.y)
+            val_loss, val_accuracy, _ = _evaluate(task, session, val_x, data.val.y)
             metrics = pb.EpochMetrics(
                 epoch=epoch,
-                train_loss=loss_sum / n,
-                train_accuracy=correct / n,
+                train_loss=loss_sum / max(epoch_units, 1),
+                train_accuracy=correct / max(epoch_units, 1),
                 val_loss=val_loss,
                 val_accuracy=val_accuracy,
                 seconds=seconds,
-                samples_per_second=n / seconds,
+                samples_per_second=epoch_units / seconds,
             )
             ctx.epoch_done(metrics)
             board.scalars(
@@ -428,8 +426,7 @@ def _train_and_export(
     finally:
         board.close()
 
-    test_loss, test_accuracy, predicted = _evaluate(session, test_x, data.test.y)
-    matrix = confusion_matrix(data.test.y, predicted, data.num_classes)
+    test_loss, test_accuracy, predicted = _evaluate(task, session, test_x, data.test.y)
     beside.check()
     workers = parallel.gather()
 
@@ -445,8 +442,10 @@ def _train_and_export(
         j.target_epoch = target_epoch
         j.test_loss = test_loss
         j.test_accuracy = test_accuracy
-        j.confusion_matrix[:] = matrix.ravel().tolist()
-        j.test_predictions[:] = predicted.tolist()
+        if predicted is not None:  # classification only
+            matrix = confusion_matrix(data.test.y, predicted, data.num_classes)
+            j.confusion_matrix[:] = matrix.ravel().tolist()
+            j.test_predictions[:] = predicted.tolist()
         j.peak_rss_bytes = max(rss.peak, current_rss_bytes())
         j.peak_gpu_bytes = session.peak_gpu_bytes()
         j.overlapped_jobs[:] = sorted(beside.seen)
@@ -458,7 +457,7 @@ def _train_and_export(
         for fmt in spec.export_formats:
             ctx.check_cancelled()
             export = _export(
-                framework, session, repository, job, data, fmt, settings.max_batch_size
+                framework, session, repository, job, data, task, fmt, settings.max_batch_size
             )
             ctx.update(lambda j, e=export: j.exports.append(e))
     parallel.close()  # the other workers wait here until rank 0 has exported
@@ -495,6 +494,7 @@ def _export(
     repository: ModelRepository,
     job: pb.Job,
     data: Dataset,
+    task: Task,
     fmt: str,
     max_batch_size: int,
 ) -> pb.ModelExport:
@@ -506,7 +506,7 @@ def _export(
         # No thread setting: this runs in the job's process, whose threads stay as the job set them.
         runtime: Runtime = framework.loaders[fmt](staging.model_path, None)
         expected = session.predict(session.prepare(batch))
-        diff = float(np.max(np.abs(runtime.infer(batch) - expected)))
+        diff = float(np.max(np.abs(runtime.infer(*task.split(batch)) - expected)))
         if not diff <= EXPORT_TOLERANCE:  # also catches NaN
             raise TwinbenchError(
                 f"the reloaded {fmt} export differs from the trained model by {diff:.3g} "
@@ -521,6 +521,10 @@ def _export(
             class_names=data.class_names,
             max_batch_size=max_batch_size,
             max_abs_diff=diff,
+            # Only what differs from one FP32 image in, class logits out, so that exports of
+            # image models stay as they were.
+            inputs=() if task.kind == "classification" else task.inputs,
+            output_shape=() if task.kind == "classification" else task.output_shape,
         )
     return pb.ModelExport(
         model_name=name,

@@ -18,10 +18,12 @@ from twinbench.api import trainer_pb2 as pb  # noqa: E402
 from twinbench.datasets import Dataset  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
 from twinbench.init import (  # noqa: E402
+    SHARED_ID_INIT,
     SHARED_INIT,
     Weights,
     keras_id_arrays,
     keras_layout,
+    shared_id_weights,
     shared_initial_weights,
 )
 from twinbench.precision import GROWTH_STEPS, INITIAL_LOSS_SCALE, compute_dtype, recorded
@@ -44,6 +46,7 @@ from twinbench.specs import (  # noqa: E402
     Residual,
     conv_padding,
 )
+from twinbench.tasks import PAD_ID, Task, task_for  # noqa: E402
 
 PREDICT_BATCH = 1024
 ONNX_OPSET = 17
@@ -364,9 +367,13 @@ class SavedModelRuntime:
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.loaded = tf.saved_model.load(str(path))
         self.fn = self.loaded.signatures["serving_default"]
+        # The inputs in their declared order: the signature takes them by name (and lists them
+        # sorted), the saved `serve` function keeps their order.
+        self.input_names = [spec.name for spec in self.loaded.serve.input_signature]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.fn(input=tf.constant(batch))["logits"].numpy()
+    def infer(self, *inputs: np.ndarray) -> np.ndarray:
+        arguments = {n: tf.constant(x) for n, x in zip(self.input_names, inputs, strict=True)}
+        return self.fn(**arguments)["logits"].numpy()
 
 
 class TFFramework:
@@ -384,7 +391,11 @@ class TFFramework:
             tf.config.threading.get_inter_op_parallelism_threads(),
         )
 
-    def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TFSession:
+    def new_session(
+        self, spec: pb.JobSpec, model: ModelSpec | NeuMF | GNMT, data: Dataset
+    ) -> TFSession | TFIdSession:
+        if isinstance(model, (NeuMF, GNMT)):
+            return TFIdSession(spec, model)
         return TFSession(spec, model)
 
 
@@ -429,3 +440,146 @@ def set_id_weights(model: keras.Model, weights: Weights) -> None:
     """Loads an id-input model's weights in PyTorch's layout (see keras_id_arrays)."""
     for name, arrays in zip(_weight_names(), weights):  # noqa: B905
         model.get_layer(name).set_weights(keras_id_arrays(arrays))
+
+
+class _IdServing(tf.Module):
+    """The exported signature of an id-input model: its task's INT64 inputs, logits out."""
+
+    def __init__(self, model: keras.Model, task: Task) -> None:
+        super().__init__()
+        self.model = model
+        self.serve = tf.function(
+            lambda *inputs: {"logits": self.model(list(inputs), training=False)},
+            input_signature=[
+                tf.TensorSpec([None, *i.shape], tf.int64, name=i.name) for i in task.inputs
+            ],
+        )
+
+
+class TFIdSession:
+    """A job of an id-input model (NCF, GNMT): the loss and inputs its task says
+    (twinbench/tasks.py), a tf.function step with fixed signatures, in fp32."""
+
+    def __init__(self, spec: pb.JobSpec, declared: NeuMF | GNMT) -> None:
+        if spec.channels_last:
+            raise InvalidArgument(f"model {declared.name} takes ids: channels-last is for images")
+        self.precision = "fp32"  # refused otherwise (twinbench.jobs.resolve_spec)
+        self.spec = spec
+        self.declared = declared
+        self.task: Task = task_for(declared)
+        self.device = pick_device(spec.device)
+        keras.utils.set_random_seed(spec.seed)
+        with tf.device(self.device):
+            self.model = build_id_model(declared)
+            if spec.init == "shared":
+                set_id_weights(self.model, shared_id_weights(declared, spec.seed))
+        self.parameter_count = trainable_count(self.model)
+        self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
+        if "GPU" in self.device:
+            tf.config.experimental.reset_memory_stats(self.device.split("device:")[-1])
+        opt = spec.optimizer
+        if opt.name == "adam":
+            self.optimizer = keras.optimizers.Adam(opt.learning_rate, epsilon=opt.epsilon)
+        else:
+            self.optimizer = keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum)
+        if self.task.kind == "ranking":
+            # Default reduction "sum_over_batch_size": the mean over the batch, as PyTorch's.
+            self.loss = keras.losses.BinaryCrossentropy(from_logits=True)
+        else:
+            # With ignore_class, "sum_over_batch_size" weighs each unmasked token total/valid:
+            # the mean over the non-pad tokens, as PyTorch's ignore_index with reduction "mean".
+            self.loss = keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, ignore_class=PAD_ID
+            )
+        inputs = [tf.TensorSpec([None, *i.shape], tf.int64) for i in self.task.inputs]
+        labels = tf.TensorSpec([None, *self.task.output_shape[:-1]], tf.int64)
+        self._train_step = tf.function(
+            self._step, input_signature=[inputs, labels], jit_compile=bool(spec.compiled)
+        )
+        self._forward = tf.function(
+            lambda xs: self.model(xs, training=False), input_signature=[inputs], jit_compile=False
+        )
+
+    def fairness(self) -> dict[str, str]:
+        opt = self.spec.optimizer
+        return {
+            "init": SHARED_ID_INIT
+            if self.spec.init == "shared"
+            else "Keras's own: embeddings U(-0.05, 0.05), Glorot uniform kernels, orthogonal"
+            " recurrent kernels, zero biases but the forget gates' 1",
+            "optimizer": f"Adam, epsilon {opt.epsilon:g} added before the bias correction"
+            if opt.name == "adam"
+            else f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v",
+            "embedding gradients": "sparse (tf.IndexedSlices, Keras's default); the optimizer"
+            " updates every row as with dense ones",
+            "tf32": "off",
+            "compilation": "tf.function with fixed signatures, XLA on (jit_compile=True), cold"
+            " job-private cache, compiled in the warm-up steps"
+            if self.spec.compiled
+            else "tf.function with fixed signatures, XLA off (jit_compile=False)",
+            "gpu memory": "memory growth on",
+        }
+
+    def _step(self, xs, y):
+        with tf.GradientTape() as tape:
+            logits = self.model(xs, training=True)
+            if self.task.kind == "ranking":
+                loss = self.loss(tf.cast(y[:, None], logits.dtype), logits)
+                hits = tf.equal(logits[:, 0] > 0, tf.equal(y, 1))
+            else:
+                loss = self.loss(y, logits)
+                hits = tf.logical_and(tf.equal(tf.argmax(logits, axis=-1), y), y != PAD_ID)
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
+        return loss, tf.reduce_sum(tf.cast(hits, tf.int32))
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return x  # ids need no layout change
+
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        with tf.device(self.device):
+            loss, hits = self._train_step(self.task.split(x), y)
+        return float(loss.numpy()), int(hits.numpy())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with tf.device(self.device):
+            out = [
+                self._forward(self.task.split(x[start : start + PREDICT_BATCH])).numpy()
+                for start in range(0, len(x), PREDICT_BATCH)
+            ]
+        return np.concatenate(out)
+
+    def export(self, fmt: str, path: Path) -> None:
+        module = _IdServing(self.model, self.task)
+        if fmt == "savedmodel":
+            tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+        elif fmt == "onnx":
+            import tf2onnx
+
+            tf2onnx.convert.from_function(
+                module.serve,
+                input_signature=module.serve.input_signature,
+                opset=ONNX_OPSET,
+                output_path=str(path),
+            )
+        else:
+            raise InvalidArgument(f"the tf trainer cannot export {fmt!r}")
+
+    def peak_gpu_bytes(self) -> int:
+        if "GPU" not in self.device:
+            return 0
+        return int(tf.config.experimental.get_memory_info(self.device.split("device:")[-1])["peak"])
+
+    def save_checkpoint(self, path: Path) -> None:
+        arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
+        arrays.update({f"o{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        with np.load(path) as arrays:
+            self.model.set_weights([arrays[f"w{i}"] for i in range(len(self.model.get_weights()))])
+            self.optimizer.build(self.model.trainable_variables)
+            for i, variable in enumerate(self.optimizer.variables):
+                variable.assign(arrays[f"o{i}"])

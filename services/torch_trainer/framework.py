@@ -15,7 +15,13 @@ from torch import nn
 from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import Dataset
 from twinbench.errors import InvalidArgument
-from twinbench.init import SHARED_INIT, Weights, shared_initial_weights
+from twinbench.init import (
+    SHARED_ID_INIT,
+    SHARED_INIT,
+    Weights,
+    shared_id_weights,
+    shared_initial_weights,
+)
 from twinbench.precision import GROWTH_STEPS, INITIAL_LOSS_SCALE, compute_dtype, recorded
 from twinbench.precision import describe as describe_precision
 from twinbench.serving import OnnxRuntime
@@ -37,6 +43,7 @@ from twinbench.specs import (
     conv_padding,
     output_shape,
 )
+from twinbench.tasks import PAD_ID, Task, task_for
 
 # Request tensors are read-only views over the request bytes; the models never write to them.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -339,12 +346,13 @@ class TorchScriptRuntime:
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
         self.threads = threads
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, *inputs: np.ndarray) -> np.ndarray:
         if self.threads and getattr(_serving_thread, "threads", None) != self.threads:
             torch.set_num_threads(self.threads)
             _serving_thread.threads = self.threads
         with torch.inference_mode():
-            return self.module(torch.from_numpy(batch).to(self.device)).cpu().numpy()
+            tensors = (torch.from_numpy(x).to(self.device) for x in inputs)
+            return self.module(*tensors).cpu().numpy()
 
 
 class TorchFramework:
@@ -358,7 +366,11 @@ class TorchFramework:
         torch.set_num_interop_threads(inter_op)  # once per process, before any parallel work
         return torch.get_num_threads(), torch.get_num_interop_threads()
 
-    def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TorchSession:
+    def new_session(
+        self, spec: pb.JobSpec, model: ModelSpec | NeuMF | GNMT, data: Dataset
+    ) -> TorchSession | TorchIdSession:
+        if isinstance(model, (NeuMF, GNMT)):
+            return TorchIdSession(spec, model)
         return TorchSession(spec, model)
 
 
@@ -420,3 +432,140 @@ def id_model_weights(model: nn.Module) -> Weights:
         if isinstance(m, (nn.Embedding, nn.Linear, nn.LSTM)):
             out.append(tuple(p.detach().cpu().numpy() for p in m.parameters()))
     return out
+
+
+def load_id_weights(model: nn.Module, weights: Weights) -> None:
+    """Loads weights in id_model_weights's layout and order."""
+    modules = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Linear, nn.LSTM))]
+    with torch.no_grad():
+        for module, arrays in zip(modules, weights, strict=True):
+            for tensor, array in zip(module.parameters(), arrays, strict=True):
+                tensor.copy_(torch.from_numpy(array))
+
+
+class TorchIdSession:
+    """A job of an id-input model (NCF, GNMT): the loss and inputs its task says
+    (twinbench/tasks.py), eager, in fp32."""
+
+    def __init__(self, spec: pb.JobSpec, declared: NeuMF | GNMT) -> None:
+        if spec.channels_last:
+            raise InvalidArgument(f"model {declared.name} takes ids: channels-last is for images")
+        self.precision = "fp32"  # refused otherwise (twinbench.jobs.resolve_spec)
+        self.spec = spec
+        self.declared = declared
+        self.task: Task = task_for(declared)
+        self.device = pick_device(spec.device)
+        torch.manual_seed(spec.seed)
+        model = build_id_model(declared)
+        if spec.init == "shared":
+            load_id_weights(model, shared_id_weights(declared, spec.seed))
+        self.model = model.to(self.device)
+        self.parameter_count = sum(p.numel() for p in self.model.parameters())
+        self.device_name = (
+            torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        )
+        opt = spec.optimizer
+        if opt.name == "adam":
+            self.optimizer = torch.optim.Adam(
+                self.model.parameters(), lr=opt.learning_rate, eps=opt.epsilon
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=opt.learning_rate, momentum=opt.momentum
+            )
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        # As in TorchSession: the training forward pass only, compiled in the warm-up steps.
+        self.forward = torch.compile(self.model) if spec.compiled else self.model
+
+    def fairness(self) -> dict[str, str]:
+        opt = self.spec.optimizer
+        return {
+            "init": SHARED_ID_INIT
+            if self.spec.init == "shared"
+            else "PyTorch's own: embeddings N(0, 1), Linear and LSTM U(+-1/sqrt fan_in)",
+            "optimizer": f"Adam, eps {opt.epsilon:g} added after the bias correction"
+            if opt.name == "adam"
+            else f"SGD, momentum {opt.momentum:g}: v = mu v + g, w -= lr v",
+            "embedding gradients": "dense (nn.Embedding's default)",
+            "tf32": "off for matmul and cuDNN",
+            "compilation": "torch.compile (Inductor), cold job-private cache, compiled in the"
+            " warm-up steps"
+            if self.spec.compiled
+            else "eager (no torch.compile)",
+        }
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return x  # ids need no layout change
+
+    def _inputs(self, x: np.ndarray) -> list[torch.Tensor]:
+        return [torch.from_numpy(a).to(self.device) for a in self.task.split(x)]
+
+    def _loss(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean loss and its number of hits, as twinbench.tasks defines them."""
+        if self.task.kind == "ranking":
+            logit = logits.squeeze(1)
+            loss = nn.functional.binary_cross_entropy_with_logits(logit, labels.to(logit.dtype))
+            return loss, ((logit > 0) == (labels == 1)).sum()
+        flat = logits.reshape(-1, logits.shape[-1])
+        loss = nn.functional.cross_entropy(flat, labels.reshape(-1), ignore_index=PAD_ID)
+        hits = ((logits.argmax(-1) == labels) & (labels != PAD_ID)).sum()
+        return loss, hits
+
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        self.model.train()
+        labels = torch.from_numpy(y).to(self.device, non_blocking=True)
+        loss, hits = self._loss(self.forward(*self._inputs(x)), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss_value, hit_count = torch.stack([loss.detach(), hits.to(loss.dtype)]).tolist()
+        return loss_value, int(hit_count)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(x), PREDICT_BATCH):
+                inputs = self._inputs(x[start : start + PREDICT_BATCH])
+                out.append(self.model(*inputs).float().cpu().numpy())
+        return np.concatenate(out)
+
+    def export(self, fmt: str, path: Path) -> None:
+        model = copy.deepcopy(self.model).cpu().eval()
+        names = [i.name for i in self.task.inputs]
+        example = tuple(torch.zeros((2, *i.shape), dtype=torch.int64) for i in self.task.inputs)
+        if fmt == "torchscript":
+            with torch.inference_mode():
+                torch.jit.save(torch.jit.trace(model, example), str(path))
+        elif fmt == "onnx":
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes={**{n: {0: "batch"} for n in names}, "logits": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        else:
+            raise InvalidArgument(f"the torch trainer cannot export {fmt!r}")
+
+    def peak_gpu_bytes(self) -> int:
+        if self.device.type != "cuda":
+            return 0
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+    def save_checkpoint(self, path: Path) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -127,7 +127,7 @@ class ModelExport(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., max_abs_diff: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "error", "created_at", "started_at", "finished_at", "device", "framework_version", "parameter_count", "epochs", "train_seconds", "test_loss", "test_accuracy", "confusion_matrix", "num_classes", "peak_rss_bytes", "peak_gpu_bytes", "exports", "warmup_seconds", "steady_samples_per_second", "time_to_target_seconds", "target_epoch", "fairness", "threads", "cpu_set", "baseline_rss_bytes", "warmup_steps", "steady_seconds", "steady_samples", "window_samples_per_second", "overlapped_jobs", "test_predictions", "precision", "data_peak_rss_bytes", "world_size", "workers", "communication")
+    __slots__ = ("id", "spec", "state", "error", "created_at", "started_at", "finished_at", "device", "framework_version", "parameter_count", "epochs", "train_seconds", "test_loss", "test_accuracy", "confusion_matrix", "num_classes", "peak_rss_bytes", "peak_gpu_bytes", "exports", "warmup_seconds", "steady_samples_per_second", "time_to_target_seconds", "target_epoch", "fairness", "threads", "cpu_set", "baseline_rss_bytes", "warmup_steps", "steady_seconds", "steady_samples", "window_samples_per_second", "overlapped_jobs", "test_predictions", "precision", "task", "throughput_unit", "data_peak_rss_bytes", "world_size", "workers", "communication")
     class FairnessEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,8 @@ class Job(_message.Message):
     OVERLAPPED_JOBS_FIELD_NUMBER: _ClassVar[int]
     TEST_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_UNIT_FIELD_NUMBER: _ClassVar[int]
     DATA_PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
@@ -207,11 +209,13 @@ class Job(_message.Message):
     overlapped_jobs: _containers.RepeatedScalarFieldContainer[str]
     test_predictions: _containers.RepeatedScalarFieldContainer[int]
     precision: str
+    task: str
+    throughput_unit: str
     data_peak_rss_bytes: int
     world_size: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerRecord]
     communication: Communication
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., device: _Optional[str] = ..., framework_version: _Optional[str] = ..., parameter_count: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., peak_gpu_bytes: _Optional[int] = ..., exports: _Optional[_Iterable[_Union[ModelExport, _Mapping]]] = ..., warmup_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., time_to_target_seconds: _Optional[float] = ..., target_epoch: _Optional[int] = ..., fairness: _Optional[_Mapping[str, str]] = ..., threads: _Optional[_Union[Threads, _Mapping]] = ..., cpu_set: _Optional[_Iterable[int]] = ..., baseline_rss_bytes: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., steady_seconds: _Optional[float] = ..., steady_samples: _Optional[int] = ..., window_samples_per_second: _Optional[_Iterable[float]] = ..., overlapped_jobs: _Optional[_Iterable[str]] = ..., test_predictions: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., data_peak_rss_bytes: _Optional[int] = ..., world_size: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerRecord, _Mapping]]] = ..., communication: _Optional[_Union[Communication, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., device: _Optional[str] = ..., framework_version: _Optional[str] = ..., parameter_count: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., peak_gpu_bytes: _Optional[int] = ..., exports: _Optional[_Iterable[_Union[ModelExport, _Mapping]]] = ..., warmup_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., time_to_target_seconds: _Optional[float] = ..., target_epoch: _Optional[int] = ..., fairness: _Optional[_Mapping[str, str]] = ..., threads: _Optional[_Union[Threads, _Mapping]] = ..., cpu_set: _Optional[_Iterable[int]] = ..., baseline_rss_bytes: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., steady_seconds: _Optional[float] = ..., steady_samples: _Optional[int] = ..., window_samples_per_second: _Optional[_Iterable[float]] = ..., overlapped_jobs: _Optional[_Iterable[str]] = ..., test_predictions: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., task: _Optional[str] = ..., throughput_unit: _Optional[str] = ..., data_peak_rss_bytes: _Optional[int] = ..., world_size: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerRecord, _Mapping]]] = ..., communication: _Optional[_Union[Communication, _Mapping]] = ...) -> None: ...
 
 class WorkerRecord(_message.Message):
     __slots__ = ("rank", "pid", "samples", "steady_samples", "steady_seconds", "steady_samples_per_second", "threads", "cpu_set")
