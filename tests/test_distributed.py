@@ -213,8 +213,9 @@ def test_scaling_bench_reports_efficiency_for_both_frameworks(client, tmp_path):
 
 
 def test_locust_distributed_master_and_worker_load_a_real_gateway(stack, trained, tmp_path):
-    """One master and one worker process, headless, a few seconds: the master runs no users, so
-    every request it counts came from its worker."""
+    """One master and one worker process, headless: the master runs no users, so every request
+    it counts came from its worker. 15 s, since the worker's users first load their inputs (the
+    test set), which on a busy machine took more than the 4 s a first version ran."""
     import socket
     import subprocess
     import sys
@@ -232,7 +233,7 @@ def test_locust_distributed_master_and_worker_load_a_real_gateway(stack, trained
     master = subprocess.Popen(
         [*common, "--master", "--headless", "--master-bind-host", "127.0.0.1",
          "--master-bind-port", str(port), "--expect-workers", "1", "-u", "2", "-r", "2",
-         "-t", "4s", "--totals-file", str(totals), "--only-summary"],
+         "-t", "15s", "--totals-file", str(totals), "--only-summary"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     worker = subprocess.Popen(
