@@ -37,6 +37,8 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
         "warmup_steps",
         "width",
         "image_size",
+        "workers",
+        "devices_per_worker",
     ):
         value = getattr(args, field)
         if value is not None:
@@ -350,6 +352,8 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
         image_size=args.image_size,
         channels_last=args.channels_last,
     )
+    if args.workers:
+        return cmd_bench_scaling(client, args, options)
     results = run_training_bench(client, options)
     results["options"]["command"] = "twinbench " + " ".join(args.argv)
     headers, rows = table_rows(results)
@@ -359,6 +363,35 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     failed = any(r["state"] != "succeeded" for row in results["rows"]
                  for runs in row["runs"].values() for r in runs)  # fmt: skip
+    return 1 if failed else 0
+
+
+def cmd_bench_scaling(client: Client, args: argparse.Namespace, options) -> int:
+    """`bench training --workers 1,2,...`: throughput and scaling efficiency per worker count."""
+    from twinbench.bench_scaling import (
+        ScalingOptions,
+        run_scaling_bench,
+        table_rows,
+        write_scaling_report,
+    )
+
+    try:
+        workers = tuple(sorted({int(w) for w in args.workers.split(",") if w.strip()}))
+    except ValueError:
+        raise SystemExit("--workers takes worker counts, e.g. 1,2") from None
+    if not workers or min(workers) < 1:
+        raise SystemExit("--workers takes worker counts of 1 or more, e.g. 1,2")
+    if tuple(options.precisions) != ("fp32",):
+        raise SystemExit("--workers measures fp32 only (data-parallel jobs refuse mixed precision)")
+    results = run_scaling_bench(client, ScalingOptions(options, workers))
+    results["options"]["command"] = "twinbench " + " ".join(args.argv)
+    headers, rows = table_rows(results)
+    print(table(headers, rows))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in write_scaling_report(Path(args.reports) / f"{stamp}-bench-scaling", results):
+        print(f"wrote {path}")
+    failed = any(r["state"] != "succeeded" for row in results["rows"]
+                 for by in row["runs"].values() for rs in by.values() for r in rs)  # fmt: skip
     return 1 if failed else 0
 
 
@@ -463,6 +496,12 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--train-samples", type=int, help="train on the first N rows only")
     p.add_argument(
+        "--workers",
+        type=int,
+        help="data-parallel worker processes; --batch-size stays the global batch (default: 1)",
+    )
+    p.add_argument("--devices-per-worker", type=int, help="GPUs each worker trains on (default: 1)")
+    p.add_argument(
         "--warmup-steps",
         type=int,
         help="training steps timed apart before the steady figures (default: 10, or half the"
@@ -564,7 +603,7 @@ def parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--model",
         action="append",
-        choices=[*sorted(ARCHITECTURES), *ID_MODELS],
+        choices=[*sorted(MODELS), *ID_MODELS],
         help="(default: alexnet, vgg19, resnet50, mobilenet_v2, ncf, gnmt)",
     )
     add_architecture_options(training)
@@ -589,6 +628,12 @@ def parser() -> argparse.ArgumentParser:
         help="PyTorch jobs in the channels-last memory format (Keras is NHWC already)",
     )
     training.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
+    training.add_argument(
+        "--workers",
+        help="data-parallel worker counts, e.g. 1,2: throughput and scaling efficiency per count"
+        " for both frameworks (the global batch stays --batch-size; default: one worker, no"
+        " scaling table)",
+    )
     training.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     training.add_argument(
         "--warmup-steps", type=int, default=3, help="timed apart (default: %(default)s)"

@@ -144,6 +144,7 @@ def describe_job(job: tpb.Job) -> str:
             f"  process: its own; CPUs {cpu_list(job.cpu_set)}, threads intra-op"
             f" {job.threads.intra_op}, inter-op {job.threads.inter_op}"
         )
+    lines += describe_world(job)
     if job.overlapped_jobs:
         lines.append(
             "  shared the machine with: "
@@ -221,3 +222,24 @@ _ACCURACY = {"ranking": "binary accuracy", "sequence": "token accuracy"}
 def _per_second(job: tpb.Job) -> str:
     """Throughput's unit: GNMT's tokens; every other model's samples (images, user-item pairs)."""
     return "tokens/s" if job.throughput_unit == "tokens" else "samples/s"
+
+
+def describe_world(job: tpb.Job) -> list[str]:
+    """A data-parallel job's world: its size, each worker's share and how gradients met."""
+    world = max(1, job.world_size)
+    if world == 1 and not job.workers:
+        return ["  world size: 1 (one process)"] if job.HasField("threads") else []
+    c = job.communication
+    lines = [
+        f"  world size: {world} ({c.strategy}; backend {c.backend}; launched by {c.launcher})",
+        f"  all-reduce: {c.all_reduce}"
+        + (f"; buckets of {c.bucket_bytes / 2**20:g} MiB" if c.bucket_bytes else ""),
+        f"  sharding: {c.sharding}",
+    ]
+    for w in job.workers:
+        lines.append(
+            f"  worker rank {w.rank} (pid {w.pid}): {w.samples:,} samples, steady"
+            f" {w.steady_samples_per_second:,.0f} samples/s; CPUs {cpu_list(w.cpu_set)},"
+            f" threads {w.threads.intra_op}/{w.threads.inter_op}"
+        )
+    return lines

@@ -28,11 +28,26 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from google.protobuf import json_format
+
 from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings, load_settings
+from twinbench.distributed import (
+    JOB_FILE_ENV,
+    DataParallel,
+    Topology,
+    announce,
+    connect_to_service,
+    die_with_parent,
+    leave,
+    load_collective,
+    tf_config_from_pod_index,
+    worker_cpus,
+)
 from twinbench.errors import InvalidArgument, JobCancelled, TwinbenchError
 from twinbench.jobs import JobContext, ProgressGate
 
@@ -107,16 +122,9 @@ def run_in_worker(framework_path: str, job: pb.Job, ctx: JobContext, settings: S
                 message = conn.recv()
             except (EOFError, OSError):
                 raise TwinbenchError(_died(process)) from None
-            kind = message[0]
-            if kind == "job":
-                record = pb.Job.FromString(message[1])
-                ctx.update(lambda j, r=record: _merge(j, r))
-            elif kind == "epoch":
-                ctx.epoch_done(pb.EpochMetrics.FromString(message[1]))
-            elif kind == "progress":
-                ctx.progress(*message[1:])
-            elif kind == "end":
-                _raise_outcome(message[1], message[2])
+            outcome = relay_message(message, ctx)
+            if outcome is not None:
+                raise_outcome(*outcome)
                 return
     finally:
         conn.close()
@@ -127,6 +135,21 @@ def run_in_worker(framework_path: str, job: pb.Job, ctx: JobContext, settings: S
             process.wait()
 
 
+def relay_message(message: tuple, ctx: JobContext) -> tuple[str, str] | None:
+    """Applies one report of a job's process to `ctx`; returns (outcome, message) at its end."""
+    kind = message[0]
+    if kind == "job":
+        record = pb.Job.FromString(message[1])
+        ctx.update(lambda j, r=record: _merge(j, r))
+    elif kind == "epoch":
+        ctx.epoch_done(pb.EpochMetrics.FromString(message[1]))
+    elif kind == "progress":
+        ctx.progress(*message[1:])
+    elif kind == "end":
+        return message[1], message[2]
+    return None
+
+
 def _merge(live: pb.Job, reported: pb.Job) -> None:
     """The worker's record, keeping the fields only the service changes."""
     state, error = live.state, live.error
@@ -134,7 +157,7 @@ def _merge(live: pb.Job, reported: pb.Job) -> None:
     live.state, live.error = state, error
 
 
-def _raise_outcome(outcome: str, message: str) -> None:
+def raise_outcome(outcome: str, message: str) -> None:
     if outcome == "ok":
         return
     if outcome == "cancelled":
@@ -182,6 +205,9 @@ class WorkerContext:
             if not self.ended:
                 os._exit(3)
 
+    def close(self) -> None:
+        self._conn.close()
+
     def send(self, message: tuple) -> None:
         with self._send_lock:
             self._conn.send(message)
@@ -203,36 +229,136 @@ class WorkerContext:
         self.send(("epoch", metrics.SerializeToString()))
 
 
-def _isolate(settings: Settings, job_id: str) -> tuple[list[int], tuple[int, int], Path]:
-    """CPU set, thread counts and a private compile cache, before any framework is imported."""
-    cpus = training_cpus(settings)
+class SilentContext(WorkerContext):
+    """The context of a worker that does not report: ranks other than 0 of a data-parallel job.
+    Rank 0 reports for all; a cancelled job stops these with the rest of its process group."""
+
+    def __init__(self, job: pb.Job) -> None:
+        self.job = job
+        self.cancel_requested = threading.Event()
+        self.shutting_down = False
+        self.ended = False
+
+    def send(self, message: tuple) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def progress(self, epoch: int, batch: int, batches: int, loss: float) -> None:
+        pass
+
+
+def _isolate(
+    settings: Settings, job_id: str, topology: Topology
+) -> tuple[list[int], tuple[int, int], Path]:
+    """CPU set, thread counts and a private compile cache, before any framework is imported.
+
+    A worker of a data-parallel job takes its share of the job's CPUs and threads (cores/N each),
+    so N workers together use what one worker alone would."""
+    cpus = worker_cpus(training_cpus(settings), topology.local_rank, topology.local_world_size)
     os.sched_setaffinity(0, cpus)
     intra, inter = training_threads(settings, cpus)
+    if topology.local_world_size > 1:
+        share = topology.local_world_size
+        intra = max(1, settings.train_threads // share) if settings.train_threads else intra
+        inter = (
+            max(1, settings.train_interop_threads // share)
+            if settings.train_interop_threads
+            else inter
+        )
     os.environ["OMP_NUM_THREADS"] = str(intra)  # OpenMP and MKL pools, in both frameworks
-    cache = settings.home / "cache" / job_id
+    rank = f"-rank-{topology.rank}" if topology.world_size > 1 else ""
+    cache = settings.home / "cache" / f"{job_id}{rank}"
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
     os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
     os.environ["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={cache / 'xla'}"
     return cpus, (intra, inter), cache
 
 
+class FileContext(SilentContext):
+    """Rank 0 of a job that Kubernetes runs (no trainer): the record is written, whole and
+    atomically, to <TWINBENCH_HOME>/jobs/<id>.json at every change."""
+
+    def __init__(self, job: pb.Job, path: Path) -> None:
+        super().__init__(job)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def update(self, change) -> None:
+        change(self.job)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json_format.MessageToJson(self.job))
+        tmp.replace(self.path)
+
+    def epoch_done(self, metrics: pb.EpochMetrics) -> None:
+        self.update(lambda j: j.epochs.append(metrics))
+
+    def send(self, message: tuple) -> None:
+        if message[0] == "end":
+            state = pb.SUCCEEDED if message[1] == "ok" else pb.FAILED
+
+            def ended(j: pb.Job) -> None:
+                j.state, j.error, j.finished_at = state, message[2], time.time()
+
+            self.update(ended)
+
+
+def _standalone_job(topology: Topology) -> WorkerContext:
+    """A job from TWINBENCH_JOB_SPEC (a JobSpec as JSON) under the id TWINBENCH_JOB_ID: how a
+    Kubernetes TrainJob or JobSet runs twinbench's workers without a trainer service."""
+    from twinbench.jobs import resolve_spec
+
+    spec = resolve_spec(json_format.Parse(os.environ["TWINBENCH_JOB_SPEC"], pb.JobSpec()))
+    job = pb.Job(id=os.environ["TWINBENCH_JOB_ID"], spec=spec, state=pb.RUNNING,
+                 created_at=time.time(), started_at=time.time())  # fmt: skip
+    if not topology.writer:
+        return SilentContext(job)
+    return FileContext(job, load_settings().home / "jobs" / f"{job.id}.json")
+
+
+def _job_and_context(args: argparse.Namespace, topology: Topology) -> WorkerContext:
+    """Where the job comes from and where its reports go: the trainer's socket (one process), the
+    trainer's report address (rank 0 of several), a file (a job run by Kubernetes) or nowhere
+    (the other ranks)."""
+    if "TWINBENCH_JOB_SPEC" in os.environ:
+        return _standalone_job(topology)
+    if args.fd is not None:
+        conn = Connection(args.fd)
+        return WorkerContext(conn, pb.Job.FromString(conn.recv()))
+    conn = connect_to_service() if topology.writer else None
+    if conn is not None:
+        return WorkerContext(conn, pb.Job.FromString(conn.recv()))
+    return SilentContext(pb.Job.FromString(Path(os.environ[JOB_FILE_ENV]).read_bytes()))
+
+
 def worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="one training job (started by a trainer)")
     parser.add_argument("--framework", required=True, help="module:class of the framework")
-    parser.add_argument("--fd", type=int, required=True, help="the socket to the trainer")
+    parser.add_argument("--fd", type=int, help="the socket to the trainer (one-process jobs)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s job-worker %(message)s")
-    conn = Connection(args.fd)
-    job = pb.Job.FromString(conn.recv())
-    ctx = WorkerContext(conn, job)
-    threading.Thread(target=ctx.listen, name="cancel-listener", daemon=True).start()
+    tf_config_from_pod_index()
+    topology = Topology.from_env()
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s job-worker rank {topology.rank} %(message)s"
+    )
+    if args.fd is None:
+        die_with_parent()
+        announce(topology)
+    ctx = _job_and_context(args, topology)
+    job = ctx.job
+    if type(ctx) is WorkerContext:  # the worker that reports to a trainer: it can be cancelled
+        threading.Thread(target=ctx.listen, name="cancel-listener", daemon=True).start()
     settings = load_settings()
     cache: Path | None = None
     try:
-        cpus, (intra, inter), cache = _isolate(settings, job.id)
+        cpus, (intra, inter), cache = _isolate(settings, job.id, topology)
         module, _, name = args.framework.partition(":")
         framework = getattr(importlib.import_module(module), name)()
         threads = framework.set_threads(intra, inter)
+        # A data-parallel job's strategy comes before any other framework work (TensorFlow's
+        # collectives must be set up before its runtime starts).
+        collective = load_collective(framework, job.spec, topology)
         from twinbench.training import current_rss_bytes, run_training
 
         baseline = current_rss_bytes()
@@ -245,7 +371,9 @@ def worker_main(argv: list[str] | None = None) -> int:
         ctx.update(isolated)
         from twinbench.repository import ModelRepository
 
-        run_training(framework, ModelRepository(settings.model_repository), settings, job, ctx)
+        parallel = DataParallel(collective, threads=threads, cpus=cpus)
+        repository = ModelRepository(settings.model_repository)
+        run_training(framework, repository, settings, job, ctx, parallel)
         outcome, message = "ok", ""
     except JobCancelled:
         outcome, message = "cancelled", ""
@@ -261,8 +389,12 @@ def worker_main(argv: list[str] | None = None) -> int:
             shutil.rmtree(cache, ignore_errors=True)
     ctx.ended = True
     ctx.send(("end", outcome, message))
-    conn.close()
-    return 0
+    ctx.close()
+    if args.fd is None and outcome == "ok":
+        leave(topology)
+    if "TWINBENCH_JOB_SPEC" in os.environ:  # Kubernetes: a failed job is a failed pod
+        return 0 if outcome == "ok" else 1
+    return 0 if outcome == "ok" or topology.world_size == 1 else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from twinbench import __version__
 from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import check_dataset_name, check_id_dataset
+from twinbench.distributed import check_distributed_spec
 from twinbench.errors import (
     InvalidArgument,
     JobCancelled,
@@ -149,6 +150,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     for ok, message in checks:
         if not ok:
             raise InvalidArgument(message)
+    check_distributed_spec(out)
     return out
 
 

@@ -7,6 +7,7 @@ import logging
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api.trainer_pb2 import QUEUED, RUNNING, Job
 from twinbench.config import Settings, load_settings
+from twinbench.distributed import is_distributed, run_distributed
 from twinbench.grpc_server import (
     configure_logging,
     create_server,
@@ -45,7 +46,8 @@ def serve_trainer(framework: Framework) -> None:
 
     def run_job(job: Job, ctx: JobContext) -> None:
         try:  # in a process of its own: serving's threads and memory never reach training
-            run_in_worker(framework_path, job, ctx, settings)
+            run = run_distributed if is_distributed(job.spec) else run_in_worker
+            run(framework_path, job, ctx, settings)
         finally:
             core.refresh()  # serve what the job published, even if a later export failed
 

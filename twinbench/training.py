@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings
 from twinbench.datasets import Dataset, Split, epoch_order, load_dataset
+from twinbench.distributed import DataParallel
 from twinbench.errors import TwinbenchError
 from twinbench.jobs import JobContext, job_model
 from twinbench.repository import ModelRepository, model_name
@@ -284,13 +285,21 @@ def run_training(
     settings: Settings,
     job: pb.Job,
     ctx: JobContext,
+    parallel: DataParallel | None = None,
 ) -> None:
+    """Trains, evaluates and exports one job. With `parallel` (a data-parallel job's worker),
+    every worker runs this same loop on its shard of each batch; only rank 0 writes."""
+    parallel = parallel or DataParallel()
     checkpoints = checkpoints_for(settings, job.id)
     try:
-        with PeakRss() as rss, ActiveJobs(settings.active_jobs, job.id) as beside:
-            _train_and_export(framework, repository, settings, job, ctx, rss, beside, checkpoints)
+        # One marker per job: rank 0's (the others would remove it under it as they finish).
+        marker = ActiveJobs(settings.active_jobs, job.id) if parallel.writer else _NoMarker()
+        with PeakRss() as rss, marker as beside:
+            _train_and_export(
+                framework, repository, settings, job, ctx, rss, beside, checkpoints, parallel
+            )
     finally:
-        if not (ctx.shutting_down and job.spec.resume):
+        if parallel.writer and not (ctx.shutting_down and job.spec.resume):
             checkpoints.remove()  # only a job that will resume needs them
 
 
@@ -303,6 +312,7 @@ def _train_and_export(
     rss: PeakRss,
     beside: ActiveJobs,
     checkpoints: Checkpoints,
+    parallel: DataParallel,
 ) -> None:
     spec = job.spec
     model = job_model(spec)
@@ -314,7 +324,7 @@ def _train_and_export(
         train = Split(train.x[: spec.train_samples], train.y[: spec.train_samples])
     data_peak_rss = max(rss.peak, current_rss_bytes())
 
-    session = framework.new_session(spec, model, data)
+    session = parallel.new_session(framework, spec, model, data)
     train_x, val_x, test_x = (session.prepare(s.x) for s in (train, data.val, data.test))
 
     def started(j: pb.Job) -> None:
@@ -329,7 +339,8 @@ def _train_and_export(
         j.fairness.update({**SHARED_FAIRNESS, "loss": task.loss, **session.fairness()})
 
     ctx.update(started)
-    board = EventWriter(settings.runs / f"{spec.model}-{data.name.replace(':', '_')}" / job.id)
+    run_dir = settings.runs / f"{spec.model}-{data.name.replace(':', '_')}" / job.id
+    board = EventWriter(run_dir) if parallel.writer else _NoBoard()
 
     n, batch_size = len(train), spec.batch_size
     batches = -(-n // batch_size)
@@ -360,6 +371,7 @@ def _train_and_export(
     # those of the steps after the resume.
     total_steps = batches * (spec.epochs - first_epoch)
     timer = StepTimer(warmup_steps_for(spec, total_steps), total_steps)
+    parallel.warmup_steps = timer.warmup_steps
     try:
         for epoch in range(first_epoch + 1, spec.epochs + 1):
             order = epoch_order(n, spec.seed, epoch)
@@ -369,10 +381,13 @@ def _train_and_export(
                 ctx.check_cancelled()
                 step_start = time.perf_counter()
                 rows = order[b * batch_size : (b + 1) * batch_size]
-                labels = train.y[rows]
-                loss, hits = session.train_batch(train_x[rows], labels)
-                units = task.units(labels)  # len(rows), but for GNMT's tokens
-                timer.add(time.perf_counter() - step_start, units)  # loss fetched: synced
+                mine = parallel.mine(rows)  # this worker's shard; all the rows with one worker
+                labels = train.y[mine]
+                loss, hits = session.train_batch(train_x[mine], labels)
+                elapsed = time.perf_counter() - step_start  # loss fetched: synced
+                units = task.units(labels)  # len(mine), but for GNMT's tokens
+                timer.add(elapsed, task.units(train.y[rows]))  # the job's: every worker's rows
+                parallel.step_done(elapsed, units)
                 loss_sum += loss * units
                 correct += hits
                 seen += units
@@ -380,6 +395,7 @@ def _train_and_export(
                 beside.check(every_s=1.0)
             seconds = time.perf_counter() - start
             train_seconds += seconds
+            loss_sum, correct = parallel.epoch_sums(loss_sum, correct)
             val_loss, val_accuracy, _ = _evaluate(task, session, val_x, data.val.y)
             metrics = pb.EpochMetrics(
                 epoch=epoch,
@@ -405,12 +421,14 @@ def _train_and_export(
             if spec.HasField("target_accuracy") and not target_epoch:
                 if val_accuracy >= spec.target_accuracy:
                     target_epoch, time_to_target = epoch, train_seconds
-            checkpoints.save(session, spec, epoch)  # outside the timed part, like evaluation
+            if parallel.writer:
+                checkpoints.save(session, spec, epoch)  # outside the timed part, like evaluation
     finally:
         board.close()
 
     test_loss, test_accuracy, predicted = _evaluate(task, session, test_x, data.test.y)
     beside.check()
+    workers = parallel.gather()
 
     def finished(j: pb.Job) -> None:
         j.train_seconds = train_seconds
@@ -431,17 +449,43 @@ def _train_and_export(
         j.peak_rss_bytes = max(rss.peak, current_rss_bytes())
         j.peak_gpu_bytes = session.peak_gpu_bytes()
         j.overlapped_jobs[:] = sorted(beside.seen)
+        parallel.describe(j, workers)
 
     ctx.update(finished)
 
-    if spec.skip_export:
-        return
-    for fmt in spec.export_formats:
-        ctx.check_cancelled()
-        export = _export(
-            framework, session, repository, job, data, task, fmt, settings.max_batch_size
-        )
-        ctx.update(lambda j, e=export: j.exports.append(e))
+    if not spec.skip_export and parallel.writer:
+        for fmt in spec.export_formats:
+            ctx.check_cancelled()
+            export = _export(
+                framework, session, repository, job, data, task, fmt, settings.max_batch_size
+            )
+            ctx.update(lambda j, e=export: j.exports.append(e))
+    parallel.close()  # the other workers wait here until rank 0 has exported
+
+
+class _NoMarker:
+    """The ActiveJobs of a worker other than rank 0: it sees and leaves nothing."""
+
+    seen: set[str] = set()
+
+    def __enter__(self) -> _NoMarker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def check(self, every_s: float = 0.0) -> None:
+        pass
+
+
+class _NoBoard:
+    """The TensorBoard writer of a worker that writes none (ranks other than 0)."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _export(

@@ -378,6 +378,7 @@ class SavedModelRuntime:
 
 class TFFramework:
     name = "tf"
+    distributed = "services.tf_trainer.distributed:TFCollective"  # twinbench.distributed
     version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
     loaders = {"savedmodel": SavedModelRuntime, "onnx": OnnxRuntime}
 

@@ -357,6 +357,7 @@ class TorchScriptRuntime:
 
 class TorchFramework:
     name = "torch"
+    distributed = "services.torch_trainer.distributed:TorchCollective"  # data-parallel jobs
     version = torch.__version__
     loaders = {"torchscript": TorchScriptRuntime, "onnx": OnnxRuntime}
 

@@ -23,7 +23,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export", "width", "image_size", "compiled", "channels_last", "hidden_units", "precision")
+    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export", "width", "image_size", "compiled", "channels_last", "hidden_units", "precision", "workers", "devices_per_worker")
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,8 @@ class JobSpec(_message.Message):
     CHANNELS_LAST_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_UNITS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     framework: str
     model: str
     dataset: str
@@ -66,7 +68,9 @@ class JobSpec(_message.Message):
     channels_last: bool
     hidden_units: _containers.RepeatedScalarFieldContainer[int]
     precision: str
-    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ..., width: _Optional[float] = ..., image_size: _Optional[int] = ..., compiled: _Optional[bool] = ..., channels_last: _Optional[bool] = ..., hidden_units: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ...) -> None: ...
+    workers: int
+    devices_per_worker: int
+    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ..., width: _Optional[float] = ..., image_size: _Optional[int] = ..., compiled: _Optional[bool] = ..., channels_last: _Optional[bool] = ..., hidden_units: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., workers: _Optional[int] = ..., devices_per_worker: _Optional[int] = ...) -> None: ...
 
 class Optimizer(_message.Message):
     __slots__ = ("name", "learning_rate", "momentum", "epsilon")
@@ -123,7 +127,7 @@ class ModelExport(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., max_abs_diff: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "error", "created_at", "started_at", "finished_at", "device", "framework_version", "parameter_count", "epochs", "train_seconds", "test_loss", "test_accuracy", "confusion_matrix", "num_classes", "peak_rss_bytes", "peak_gpu_bytes", "exports", "warmup_seconds", "steady_samples_per_second", "time_to_target_seconds", "target_epoch", "fairness", "threads", "cpu_set", "baseline_rss_bytes", "warmup_steps", "steady_seconds", "steady_samples", "window_samples_per_second", "overlapped_jobs", "test_predictions", "precision", "task", "throughput_unit", "data_peak_rss_bytes")
+    __slots__ = ("id", "spec", "state", "error", "created_at", "started_at", "finished_at", "device", "framework_version", "parameter_count", "epochs", "train_seconds", "test_loss", "test_accuracy", "confusion_matrix", "num_classes", "peak_rss_bytes", "peak_gpu_bytes", "exports", "warmup_seconds", "steady_samples_per_second", "time_to_target_seconds", "target_epoch", "fairness", "threads", "cpu_set", "baseline_rss_bytes", "warmup_steps", "steady_seconds", "steady_samples", "window_samples_per_second", "overlapped_jobs", "test_predictions", "precision", "task", "throughput_unit", "data_peak_rss_bytes", "world_size", "workers", "communication")
     class FairnessEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +172,9 @@ class Job(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_UNIT_FIELD_NUMBER: _ClassVar[int]
     DATA_PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    COMMUNICATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: JobSpec
     state: JobState
@@ -205,7 +212,46 @@ class Job(_message.Message):
     task: str
     throughput_unit: str
     data_peak_rss_bytes: int
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., device: _Optional[str] = ..., framework_version: _Optional[str] = ..., parameter_count: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., peak_gpu_bytes: _Optional[int] = ..., exports: _Optional[_Iterable[_Union[ModelExport, _Mapping]]] = ..., warmup_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., time_to_target_seconds: _Optional[float] = ..., target_epoch: _Optional[int] = ..., fairness: _Optional[_Mapping[str, str]] = ..., threads: _Optional[_Union[Threads, _Mapping]] = ..., cpu_set: _Optional[_Iterable[int]] = ..., baseline_rss_bytes: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., steady_seconds: _Optional[float] = ..., steady_samples: _Optional[int] = ..., window_samples_per_second: _Optional[_Iterable[float]] = ..., overlapped_jobs: _Optional[_Iterable[str]] = ..., test_predictions: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., task: _Optional[str] = ..., throughput_unit: _Optional[str] = ..., data_peak_rss_bytes: _Optional[int] = ...) -> None: ...
+    world_size: int
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerRecord]
+    communication: Communication
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., device: _Optional[str] = ..., framework_version: _Optional[str] = ..., parameter_count: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., peak_gpu_bytes: _Optional[int] = ..., exports: _Optional[_Iterable[_Union[ModelExport, _Mapping]]] = ..., warmup_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., time_to_target_seconds: _Optional[float] = ..., target_epoch: _Optional[int] = ..., fairness: _Optional[_Mapping[str, str]] = ..., threads: _Optional[_Union[Threads, _Mapping]] = ..., cpu_set: _Optional[_Iterable[int]] = ..., baseline_rss_bytes: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., steady_seconds: _Optional[float] = ..., steady_samples: _Optional[int] = ..., window_samples_per_second: _Optional[_Iterable[float]] = ..., overlapped_jobs: _Optional[_Iterable[str]] = ..., test_predictions: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., task: _Optional[str] = ..., throughput_unit: _Optional[str] = ..., data_peak_rss_bytes: _Optional[int] = ..., world_size: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerRecord, _Mapping]]] = ..., communication: _Optional[_Union[Communication, _Mapping]] = ...) -> None: ...
+
+class WorkerRecord(_message.Message):
+    __slots__ = ("rank", "pid", "samples", "steady_samples", "steady_seconds", "steady_samples_per_second", "threads", "cpu_set")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    STEADY_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    STEADY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STEADY_SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    CPU_SET_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    pid: int
+    samples: int
+    steady_samples: int
+    steady_seconds: float
+    steady_samples_per_second: float
+    threads: Threads
+    cpu_set: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, rank: _Optional[int] = ..., pid: _Optional[int] = ..., samples: _Optional[int] = ..., steady_samples: _Optional[int] = ..., steady_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., threads: _Optional[_Union[Threads, _Mapping]] = ..., cpu_set: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Communication(_message.Message):
+    __slots__ = ("launcher", "strategy", "backend", "all_reduce", "bucket_bytes", "sharding")
+    LAUNCHER_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ALL_REDUCE_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHARDING_FIELD_NUMBER: _ClassVar[int]
+    launcher: str
+    strategy: str
+    backend: str
+    all_reduce: str
+    bucket_bytes: int
+    sharding: str
+    def __init__(self, launcher: _Optional[str] = ..., strategy: _Optional[str] = ..., backend: _Optional[str] = ..., all_reduce: _Optional[str] = ..., bucket_bytes: _Optional[int] = ..., sharding: _Optional[str] = ...) -> None: ...
 
 class BatchProgress(_message.Message):
     __slots__ = ("epoch", "batch", "batches", "loss")
