@@ -93,7 +93,8 @@ def test_both_frameworks_compute_the_same_loss_on_the_same_batch(name):
         train = load_dataset("synthetic", model).train
         session = session_class(spec, model)
         losses[framework] = [
-            session.train_batch(train.x[r], train.y[r])[0] for r in (slice(0, 32), slice(32, 64))
+            float(session.train_batch(train.x[r], train.y[r])[0])
+            for r in (slice(0, 32), slice(32, 64))
         ]
     np.testing.assert_allclose(losses["tf"][0], losses["torch"][0], rtol=1e-6)
     # Adam's epsilon sits on either side of the bias correction: a step apart, not a result apart.

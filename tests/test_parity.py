@@ -96,7 +96,7 @@ def test_same_start_same_batches_same_sgd_steps():
         rows = order[step * 64 : (step + 1) * 64]
         torch_loss, _ = torch_session.train_batch(tx[rows], data.train.y[rows])
         tf_loss, _ = tf_session.train_batch(fx[rows], data.train.y[rows])
-        assert torch_loss == pytest.approx(tf_loss, abs=1e-5)
+        assert float(torch_loss) == pytest.approx(float(tf_loss), abs=1e-5)
     assert _max_logit_diff(torch_session, tf_session, data.test.x[:64]) <= 1e-5
 
 

@@ -73,7 +73,7 @@ def test_bfloat16_steps_of_both_frameworks_stay_near_float32(monkeypatch):
     losses = {}
     for name, session in [("torch mixed", torch_mixed), ("tf mixed", tf_mixed),
                           ("torch fp32", torch_fp32), ("tf fp32", tf_fp32)]:  # fmt: skip
-        losses[name] = [session.train_batch(session.prepare(x), y)[0] for _ in range(3)]
+        losses[name] = [float(session.train_batch(session.prepare(x), y)[0]) for _ in range(3)]
     # One shared init, one batch: the first loss differs only by rounding. bfloat16 keeps 8 bits
     # of mantissa (a relative step of 2^-8, about 0.4%), so a few tenths of a percent apart.
     first = losses["torch fp32"][0]

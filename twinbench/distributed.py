@@ -210,8 +210,9 @@ class DataParallel:
         self.collective.set_batch(len(local), len(rows))
         return local
 
-    def step_done(self, seconds: float, samples: int) -> None:
-        self._steps += 1
+    def step_done(self, seconds: float, samples: int, steps: int = 1) -> None:
+        """`steps` steps timed together, all in the warm-up or all after it (StepTimer)."""
+        self._steps += steps
         self.stats.samples += samples
         if self._steps > self.warmup_steps:
             self.stats.steady_samples += samples

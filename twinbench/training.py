@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from google.protobuf import json_format
@@ -54,9 +54,11 @@ class Session(Protocol):
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """A whole split in the framework's layout; done once per job, outside the timed loop."""
 
-    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
         """One optimizer step; returns the batch's mean loss and its number of correct predictions
-        (per task: images, user-item pairs, or non-pad target tokens; see twinbench.tasks)."""
+        (per task: images, user-item pairs, or non-pad target tokens; see twinbench.tasks), as
+        numbers or as scalars still on the device, which the loop reads with float() and int()
+        only at the end of a timed segment (StepTimer)."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits for all of a prepared `x`, in inference mode."""
@@ -104,10 +106,12 @@ class StepTimer:
     the verdict and the report use.
 
     The first `warmup_steps` steps are warm-up (tracing, allocation, autotuning); every later
-    step is steady, whatever epoch it falls in, so a one-epoch job has steady figures too. Each
-    step is timed from slicing its batch to having its loss on the host (which synchronises the
-    device); evaluation and checkpoints between epochs are outside. Steady steps are also
-    grouped into windows of equal step counts, whose throughputs show the spread within a job.
+    step is steady, whatever epoch it falls in, so a one-epoch job has steady figures too. Steps
+    are timed in segments, from slicing the first one's batch to having the last one's loss on
+    the host (which synchronises the device), ending at the end of the warm-up, of each window
+    and of each epoch; evaluation and checkpoints between epochs are outside. Steady steps are
+    also grouped into windows of equal step counts, whose throughputs show the spread within a
+    job.
     """
 
     def __init__(self, warmup_steps: int, total_steps: int) -> None:
@@ -119,8 +123,16 @@ class StepTimer:
         self.windows: list[float] = []
         self._window = [0.0, 0, 0]  # seconds, samples, steps
 
-    def add(self, seconds: float, samples: int) -> None:
-        self.steps += 1
+    def edge_after(self, steps: int) -> bool:
+        """Whether `steps` more steps end the warm-up or a window: a segment must end there."""
+        done = self.steps + steps
+        if done <= self.warmup_steps:
+            return done == self.warmup_steps
+        return self._window[2] + done - max(self.steps, self.warmup_steps) >= self.window_steps
+
+    def add(self, seconds: float, samples: int, steps: int = 1) -> None:
+        """`steps` steps timed together, all in the warm-up or all in one window (edge_after)."""
+        self.steps += steps
         if self.steps <= self.warmup_steps:
             self.warmup_seconds += seconds
             return
@@ -129,8 +141,8 @@ class StepTimer:
         window = self._window
         window[0] += seconds
         window[1] += samples
-        window[2] += 1
-        if window[2] == self.window_steps:
+        window[2] += steps
+        if window[2] >= self.window_steps:
             self.windows.append(window[1] / max(window[0], 1e-12))
             self._window = [0.0, 0, 0]
 
@@ -377,21 +389,32 @@ def _train_and_export(
             order = epoch_order(n, spec.seed, epoch)
             loss_sum, correct, seen = 0.0, 0, 0
             start = time.perf_counter()
+            # Steps are timed in segments that end where the warm-up, a window or the epoch
+            # ends; only there are the steps' losses read, which waits for the device. Reading
+            # them every step would keep a GPU from running ahead of the host, as it does in
+            # real training.
+            pending: list[tuple[object, object, int]] = []  # (loss, hits, units) unread
+            segment_units = 0
+            segment_start = time.perf_counter()
             for b in range(batches):
                 ctx.check_cancelled()
-                step_start = time.perf_counter()
                 rows = order[b * batch_size : (b + 1) * batch_size]
                 mine = parallel.mine(rows)  # this worker's shard; all the rows with one worker
                 labels = train.y[mine]
                 loss, hits = session.train_batch(train_x[mine], labels)
-                elapsed = time.perf_counter() - step_start  # loss fetched: synced
-                units = task.units(labels)  # len(mine), but for GNMT's tokens
-                timer.add(elapsed, task.units(train.y[rows]))  # the job's: every worker's rows
-                parallel.step_done(elapsed, units)
-                loss_sum += loss * units
-                correct += hits
-                seen += units
-                ctx.progress(epoch, b + 1, batches, loss_sum / max(seen, 1))
+                pending.append((loss, hits, task.units(labels)))  # units: GNMT's are tokens
+                segment_units += task.units(train.y[rows])  # the job's: every worker's rows
+                if timer.edge_after(len(pending)) or b == batches - 1:
+                    for loss, hits, units in pending:  # synced here
+                        loss_sum += float(loss) * units
+                        correct += int(hits)
+                        seen += units
+                    elapsed = time.perf_counter() - segment_start
+                    timer.add(elapsed, segment_units, len(pending))
+                    parallel.step_done(elapsed, sum(u for _, _, u in pending), len(pending))
+                    pending, segment_units = [], 0
+                    ctx.progress(epoch, b + 1, batches, loss_sum / max(seen, 1))
+                    segment_start = time.perf_counter()
                 beside.check(every_s=1.0)
             seconds = time.perf_counter() - start
             train_seconds += seconds

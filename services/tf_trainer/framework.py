@@ -314,10 +314,10 @@ class TFSession:
         # Once per split, outside the timed loop: Keras convolutions take NHWC.
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
-    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.device(self.device):
             loss, hits = self._train_step(x, y)
-        return float(loss.numpy()), int(hits.numpy())
+        return loss, hits  # read by the loop at the end of a timed segment
 
     def _sync_fp32_model(self) -> None:
         if self.fp32_model is not self.model:
@@ -536,10 +536,10 @@ class TFIdSession:
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return x  # ids need no layout change
 
-    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def train_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.device(self.device):
             loss, hits = self._train_step(self.task.split(x), y)
-        return float(loss.numpy()), int(hits.numpy())
+        return loss, hits  # read by the loop at the end of a timed segment
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with tf.device(self.device):
