@@ -280,6 +280,22 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_code(args: argparse.Namespace) -> int:
+    from twinbench.code_size import compare_task, example_tasks, size_rows
+
+    tasks = example_tasks()
+    if not tasks:
+        raise SystemExit("no example scripts here: `twinbench code` runs from a checkout")
+    for task in args.task or tasks:
+        code = compare_task(task)
+        if code is None:
+            raise SystemExit(f"no examples/{task}/; tasks: {', '.join(tasks)}")
+        print(f"{task} ({', '.join(s['path'] for s in code['scripts'].values())}):")
+        headers = ["measure", "PyTorch", "Keras", "PyTorch / Keras"]
+        print("  " + table(headers, size_rows(code)).replace("\n", "\n  "))
+    return 0
+
+
 def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
     from twinbench.download import download
 
@@ -569,6 +585,10 @@ def parser() -> argparse.ArgumentParser:
         help="also train both side by side for EPOCHS epochs (the model's defaults) and show how"
         " far apart they drift",
     )
+    code = sub.add_parser(
+        "code", help="the amount of code of each task's example scripts (examples/), per framework"
+    )
+    code.add_argument("--task", action="append", help="(default: every task)")
     compare = sub.add_parser(
         "compare", help="train in both frameworks, serve every export, compare (the main job)"
     )
@@ -705,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_parity(args)
         if args.command == "data":
             return cmd_data(settings, args)
+        if args.command == "code":
+            return cmd_code(args)
         if args.command == "bench" and args.bench_command == "training":
             return cmd_bench_training(Client(args.gateway, settings), args)
         if args.command == "bench":
