@@ -20,7 +20,7 @@ from twinbench.console import describe_job, table, watch_all
 from twinbench.errors import TwinbenchError
 from twinbench.jobs import state_name
 from twinbench.launcher import LocalStack
-from twinbench.specs import ARCHITECTURES, ID_MODELS, MODELS
+from twinbench.specs import ARCHITECTURES, FINE_TUNING, ID_MODELS, MODELS
 from twinbench.tensors import infer_request, output_array
 
 # --- commands ---
@@ -36,6 +36,7 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
         "warmup_steps",
         "width",
         "image_size",
+        "env_steps",
     ):
         value = getattr(args, field)
         if value is not None:
@@ -169,6 +170,9 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
             f"--frameworks takes two of {', '.join(FRAMEWORKS)}, e.g. torch,tf or torch,torch;"
             f" got {args.frameworks!r}"
         )
+    reinforcement = MODELS[args.model].reinforcement is not None
+    if args.repeats is None:
+        args.repeats = 10 if reinforcement else 3
     if args.repeats < 1 or args.rounds < 1:
         raise SystemExit("--repeats and --rounds must be 1 or more")
     if not 0.5 <= args.confidence < 1:
@@ -189,6 +193,10 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         command="twinbench " + " ".join(args.argv),
         level=args.confidence,
     )
+    if reinforcement:
+        from twinbench.rl_compare import run_rl_compare
+
+        return run_rl_compare(settings, args.gateway, spec, options)
     return run_compare(settings, args.gateway, spec, options)
 
 
@@ -249,7 +257,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
         if name in ID_MODELS:
             result = check_id_parity(name, args.seed, args.rows, args.scale)
         else:
-            knobs = (args.width, args.image_size) if name in ARCHITECTURES else (None, None)
+            sized = name in ARCHITECTURES or name in FINE_TUNING
+            knobs = (args.width, args.image_size) if sized else (None, None)
             result = check_parity(name, args.seed, args.rows, *knobs)
         failed += not result.ok
         parts = [f"{result.parameters:,} trainable parameters"]
@@ -263,6 +272,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
             parts.append(f"train mode: batch-norm statistics' moves {result.train_stats:.2e}")
         if result.train_logits is not None:
             parts.append(f"train-mode logits {result.train_logits:.2e}")
+        if result.weights_file:
+            parts.append(f"pretrained base from {result.weights_file}")
         verdict = "ok" if result.ok else "FAILED"
         print(
             f"{name}: {'; '.join(parts)} ({verdict}; relative tolerances:"
@@ -412,12 +423,14 @@ def add_architecture_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width",
         type=float,
-        help="channel width multiplier of alexnet, vgg19, resnet50, mobilenet_v2 (default: 1)",
+        help="channel width multiplier of alexnet, vgg16, vgg19, resnet50, mobilenet_v2 and"
+        " vgg16_finetune (default: 1)",
     )
     p.add_argument(
         "--image-size",
         type=int,
-        help="input height and width of alexnet, vgg19, resnet50, mobilenet_v2 (default: 224)",
+        help="input height and width of alexnet, vgg16, vgg19, resnet50, mobilenet_v2 and"
+        " vgg16_finetune (default: 224)",
     )
 
 
@@ -442,6 +455,12 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
     p.add_argument("--seed", type=int, help="(default: 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--train-samples", type=int, help="train on the first N rows only")
+    p.add_argument(
+        "--env-steps",
+        type=int,
+        help="dqn_cartpole: the budget of environment steps; a job stops there or once solved"
+        " (default: the model's, 150000)",
+    )
     p.add_argument(
         "--warmup-steps",
         type=int,
@@ -487,8 +506,11 @@ def parser() -> argparse.ArgumentParser:
     infer.add_argument("--version", help="(default: the newest)")
     data = sub.add_parser("data", help="dataset files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    fetch = data_sub.add_parser("download", help="fetch a dataset's IDX files (sha256-checked)")
-    fetch.add_argument("name", choices=["mnist", "fashion-mnist"])
+    fetch = data_sub.add_parser(
+        "download",
+        help="fetch a dataset's IDX files, or torchvision's VGG16 weights (sha256-checked)",
+    )
+    fetch.add_argument("name", choices=["mnist", "fashion-mnist", "vgg16-weights"])
     fetch.add_argument(
         "--dir", help="data folder (default: TWINBENCH_DATA, or TWINBENCH_HOME/data)"
     )
@@ -602,9 +624,8 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--repeats",
         type=int,
-        default=3,
         help="training runs per arm, each with a new seed, in the order A B B A ...;"
-        " verdicts rest on these pairs (default: %(default)s)",
+        " verdicts rest on these pairs (default: 3; 10 seeds for dqn_cartpole)",
     )
     compare.add_argument(
         "--confidence",

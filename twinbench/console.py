@@ -148,7 +148,9 @@ def describe_job(job: tpb.Job) -> str:
             + ", ".join(job.overlapped_jobs)
             + " (its timings were taken under their load)"
         )
-    if job.state == tpb.SUCCEEDED:
+    if job.HasField("reinforcement"):
+        lines += describe_reinforcement(job)
+    elif job.state == tpb.SUCCEEDED:
         steady = (
             f"steady {job.steady_samples_per_second:,.0f} samples/s over {job.steady_seconds:.2f} s"
             if job.steady_seconds
@@ -192,6 +194,28 @@ def describe_job(job: tpb.Job) -> str:
             f" max|diff| {e.max_abs_diff:.2e}"
         )
     return "\n".join(lines)
+
+
+def describe_reinforcement(job: tpb.Job) -> list[str]:
+    r = job.reinforcement
+    rewards = list(r.episode_rewards)
+    last = rewards[-r.solve_window :]
+    solved = (
+        f"solved at episode {r.episodes_to_solve} (environment step {r.steps_to_solve:,}), after"
+        f" {r.seconds_to_solve:.0f} s = {r.seconds_to_solve / 60:.1f} min"
+        if r.episodes_to_solve
+        else f"not solved within {job.spec.env_steps:,} environment steps"
+    )
+    return [
+        f"  {r.environment}: {len(rewards)} episodes, {r.env_steps:,} environment steps,"
+        f" {r.optimizer_steps:,} optimizer steps; mean reward of the last {len(last)} episodes"
+        f" {np.mean(last) if last else 0:.1f} (solved: {r.solve_window} episodes at >="
+        f" {r.solve_threshold:g})",
+        f"  {solved}",
+        f"  time: {job.train_seconds:.1f} s, {r.steps_per_second:,.0f} environment steps/s;"
+        f" in the network {r.network_seconds:.1f} s, in the environment"
+        f" {r.environment_seconds:.1f} s",
+    ]
 
 
 def cpu_list(cpus) -> str:

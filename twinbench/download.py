@@ -1,4 +1,5 @@
-"""`twinbench data download NAME`: fetches a dataset's IDX files, resumably, checked by sha256."""
+"""`twinbench data download NAME`: fetches a dataset's IDX files, or pretrained weights,
+resumably, checked by sha256."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from twinbench.errors import Unavailable
 @dataclass(frozen=True)
 class Source:
     base_url: str
-    sha256: dict[str, str]  # file name -> checksum of the gzipped file
+    sha256: dict[str, str]  # file name -> checksum of the file as downloaded
 
 
 SOURCES = {
@@ -35,6 +36,13 @@ SOURCES = {
             "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
             "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
+    ),
+    # torchvision's ImageNet weights of VGG16 (VGG16_Weights.IMAGENET1K_V1), the pretrained base
+    # of vgg16_finetune; the name's 397923af is the start of this checksum, as torchvision names
+    # its files.
+    "vgg16-weights": Source(
+        "https://download.pytorch.org/models/",
+        {"vgg16-397923af.pth": "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"},
     ),
 }
 

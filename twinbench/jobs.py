@@ -83,7 +83,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     out = pb.JobSpec()
     out.CopyFrom(spec)
     out.dataset = spec.dataset or defaults.dataset
-    check_dataset_name(out.dataset)
+    _resolve_kind(model, out)
     out.epochs = spec.epochs if spec.HasField("epochs") else defaults.epochs
     out.batch_size = spec.batch_size if spec.HasField("batch_size") else defaults.batch_size
     out.seed = spec.seed if spec.HasField("seed") else 0
@@ -131,6 +131,33 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         if not ok:
             raise InvalidArgument(message)
     return out
+
+
+def _resolve_kind(model: ModelSpec, out: pb.JobSpec) -> None:
+    """What depends on the job's kind: an environment instead of a dataset, a step budget."""
+    rl = model.reinforcement
+    if rl is None:
+        check_dataset_name(out.dataset)
+        if out.HasField("env_steps"):
+            raise InvalidArgument(
+                f"env_steps is for reinforcement-learning models, not {model.name}"
+            )
+    else:
+        if out.dataset != rl.environment:
+            raise InvalidArgument(
+                f"{model.name} learns in the environment {rl.environment}, not a dataset"
+                f" ({out.dataset!r})"
+            )
+        if not out.HasField("env_steps"):
+            out.env_steps = rl.env_steps
+        if not 1 <= out.env_steps <= 10_000_000:
+            raise InvalidArgument(f"env_steps must be 1..10000000, got {out.env_steps}")
+    if out.pretrained_weights and not model.pretrained:
+        raise InvalidArgument(f"pretrained_weights is for fine-tuning models, not {model.name}")
+    if model.pretrained:
+        from twinbench.pretrained import weights_path
+
+        weights_path(model, Path("."), out.pretrained_weights)  # refuses paths out of the folder
 
 
 class JobStore:

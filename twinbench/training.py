@@ -311,7 +311,15 @@ def _train_and_export(
 ) -> None:
     spec = job.spec
     model = job_model(spec)
+    if model.kind == "reinforcement":  # its own loop: an environment, not a dataset
+        from twinbench.rl import run_reinforcement
+
+        return run_reinforcement(framework, repository, settings, job, ctx, rss, beside)
     data = load_dataset(spec.dataset, model, settings.data)
+    if model.pretrained:  # torchvision's preprocessing, once, for both frameworks
+        from twinbench.pretrained import normalized
+
+        data = normalized(data, model.pretrained)
     if data.input_shape != model.input_shape:
         raise InvalidArgument(
             f"model {model.name} takes {model.input_shape}, dataset {data.name} has {data.input_shape}"
@@ -429,6 +437,10 @@ def _train_and_export(
         j.overlapped_jobs[:] = sorted(beside.seen)
 
     ctx.update(finished)
+    if model.pretrained:
+        from twinbench.pretrained import record_fine_tuning
+
+        record_fine_tuning(ctx, session, spec, model)
 
     if spec.skip_export:
         return

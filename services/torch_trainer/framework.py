@@ -16,6 +16,7 @@ from twinbench.api import trainer_pb2 as pb
 from twinbench.datasets import Dataset
 from twinbench.errors import InvalidArgument
 from twinbench.init import SHARED_INIT, Weights, shared_initial_weights
+from twinbench.pretrained import pretrained_base
 from twinbench.serving import OnnxRuntime
 from twinbench.specs import (
     GNMT,
@@ -134,6 +135,17 @@ def model_weights(model: nn.Module) -> Weights:
     return [tuple(t.detach().cpu().numpy() for t in _arrays(m)) for m in weighted_modules(model)]
 
 
+def load_base(model: nn.Module, weights: Weights, freeze: bool = False) -> None:
+    """The first len(weights) weighted layers from `weights` (a pretrained base); frozen: never
+    trained (no gradients, so no optimizer touches them)."""
+    with torch.no_grad():
+        for module, arrays in zip(weighted_modules(model), weights, strict=False):
+            for tensor, array in zip(_arrays(module), arrays, strict=True):
+                tensor.copy_(torch.from_numpy(array))
+            if freeze:
+                module.requires_grad_(False)
+
+
 def load_weights(model: nn.Module, weights: Weights) -> None:
     with torch.no_grad():
         for module, arrays in zip(weighted_modules(model), weights, strict=True):
@@ -182,9 +194,11 @@ class TorchSession:
         model = build_model(model_spec)
         if spec.init == "shared":
             load_weights(model, shared_initial_weights(model_spec, spec.seed))
+        if model_spec.pretrained:  # fine-tuning: the base from the weights file, frozen
+            load_base(model, pretrained_base(spec, model_spec), freeze=True)
         self.model = model.to(self.device)
         self.input_shape = model_spec.input_shape
-        self.parameter_count = sum(p.numel() for p in self.model.parameters())
+        self.parameter_count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.device_name = (
             torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         )
@@ -299,6 +313,14 @@ class TorchSession:
             return 0
         return int(torch.cuda.max_memory_allocated(self.device))
 
+    def base_max_change(self, base: Weights) -> float:
+        """The largest |now - pretrained| of a fine-tuning job's frozen weights."""
+        return max(
+            float(np.max(np.abs(now - then)))
+            for arrays, pretrained in zip(model_weights(self.model), base, strict=False)
+            for now, then in zip(arrays, pretrained, strict=True)
+        )
+
 
 _serving_thread = threading.local()
 
@@ -337,6 +359,11 @@ class TorchFramework:
 
     def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> TorchSession:
         return TorchSession(spec, model)
+
+    def new_rl_session(self, spec: pb.JobSpec, model: ModelSpec):
+        from services.torch_trainer.q_session import TorchQSession
+
+        return TorchQSession(spec, model)
 
 
 class TorchNeuMF(nn.Module):
