@@ -34,6 +34,10 @@ def test_td_targets_bootstrap_only_from_states_that_are_not_terminal():
     next_q = np.array([[1.0, 3.0], [5.0, 2.0]], np.float32)
     targets = td_targets(np.array([1.0, 1.0]), np.array([0.0, 1.0]), next_q, gamma=0.5)
     assert targets.tolist() == [1.0 + 0.5 * 3.0, 1.0]
+    # Double DQN: the online network picks the action (0 here), the target network values it.
+    online = np.array([[9.0, 0.0], [0.0, 9.0]], np.float32)
+    double = td_targets(np.array([1.0, 1.0]), np.array([0.0, 0.0]), next_q, 0.5, online)
+    assert double.tolist() == [1.0 + 0.5 * 1.0, 1.0 + 0.5 * 2.0]
 
 
 def test_replay_buffer_keeps_the_last_transitions():

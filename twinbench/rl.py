@@ -97,8 +97,15 @@ def epsilon_at(step: int, rl: DQN) -> float:
     return rl.epsilon_start + fraction * (rl.epsilon_end - rl.epsilon_start)
 
 
-def td_targets(rewards, terminal, next_q: np.ndarray, gamma: float) -> np.ndarray:
-    return (rewards + gamma * (1.0 - terminal) * next_q.max(axis=1)).astype(np.float32)
+def td_targets(
+    rewards, terminal, next_q: np.ndarray, gamma: float, next_online: np.ndarray | None = None
+) -> np.ndarray:
+    """r + gamma Q'(s', a*) where s' is not terminal. Double DQN (van Hasselt et al., 2016):
+    a* is the online network's best action and Q' the target network's value of it, which
+    curbs the overestimation of max Q'; without `next_online`, a* is the target's own best."""
+    best = (next_online if next_online is not None else next_q).argmax(axis=1)
+    value = next_q[np.arange(len(next_q)), best]
+    return (rewards + gamma * (1.0 - terminal) * value).astype(np.float32)
 
 
 def solved_at(rewards: list[float], rl: DQN) -> bool:
@@ -222,8 +229,12 @@ def dqn_loop(
         if step + 1 >= rl.learning_starts and (step + 1) % rl.train_every == 0:
             rows = buffer.sample(rng, spec.batch_size)
             t = clock()
-            next_q = session.target_q_values(buffer.next_states[rows])
-            targets = td_targets(buffer.rewards[rows], buffer.terminal[rows], next_q, rl.gamma)
+            next_states = buffer.next_states[rows]
+            next_q = session.target_q_values(next_states)
+            next_online = session.q_values(next_states) if rl.double else None
+            targets = td_targets(
+                buffer.rewards[rows], buffer.terminal[rows], next_q, rl.gamma, next_online
+            )
             losses.append(session.train_step(buffer.states[rows], buffer.actions[rows], targets))
             out.network_seconds += clock() - t
             out.optimizer_steps += 1

@@ -242,6 +242,8 @@ class DQN:
     epsilon_end: float = 0.01
     epsilon_steps: int = 10_000  # linear decay from start to end over these steps
     target_update_steps: int = 500  # hard copy of the online network into the target network
+    double: bool = True  # Double DQN targets (twinbench.rl.td_targets)
+    grad_clip_norm: float = 10.0  # the global norm gradients are clipped to, in both
     # Solved: the mean reward of the last `solve_window` episodes reaches this (CartPole-v1's
     # reward threshold, as Gymnasium registers it).
     solve_threshold: float = 475.0

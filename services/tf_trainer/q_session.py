@@ -36,10 +36,16 @@ class TFQSession(TFSession):
         self.parameter_count = trainable_count(self.model)
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
         opt = spec.optimizer
+        # Clipped to a global norm over all gradients, as clip_grad_norm_ does in PyTorch.
+        clip = model_spec.reinforcement.grad_clip_norm
         if opt.name == "adam":
-            self.optimizer = keras.optimizers.Adam(opt.learning_rate, epsilon=opt.epsilon)
+            self.optimizer = keras.optimizers.Adam(
+                opt.learning_rate, epsilon=opt.epsilon, global_clipnorm=clip
+            )
         else:
-            self.optimizer = keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum)
+            self.optimizer = keras.optimizers.SGD(
+                opt.learning_rate, momentum=opt.momentum, global_clipnorm=clip
+            )
         self.loss = keras.losses.Huber(delta=1.0)  # mean over the batch, as smooth_l1_loss
         self.augment = None
         states = tf.TensorSpec([None, *self.input_shape], tf.float32)
@@ -68,7 +74,8 @@ class TFQSession(TFSession):
             if opt.name == "adam"
             else f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v",
             "td step": "keras.losses.Huber(delta 1, mean) on Q(s, a) gathered from the online"
-            " net, in a tf.function with a fixed signature",
+            " net, in a tf.function with a fixed signature; optimizer global_clipnorm"
+            f" {self.model_spec.reinforcement.grad_clip_norm:g}",
             "target copy": "set_weights of the online network's",
             "compilation": "tf.function with fixed signatures, XLA off (jit_compile=False)",
         }

@@ -41,6 +41,7 @@ class TorchQSession(TorchSession):
                 self.model.parameters(), lr=opt.learning_rate, momentum=opt.momentum
             )
         self.augment = None
+        self.clip_norm = model_spec.reinforcement.grad_clip_norm
 
     def fairness(self) -> dict[str, str]:
         opt = self.spec.optimizer
@@ -51,7 +52,8 @@ class TorchQSession(TorchSession):
             "optimizer": f"Adam, eps {opt.epsilon:g} added after the bias correction"
             if opt.name == "adam"
             else f"SGD, momentum {opt.momentum:g}: v = mu v + g, w -= lr v",
-            "td step": "F.smooth_l1_loss (beta 1, mean) on Q(s, a) gathered from the online net",
+            "td step": "F.smooth_l1_loss (beta 1, mean) on Q(s, a) gathered from the online net;"
+            f" clip_grad_norm_ to {self.clip_norm:g}",
             "target copy": "load_state_dict of the online network's",
             "compilation": "eager (no torch.compile)",
         }
@@ -73,6 +75,7 @@ class TorchQSession(TorchSession):
         loss = nn.functional.smooth_l1_loss(q, torch.from_numpy(targets).to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.optimizer.step()
         return loss.item()
 
