@@ -18,11 +18,17 @@ from twinbench.stats import bootstrap_interval, iqm, paired_iqm_ratio
 
 
 class _Ctx:
+    def __init__(self) -> None:
+        self.job = tpb.Job()
+
     def check_cancelled(self) -> None:
         pass
 
     def progress(self, *args) -> None:
         pass
+
+    def update(self, change) -> None:
+        change(self.job)
 
 
 def test_epsilon_decays_linearly_then_stays():
@@ -71,7 +77,7 @@ def test_iqm_and_its_intervals_treat_unsolved_runs_as_censored():
 
 def test_specs_of_reinforcement_jobs():
     spec = resolve_spec(tpb.JobSpec(framework="torch", model="dqn_cartpole"))
-    assert (spec.dataset, spec.env_steps) == ("CartPole-v1", 150_000)
+    assert (spec.dataset, spec.env_steps) == ("CartPole-v1", 100_000)
     assert job_model(spec).kind == "reinforcement"
     with pytest.raises(InvalidArgument, match="environment CartPole-v1"):
         resolve_spec(tpb.JobSpec(framework="tf", model="dqn_cartpole", dataset="mnist-5k"))
@@ -93,7 +99,15 @@ def test_both_frameworks_see_the_same_episodes_from_one_init():
             tpb.JobSpec(framework=fw, model="dqn_cartpole", seed=3, env_steps=400, batch_size=16)
         )
         model = job_model(spec)
-        rl = DQN(learning_starts=200, epsilon_steps=200, epsilon_end=0.5, target_update_steps=50)
+        rl = DQN(
+            learning_starts=200,
+            train_every=1,
+            gradient_steps=1,
+            epsilon_steps=200,
+            epsilon_end=0.5,
+            target_update_steps=50,
+            double=True,  # the other kind of target, exercised here
+        )
         result = dqn_loop(session(spec, model), make_env(rl), rl, spec, _Ctx())
         assert result.optimizer_steps == 400 - 200 + 1
         rewards[fw] = result.rewards
@@ -106,7 +120,7 @@ def test_both_frameworks_see_the_same_episodes_from_one_init():
 def test_a_dqn_job_runs_end_to_end_through_the_services(client):
     from twinbench.cli import infer_one
 
-    budget = 1_300  # learning starts at step 1,000: a few hundred optimizer steps
+    budget = 1_300  # learning starts at step 1,000: two bursts of 128 optimizer steps
     spec = tpb.JobSpec(framework="both", model="dqn_cartpole", env_steps=budget, seed=1)
     jobs = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
     state = make_env(DQN()).reset(seed=0)[0].astype(np.float32)[None]
@@ -115,7 +129,7 @@ def test_a_dqn_job_runs_end_to_end_through_the_services(client):
         assert job.state == tpb.SUCCEEDED, job.error
         r = job.reinforcement
         assert r.environment == "CartPole-v1" and r.env_steps == budget
-        assert r.optimizer_steps == budget - 1_000 + 1
+        assert r.optimizer_steps == 2 * 128  # bursts after steps 1,024 and 1,280
         assert len(r.episode_rewards) >= 5 and sum(r.episode_rewards) <= budget
         assert r.network_seconds > 0 and r.environment_seconds > 0 and r.steps_per_second > 0
         assert (r.solve_threshold, r.solve_window) == (475.0, 100)

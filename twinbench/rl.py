@@ -41,6 +41,7 @@ RL_FAIRNESS = {
     "timing": "network time (acting, targets, optimizer steps) and environment time apart",
 }
 PROGRESS_EVERY = 50  # environment steps between progress reports
+RECORD_EVERY = 10  # episodes between updates of the job record (`twinbench jobs --show` mid-run)
 
 
 class QSession(Protocol):
@@ -226,28 +227,24 @@ def dqn_loop(
         buffer.add(state, action, float(reward), next_state, bool(terminated))
         state, episode_reward = next_state, episode_reward + float(reward)
         out.steps = step + 1
-        if step + 1 >= rl.learning_starts and (step + 1) % rl.train_every == 0:
-            rows = buffer.sample(rng, spec.batch_size)
-            t = clock()
-            next_states = buffer.next_states[rows]
-            next_q = session.target_q_values(next_states)
-            next_online = session.q_values(next_states) if rl.double else None
-            targets = td_targets(
-                buffer.rewards[rows], buffer.terminal[rows], next_q, rl.gamma, next_online
-            )
-            losses.append(session.train_step(buffer.states[rows], buffer.actions[rows], targets))
-            out.network_seconds += clock() - t
-            out.optimizer_steps += 1
         if (step + 1) % rl.target_update_steps == 0:
             t = clock()
             session.update_target()
             out.network_seconds += clock() - t
+        if step + 1 >= rl.learning_starts and (step + 1) % rl.train_every == 0:
+            t = clock()
+            for _ in range(rl.gradient_steps):
+                losses.append(_optimizer_step(session, buffer, rng, spec.batch_size, rl))
+            out.network_seconds += clock() - t
+            out.optimizer_steps += rl.gradient_steps
         if terminated or truncated:
             out.rewards.append(episode_reward)
             t = clock()
             state, _ = env.reset()
             out.environment_seconds += clock() - t
             episode_reward = 0.0
+            if len(out.rewards) % RECORD_EVERY == 0:
+                _record_progress(ctx, out)
             if solved_at(out.rewards, rl):
                 out.episodes_to_solve, out.steps_to_solve = len(out.rewards), step + 1
                 out.seconds_to_solve = clock() - start
@@ -260,6 +257,28 @@ def dqn_loop(
                 beside.check(every_s=1.0)
     out.seconds = clock() - start
     return out
+
+
+def _optimizer_step(
+    session: QSession, buffer: ReplayBuffer, rng: np.random.Generator, batch: int, rl: DQN
+) -> float:
+    """One TD step: a batch from the buffer, its targets here, the update in the framework."""
+    rows = buffer.sample(rng, batch)
+    next_states = buffer.next_states[rows]
+    next_q = session.target_q_values(next_states)
+    next_online = session.q_values(next_states) if rl.double else None
+    targets = td_targets(buffer.rewards[rows], buffer.terminal[rows], next_q, rl.gamma, next_online)
+    return session.train_step(buffer.states[rows], buffer.actions[rows], targets)
+
+
+def _record_progress(ctx: JobContext, out: LoopResult) -> None:
+    rewards, steps = list(out.rewards), out.steps
+
+    def update(j: pb.Job) -> None:
+        j.reinforcement.episode_rewards[:] = rewards
+        j.reinforcement.env_steps = steps
+
+    ctx.update(update)
 
 
 def model_inputs(env) -> int:
