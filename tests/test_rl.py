@@ -139,3 +139,109 @@ def test_a_dqn_job_runs_end_to_end_through_the_services(client):
         for export in job.exports:
             q = infer_one(client, export.model_name, state)
             assert q.shape == (2,) and np.all(np.isfinite(q))
+
+
+def _rl_job(framework: str, seed: int, rewards: list[float], solved_at_episode: int) -> tpb.Job:
+    job = tpb.Job(
+        id=f"{framework}-{seed:012x}",
+        state=tpb.SUCCEEDED,
+        spec=tpb.JobSpec(framework=framework, model="dqn_cartpole", seed=seed, env_steps=50_000),
+        train_seconds=100.0,
+    )
+    r = job.reinforcement
+    r.episode_rewards.extend(rewards)
+    r.env_steps, r.steps_per_second = int(sum(rewards)), 500.0
+    r.network_seconds, r.environment_seconds = 80.0, 5.0
+    r.episodes_to_solve = solved_at_episode
+    r.steps_to_solve = int(sum(rewards[:solved_at_episode])) if solved_at_episode else 0
+    r.seconds_to_solve = 90.0 if solved_at_episode else 0.0
+    return job
+
+
+def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
+    import json
+
+    from twinbench.compare import plan_arms
+    from twinbench.rl_compare import summarize, tables, write_rl_report
+
+    arms = plan_arms(("torch", "tf"), 10, 0)
+    for arm in arms:
+        for seed in arm.seeds:
+            # torch solves every seed at about episode 150, tf at about 300 and misses one seed.
+            solved = (
+                0
+                if arm.framework == "tf" and seed == 4
+                else (150 if arm.framework == "torch" else 300) + seed
+            )
+            arm.jobs.append(_rl_job(arm.framework, seed, [20.0] * 50 + [500.0] * 110, solved))
+    torch_summary = summarize(arms[0].jobs, 0.95)
+    tf_summary = summarize(arms[1].jobs, 0.95)
+    assert torch_summary["solve_rate"][0] == 1.0 and tf_summary["solve_rate"][0] == pytest.approx(
+        0.9
+    )
+    assert torch_summary["iqm_episodes_to_solve"][0] == pytest.approx(154.5, abs=1)
+    results = {
+        "schema": "twinbench.rl-results/v1",
+        "created_at": "2026-01-01T00:00:00Z",
+        "command": "twinbench compare --model dqn_cartpole",
+        "environment": {"cpu": "test"},
+        "design": {
+            "frameworks": ["torch", "tf"],
+            "seeds": {a.label: a.seeds for a in arms},
+            "order": ["torch", "tf"],
+            "env_steps_budget": 50_000,
+            "hardware": "CPU only",
+            "level": 0.95,
+        },  # fmt: skip
+        "arms": {
+            a.label: {"framework": a.framework, "summary": summarize(a.jobs, 0.95), "runs": []}
+            for a in arms
+        },
+        "verdict": [],
+    }
+    from twinbench.rl_compare import run_record
+
+    for a in arms:
+        results["arms"][a.label]["runs"] = [run_record(j) for j in a.jobs]
+    write_rl_report(tmp_path, results)
+    assert (tmp_path / "rewards.png").read_bytes().startswith(b"\x89PNG")
+    page = (tmp_path / "report.md").read_text()
+    # One unsolved seed of ten stays in the trimmed quarter: the IQM is finite, but resamples
+    # with three or more of it are not, so the interval's top reads "unsolved".
+    assert tf_summary["iqm_episodes_to_solve"][0] is not None
+    assert "IQM episodes to solve" in page and "to unsolved" in page
+    assert (
+        json.loads((tmp_path / "results.json").read_text())["arms"]["tf"]["runs"][4][
+            "episodes_to_solve"
+        ]
+        is None
+    )
+    assert [t[0].split(" (")[0] for t in tables(results)] == [
+        "Results", "Verdict", "Runs", "How it was run"
+    ]  # fmt: skip
+
+
+def test_rl_compare_runs_seeds_through_the_services(stack, tmp_path):
+    """The command end to end on a tiny budget (no run can solve): every seed in both, A B B A."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, "compare",
+         "--model", "dqn_cartpole", "--repeats", "2", "--env-steps", "300",
+         "--reports", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (report,) = tmp_path.iterdir()
+    results = json.loads((report / "results.json").read_text())
+    assert results["design"]["order"] == ["torch", "tf", "tf", "torch"]
+    for arm in results["arms"].values():
+        assert [r["seed"] for r in arm["runs"]] == [0, 1]
+        assert all(r["env_steps"] == 300 and r["episodes_to_solve"] is None for r in arm["runs"])
+        assert arm["summary"]["solve_rate"][0] == 0.0
+    assert results["verdict"][0]["outcome"] == "inconclusive"
+    assert (report / "rewards.png").exists() and "Reward curves" in (
+        report / "report.html"
+    ).read_text()
