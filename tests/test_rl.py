@@ -83,6 +83,9 @@ def test_specs_of_reinforcement_jobs():
         resolve_spec(tpb.JobSpec(framework="tf", model="dqn_cartpole", dataset="mnist-5k"))
     with pytest.raises(InvalidArgument, match="env_steps must be"):
         resolve_spec(tpb.JobSpec(framework="tf", model="dqn_cartpole", env_steps=0))
+    for refused in (dict(train_samples=10), dict(resume=True), dict(compiled=True)):
+        with pytest.raises(InvalidArgument, match="not supported for dqn_cartpole"):
+            resolve_spec(tpb.JobSpec(framework="tf", model="dqn_cartpole", **refused))
     with pytest.raises(InvalidArgument, match="env_steps is for reinforcement"):
         resolve_spec(tpb.JobSpec(framework="tf", model="lenet5", env_steps=100))
 
@@ -199,10 +202,12 @@ def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
         },
         "verdict": [],
     }
+    from twinbench.code_size import compare_task
     from twinbench.rl_compare import run_record
 
     for a in arms:
         results["arms"][a.label]["runs"] = [run_record(j) for j in a.jobs]
+    results["code"] = compare_task("dqn_cartpole")
     write_rl_report(tmp_path, results)
     assert (tmp_path / "rewards.png").read_bytes().startswith(b"\x89PNG")
     page = (tmp_path / "report.md").read_text()
@@ -210,6 +215,7 @@ def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
     # with three or more of it are not, so the interval's top reads "unsolved".
     assert tf_summary["iqm_episodes_to_solve"][0] is not None
     assert "IQM episodes to solve" in page and "to unsolved" in page
+    assert "## Code: dqn_cartpole" in page and page.count("```python") == 2
     assert (
         json.loads((tmp_path / "results.json").read_text())["arms"]["tf"]["runs"][4][
             "episodes_to_solve"
@@ -217,7 +223,8 @@ def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
         is None
     )
     assert [t[0].split(" (")[0] for t in tables(results)] == [
-        "Results", "Verdict", "Runs", "How it was run"
+        "Results", "Verdict", "Runs", "How it was run",
+        "Code: dqn_cartpole as a user writes it in each framework",
     ]  # fmt: skip
 
 

@@ -90,7 +90,9 @@ def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
             state_name(j.state),
             j.spec.model,
             j.spec.dataset,
-            f"{len(j.epochs)}/{j.spec.epochs}",
+            f"{len(j.reinforcement.episode_rewards)} episodes"
+            if j.HasField("reinforcement")
+            else f"{len(j.epochs)}/{j.spec.epochs}",
             f"{j.test_accuracy:.4f}" if j.state == tpb.SUCCEEDED else "-",
             f"{j.train_seconds:.1f}" if j.state == tpb.SUCCEEDED else "-",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at)),

@@ -152,6 +152,12 @@ def _resolve_kind(model: ModelSpec, out: pb.JobSpec) -> None:
             out.env_steps = rl.env_steps
         if not 1 <= out.env_steps <= 10_000_000:
             raise InvalidArgument(f"env_steps must be 1..10000000, got {out.env_steps}")
+        # What only a supervised job can honour: refused rather than silently ignored.
+        for name, set_ in (("train_samples", out.HasField("train_samples")),
+                           ("target_accuracy", out.HasField("target_accuracy")),
+                           ("resume", out.resume), ("compiled", out.compiled)):  # fmt: skip
+            if set_:
+                raise InvalidArgument(f"{name} is not supported for {model.name}, a DQN job")
     if out.pretrained_weights and not model.pretrained:
         raise InvalidArgument(f"pretrained_weights is for fine-tuning models, not {model.name}")
     if model.pretrained:

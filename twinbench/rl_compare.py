@@ -20,6 +20,7 @@ import numpy as np
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
+from twinbench.code_size import compare_task, size_rows
 from twinbench.compare import (
     CompareOptions,
     hardware_of,
@@ -34,6 +35,8 @@ from twinbench.report import (
     COLORS,
     LABELS,
     _png,
+    code_html,
+    code_markdown,
     environment,
     render_html,
     render_markdown,
@@ -133,6 +136,9 @@ def run_rl_compare(
         },
         "verdict": decide([line], hardware_of(arms), options.level),
     }
+    code = compare_task(base_spec.model)  # the coder's view, as the supervised report has it
+    if code:
+        results["code"] = code
     write_rl_report(report_dir, results)
     for row in summary_rows(results):
         print("  ".join(row))
@@ -205,7 +211,17 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         for label, arm in results["arms"].items()
         for r in arm["runs"]
     ]  # fmt: skip
-    return [
+    code = []
+    if results.get("code"):
+        code.append(
+            (
+                f"Code: {results['code']['task']} as a user writes it in each framework"
+                " (Python's tokenizer and parser; comments, docstrings and blank lines apart)",
+                ["measure", "PyTorch", "Keras", "PyTorch / Keras"],
+                size_rows(results["code"]),
+            )
+        )
+    tables_ = [
         (
             f"Results ({design['hardware']}; budget {design['env_steps_budget']:,} environment"
             " steps per run; solved: mean reward of 100 episodes >= 475)",
@@ -243,6 +259,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ],
         ),
     ]
+    return tables_ + code
 
 
 def reward_curves(results: dict) -> bytes:
@@ -281,7 +298,11 @@ def write_rl_report(directory: Path, results: dict) -> None:
         {
             "rewards.png": png,
             "results.json": json.dumps(results, indent=2).encode(),
-            "report.md": render_markdown(title, results, tables(results), images).encode(),
-            "report.html": render_html(title, results, tables(results), images).encode(),
+            "report.md": (
+                render_markdown(title, results, tables(results), images) + code_markdown(results)
+            ).encode(),
+            "report.html": render_html(title, results, tables(results), images)
+            .replace("</body></html>", code_html(results) + "</body></html>")
+            .encode(),
         },
     )
