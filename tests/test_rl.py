@@ -77,7 +77,7 @@ def test_iqm_and_its_intervals_treat_unsolved_runs_as_censored():
 
 def test_specs_of_reinforcement_jobs():
     spec = resolve_spec(tpb.JobSpec(framework="torch", model="dqn_cartpole"))
-    assert (spec.dataset, spec.env_steps) == ("CartPole-v1", 100_000)
+    assert (spec.dataset, spec.env_steps) == ("CartPole-v1", 200_000)
     assert job_model(spec).kind == "reinforcement"
     with pytest.raises(InvalidArgument, match="environment CartPole-v1"):
         resolve_spec(tpb.JobSpec(framework="tf", model="dqn_cartpole", dataset="mnist-5k"))

@@ -462,7 +462,7 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
         "--env-steps",
         type=int,
         help="dqn_cartpole: the budget of environment steps; a job stops there or once solved"
-        " (default: the model's, 100000)",
+        " (default: the model's, 200000)",
     )
     p.add_argument(
         "--warmup-steps",

@@ -235,7 +235,7 @@ class DQN:
     environment: str = "CartPole-v1"
     # The settings below are RL Baselines3 Zoo's tuned DQN for CartPole-v1: 256 steps of acting,
     # then 128 optimizer steps against a target network copied just before them.
-    env_steps: int = 100_000  # the budget: the job stops there, or once solved
+    env_steps: int = 200_000  # the budget: the job stops there, or once solved
     gamma: float = 0.99
     buffer_size: int = 100_000
     learning_starts: int = 1_000  # random steps that fill the buffer before any update
