@@ -106,3 +106,16 @@ def test_a_fine_tuning_job_trains_only_the_top_in_both_frameworks(client, settin
         assert len(job.epochs) == 2 and all(np.isfinite(e.train_loss) for e in job.epochs)
         assert "horizontal" in job.fairness["augmentation"]
         assert job.exports
+
+
+def test_the_download_puts_the_file_where_jobs_look_for_it(tmp_path):
+    from twinbench.download import SOURCES
+
+    spec = get_model_spec("vgg16_finetune")
+    source = SOURCES[spec.pretrained.download]  # `twinbench data download vgg16-weights`
+    (filename,) = source.sha256
+    # download() writes data_root/<name>/<file>: the path a job reads by default.
+    assert weights_path(spec, tmp_path) == tmp_path / "vgg16-weights" / filename
+    # torchvision names its files after the start of their sha256.
+    assert source.sha256[filename].startswith(filename.split("-")[1].split(".")[0])
+    assert source.base_url + filename == "https://download.pytorch.org/models/vgg16-397923af.pth"
