@@ -107,8 +107,12 @@ def describe_job(job: tpb.Job) -> str:
         + (f" width {spec.width:g}" if spec.HasField("width") else "")
         + (f" {spec.image_size}x{spec.image_size}" if spec.HasField("image_size") else "")
         + (f" (hidden units {'-'.join(map(str, spec.hidden_units))})" if spec.hidden_units else "")
-        + f" on {spec.dataset}, {spec.epochs} epochs,"
-        f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
+        + (
+            f" on {spec.dataset}, budget {spec.env_steps:,} environment steps,"
+            if spec.HasField("env_steps")
+            else f" on {spec.dataset}, {spec.epochs} epochs,"
+        )
+        + f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
         + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
         + f", seed {spec.seed}, device {spec.device}, init {spec.init}",
         f"  ran on: {job.device or '-'} ({job.framework_version or '-'}),"
@@ -185,6 +189,13 @@ def describe_job(job: tpb.Job) -> str:
             matrix = np.array(job.confusion_matrix).reshape(n, n)
             lines.append("  confusion matrix (rows: true class):")
             lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in matrix]
+    if job.HasField("fine_tuning"):
+        ft = job.fine_tuning
+        lines.append(
+            f"  fine-tuned from {ft.weights_path} (sha256 {ft.weights_sha256[:12]}):"
+            f" {ft.frozen_parameters:,} frozen parameters, largest change in training"
+            f" {ft.frozen_max_change:g}"
+        )
     if job.fairness:
         lines.append("  settings that differ by default between the frameworks, as set here:")
         lines += [f"    {key}: {value}" for key, value in sorted(job.fairness.items())]
