@@ -17,7 +17,7 @@ parser.add_argument("--smoke", action="store_true", help="a few hundred steps")
 parser.add_argument("--out", type=Path, default=Path("."))
 args = parser.parse_args()
 args.out.mkdir(parents=True, exist_ok=True)
-steps, warmup = (300, 64) if args.smoke else (args.steps, 1000)
+steps, warmup, every = (300, 64, 32) if args.smoke else (args.steps, 1000, 256)
 
 random.seed(args.seed)
 keras.utils.set_random_seed(args.seed)
@@ -28,8 +28,8 @@ def q_network() -> keras.Model:
     return keras.Sequential(
         [
             keras.Input((4,)),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(256, activation="relu"),
             keras.layers.Dense(2),
         ]
     )
@@ -37,9 +37,9 @@ def q_network() -> keras.Model:
 
 policy, target = q_network(), q_network()
 target.set_weights(policy.get_weights())
-optimizer = keras.optimizers.Adam(0.0005)
+optimizer = keras.optimizers.Adam(0.0023, global_clipnorm=10)
 loss_fn = keras.losses.Huber()
-memory = deque(maxlen=50_000)
+memory = deque(maxlen=100_000)
 rewards, episode_reward = [], 0.0
 state, _ = env.reset(seed=args.seed)
 
@@ -55,7 +55,7 @@ def train_step(states, actions, batch_rewards, next_states, dones):
 
 
 for step in range(steps):
-    epsilon = max(0.01, 1.0 - step / 10_000)
+    epsilon = max(0.04, 1.0 - step / 8_000)
     if random.random() < epsilon:
         action = env.action_space.sample()
     else:
@@ -71,14 +71,20 @@ for step in range(steps):
             print(f"solved in {len(rewards)} episodes")
             break
 
-    if len(memory) >= warmup:
-        batch = random.sample(memory, 64)
-        states, actions, batch_rewards, next_states, dones = map(np.array, zip(*batch, strict=True))
-        train_step(
-            states, actions, batch_rewards.astype("float32"), next_states, dones.astype("float32")
-        )
-    if step % 500 == 0:
+    if len(memory) >= warmup and step % every == 0:  # a burst of updates every 256 steps
         target.set_weights(policy.get_weights())
+        for _ in range(every // 2):
+            batch = random.sample(memory, 64)
+            states, actions, batch_rewards, next_states, dones = map(
+                np.array, zip(*batch, strict=True)
+            )
+            train_step(
+                states,
+                actions,
+                batch_rewards.astype("float32"),
+                next_states,
+                dones.astype("float32"),
+            )
 
 path = args.out / "dqn_cartpole.keras"
 policy.save(path)
