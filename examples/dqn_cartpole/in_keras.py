@@ -37,7 +37,7 @@ def q_network() -> keras.Model:
 
 policy, target = q_network(), q_network()
 target.set_weights(policy.get_weights())
-optimizer = keras.optimizers.Adam(0.0023, global_clipnorm=10)
+optimizer = keras.optimizers.Adam(0.0005, global_clipnorm=10)
 loss_fn = keras.losses.Huber()
 memory = deque(maxlen=100_000)
 rewards, episode_reward = [], 0.0

@@ -32,7 +32,7 @@ def q_network() -> nn.Module:
 
 policy, target = q_network(), q_network()
 target.load_state_dict(policy.state_dict())
-optimizer = torch.optim.Adam(policy.parameters(), lr=0.0023)
+optimizer = torch.optim.Adam(policy.parameters(), lr=0.0005)
 memory = deque(maxlen=100_000)
 rewards, episode_reward = [], 0.0
 state, _ = env.reset(seed=args.seed)
