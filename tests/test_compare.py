@@ -105,6 +105,10 @@ def test_compare_writes_every_file_and_results_match_the_schema(report):
         and "faster to serve" in questions
     )
     assert "## Verdict (CPU only" in (report / "report.md").read_text()
+    # The coder's view: LeNet-5 as a user writes it in each framework, counted and shown.
+    assert results["code"]["task"] == "lenet5"
+    assert "## Code: lenet5" in (report / "report.md").read_text()
+    assert "The two scripts (lenet5)" in (report / "report.html").read_text()
 
 
 def test_an_a_a_run_shows_the_noise_floor_and_names_no_winner(stack, tmp_path):

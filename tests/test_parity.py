@@ -7,9 +7,9 @@ from twinbench.api import trainer_pb2 as tpb
 from twinbench.datasets import epoch_order, load_dataset
 from twinbench.jobs import resolve_spec
 from twinbench.parity import PARITY_TOLERANCE, TRAIN_TOLERANCE, check_id_parity, check_parity
-from twinbench.specs import ARCHITECTURES, MODELS, get_model_spec
+from twinbench.specs import ARCHITECTURES, FINE_TUNING, MODELS, get_model_spec
 
-SEQUENTIAL = sorted(set(MODELS) - set(ARCHITECTURES))
+SEQUENTIAL = sorted(set(MODELS) - set(ARCHITECTURES) - set(FINE_TUNING))
 
 pytestmark = pytest.mark.integration  # builds and runs both frameworks
 
@@ -36,6 +36,14 @@ def test_imagenet_architectures_match_at_a_small_width(name):
         assert result.train_stats is not None and result.train_stats <= TRAIN_TOLERANCE
     if name == "resnet50":  # no dropout: train-mode logits compare too
         assert result.train_logits <= TRAIN_TOLERANCE
+
+
+def test_fine_tuning_base_from_one_weights_file_matches_at_a_small_width():
+    # No vgg16-weights file here: both frameworks load a random one in torchvision's format.
+    result = check_parity("vgg16_finetune", seed=3, width=0.125, image_size=32)
+    assert result.ok, result
+    assert result.relative <= PARITY_TOLERANCE and "torchvision's format" in result.weights_file
+    assert result.parameters == get_model_spec("vgg16_finetune", 0.125, 32).parameter_count()
 
 
 def test_keras_running_variance_is_levelled_to_pytorchs_unbiased_one():
@@ -76,7 +84,7 @@ def _max_logit_diff(a, b, x) -> float:
     return float(np.abs(a.predict(a.prepare(x)) - b.predict(b.prepare(x))).max())
 
 
-@pytest.mark.parametrize("name", SEQUENTIAL)
+@pytest.mark.parametrize("name", [n for n in SEQUENTIAL if MODELS[n].kind == "supervised"])
 def test_shared_init_starts_both_frameworks_at_the_same_point(name):
     spec = get_model_spec(name)
     source = "mnist-5k" if spec.input_shape == (1, 28, 28) else "synthetic"

@@ -21,7 +21,7 @@ from twinbench.errors import TwinbenchError
 from twinbench.jobs import state_name
 from twinbench.launcher import LocalStack
 from twinbench.precision import PRECISIONS
-from twinbench.specs import ARCHITECTURES, ID_MODELS, MODELS
+from twinbench.specs import ARCHITECTURES, FINE_TUNING, ID_MODELS, MODELS
 from twinbench.tensors import infer_request, output_array
 
 # --- commands ---
@@ -39,6 +39,7 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
         "image_size",
         "workers",
         "devices_per_worker",
+        "env_steps",
     ):
         value = getattr(args, field)
         if value is not None:
@@ -94,7 +95,9 @@ def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
             state_name(j.state),
             j.spec.model,
             j.spec.dataset,
-            f"{len(j.epochs)}/{j.spec.epochs}",
+            f"{len(j.reinforcement.episode_rewards)} episodes"
+            if j.HasField("reinforcement")
+            else f"{len(j.epochs)}/{j.spec.epochs}",
             f"{j.test_accuracy:.4f}" if j.state == tpb.SUCCEEDED else "-",
             f"{j.train_seconds:.1f}" if j.state == tpb.SUCCEEDED else "-",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at)),
@@ -197,6 +200,9 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
             f"--frameworks takes two of {', '.join(FRAMEWORKS)}, e.g. torch,tf or torch,torch;"
             f" got {args.frameworks!r}"
         )
+    reinforcement = MODELS[args.model].reinforcement is not None
+    if args.repeats is None:
+        args.repeats = 10 if reinforcement else 3
     if args.rounds is None:
         args.rounds = args.repeats
     if args.repeats < 1 or args.rounds < 1:
@@ -219,6 +225,10 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         command="twinbench " + " ".join(args.argv),
         level=args.confidence,
     )
+    if reinforcement:
+        from twinbench.rl_compare import run_rl_compare
+
+        return run_rl_compare(settings, args.gateway, spec, options)
     return run_compare(settings, args.gateway, spec, options)
 
 
@@ -279,7 +289,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
         if name in ID_MODELS:
             result = check_id_parity(name, args.seed, args.rows, args.scale)
         else:
-            knobs = (args.width, args.image_size) if name in ARCHITECTURES else (None, None)
+            sized = name in ARCHITECTURES or name in FINE_TUNING
+            knobs = (args.width, args.image_size) if sized else (None, None)
             result = check_parity(name, args.seed, args.rows, *knobs)
         failed += not result.ok
         parts = [f"{result.parameters:,} trainable parameters"]
@@ -293,6 +304,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
             parts.append(f"train mode: batch-norm statistics' moves {result.train_stats:.2e}")
         if result.train_logits is not None:
             parts.append(f"train-mode logits {result.train_logits:.2e}")
+        if result.weights_file:
+            parts.append(f"pretrained base from {result.weights_file}")
         verdict = "ok" if result.ok else "FAILED"
         print(
             f"{name}: {'; '.join(parts)} ({verdict}; relative tolerances:"
@@ -308,6 +321,22 @@ def cmd_parity(args: argparse.Namespace) -> int:
             headers = ["step", "max |logit diff|", "predictions differ", "torch acc", "keras acc"]
             print("  " + table(headers, rows).replace("\n", "\n  "))
     return 1 if failed else 0
+
+
+def cmd_code(args: argparse.Namespace) -> int:
+    from twinbench.code_size import compare_task, example_tasks, size_rows
+
+    tasks = example_tasks()
+    if not tasks:
+        raise SystemExit("no example scripts here: `twinbench code` runs from a checkout")
+    for task in args.task or tasks:
+        code = compare_task(task)
+        if code is None:
+            raise SystemExit(f"no examples/{task}/; tasks: {', '.join(tasks)}")
+        print(f"{task} ({', '.join(s['path'] for s in code['scripts'].values())}):")
+        headers = ["measure", "PyTorch", "Keras", "PyTorch / Keras"]
+        print("  " + table(headers, size_rows(code)).replace("\n", "\n  "))
+    return 0
 
 
 def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
@@ -340,7 +369,8 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
     if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
         raise SystemExit("--repeats, --steps, --warmup-steps and --batch-size must be 1 or more")
     options = BenchOptions(
-        models=tuple(args.model or (*ARCHITECTURES, *ID_MODELS)),
+        # The PyTorch paper's table has VGG-19, not VGG-16.
+        models=tuple(args.model or (*(a for a in ARCHITECTURES if a != "vgg16"), *ID_MODELS)),
         frameworks=frameworks,
         modes=modes,
         precisions=precisions,
@@ -462,13 +492,15 @@ def add_architecture_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width",
         type=float,
-        help="channel width multiplier of alexnet, vgg19, resnet50, mobilenet_v2; for ncf and gnmt,"
-        " widths, vocabulary, users and items times this (default: 1)",
+        help="channel width multiplier of alexnet, vgg16, vgg19, resnet50, mobilenet_v2 and"
+        " vgg16_finetune; for ncf and gnmt, widths, vocabulary, users and items times this"
+        " (default: 1)",
     )
     p.add_argument(
         "--image-size",
         type=int,
-        help="input height and width of alexnet, vgg19, resnet50, mobilenet_v2 (default: 224)",
+        help="input height and width of alexnet, vgg16, vgg19, resnet50, mobilenet_v2 and"
+        " vgg16_finetune (default: 224)",
     )
 
 
@@ -501,6 +533,12 @@ def add_spec_options(p: argparse.ArgumentParser, epochs_default: int | None) -> 
         help="data-parallel worker processes; --batch-size stays the global batch (default: 1)",
     )
     p.add_argument("--devices-per-worker", type=int, help="GPUs each worker trains on (default: 1)")
+    p.add_argument(
+        "--env-steps",
+        type=int,
+        help="dqn_cartpole: the budget of environment steps; a job stops there or once solved"
+        " (default: the model's, 200000)",
+    )
     p.add_argument(
         "--warmup-steps",
         type=int,
@@ -552,11 +590,15 @@ def parser() -> argparse.ArgumentParser:
     infer.add_argument("--version", help="(default: the newest)")
     data = sub.add_parser("data", help="dataset files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    fetch = data_sub.add_parser("download", help="fetch a dataset's files (sha256-checked)")
+    fetch = data_sub.add_parser(
+        "download",
+        help="fetch a dataset's files, or torchvision's VGG16 weights (sha256-checked)",
+    )
     fetch.add_argument(
         "name",
-        choices=["mnist", "fashion-mnist", "ml-1m", "ml-20m"],
-        help="IDX files of MNIST or Fashion-MNIST, or a MovieLens zip for ncf",
+        choices=["mnist", "fashion-mnist", "ml-1m", "ml-20m", "vgg16-weights"],
+        help="IDX files of MNIST or Fashion-MNIST, a MovieLens zip for ncf, or the pretrained"
+        " VGG16 base of vgg16_finetune",
     )
     fetch.add_argument(
         "--dir", help="data folder (default: TWINBENCH_DATA, or TWINBENCH_HOME/data)"
@@ -671,6 +713,10 @@ def parser() -> argparse.ArgumentParser:
         help="also train both side by side for EPOCHS epochs (the model's defaults) and show how"
         " far apart they drift",
     )
+    code = sub.add_parser(
+        "code", help="the amount of code of each task's example scripts (examples/), per framework"
+    )
+    code.add_argument("--task", action="append", help="(default: every task)")
     compare = sub.add_parser(
         "compare", help="train in both frameworks, serve every export, compare (the main job)"
     )
@@ -684,9 +730,8 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--repeats",
         type=int,
-        default=3,
         help="training runs per arm, each with a new seed, in the order A B B A ...;"
-        " verdicts rest on these pairs (default: %(default)s)",
+        " verdicts rest on these pairs (default: 3; 10 seeds for dqn_cartpole)",
     )
     compare.add_argument(
         "--confidence",
@@ -806,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_parity(args)
         if args.command == "data":
             return cmd_data(settings, args)
+        if args.command == "code":
+            return cmd_code(args)
         if args.command == "bench" and args.bench_command == "training":
             return cmd_bench_training(Client(args.gateway, settings), args)
         if args.command == "bench":

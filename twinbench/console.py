@@ -107,8 +107,12 @@ def describe_job(job: tpb.Job) -> str:
         + (f" width {spec.width:g}" if spec.HasField("width") else "")
         + (f" {spec.image_size}x{spec.image_size}" if spec.HasField("image_size") else "")
         + (f" (hidden units {'-'.join(map(str, spec.hidden_units))})" if spec.hidden_units else "")
-        + f" on {spec.dataset}, {spec.epochs} epochs,"
-        f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
+        + (
+            f" on {spec.dataset}, budget {spec.env_steps:,} environment steps,"
+            if spec.HasField("env_steps")
+            else f" on {spec.dataset}, {spec.epochs} epochs,"
+        )
+        + f" batch {spec.batch_size}, {opt.name} lr {opt.learning_rate:g}"
         + (f" momentum {opt.momentum:g}" if opt.name == "sgd" else f" eps {opt.epsilon:g}")
         + f", seed {spec.seed}, device {spec.device}, init {spec.init}",
         f"  ran on: {job.device or '-'} ({job.framework_version or '-'}),"
@@ -151,7 +155,9 @@ def describe_job(job: tpb.Job) -> str:
             + ", ".join(job.overlapped_jobs)
             + " (its timings were taken under their load)"
         )
-    if job.state == tpb.SUCCEEDED:
+    if job.HasField("reinforcement"):
+        lines += describe_reinforcement(job)
+    elif job.state == tpb.SUCCEEDED:
         steady = (
             f"steady {job.steady_samples_per_second:,.0f} {_per_second(job)} over"
             f" {job.steady_seconds:.2f} s"
@@ -193,6 +199,13 @@ def describe_job(job: tpb.Job) -> str:
             matrix = np.array(job.confusion_matrix).reshape(n, n)
             lines.append("  confusion matrix (rows: true class):")
             lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in matrix]
+    if job.HasField("fine_tuning"):
+        ft = job.fine_tuning
+        lines.append(
+            f"  fine-tuned from {ft.weights_path} (sha256 {ft.weights_sha256[:12]}):"
+            f" {ft.frozen_parameters:,} frozen parameters, largest change in training"
+            f" {ft.frozen_max_change:g}"
+        )
     if job.fairness:
         lines.append("  settings that differ by default between the frameworks, as set here:")
         lines += [f"    {key}: {value}" for key, value in sorted(job.fairness.items())]
@@ -202,6 +215,28 @@ def describe_job(job: tpb.Job) -> str:
             f" max|diff| {e.max_abs_diff:.2e}"
         )
     return "\n".join(lines)
+
+
+def describe_reinforcement(job: tpb.Job) -> list[str]:
+    r = job.reinforcement
+    rewards = list(r.episode_rewards)
+    last = rewards[-r.solve_window :]
+    solved = (
+        f"solved at episode {r.episodes_to_solve} (environment step {r.steps_to_solve:,}), after"
+        f" {r.seconds_to_solve:.0f} s = {r.seconds_to_solve / 60:.1f} min"
+        if r.episodes_to_solve
+        else f"not solved within {job.spec.env_steps:,} environment steps"
+    )
+    return [
+        f"  {r.environment}: {len(rewards)} episodes, {r.env_steps:,} environment steps,"
+        f" {r.optimizer_steps:,} optimizer steps; mean reward of the last {len(last)} episodes"
+        f" {np.mean(last) if last else 0:.1f} (solved: {r.solve_window} episodes at >="
+        f" {r.solve_threshold:g})",
+        f"  {solved}",
+        f"  time: {job.train_seconds:.1f} s, {r.steps_per_second:,.0f} environment steps/s;"
+        f" in the network {r.network_seconds:.1f} s, in the environment"
+        f" {r.environment_seconds:.1f} s",
+    ]
 
 
 def cpu_list(cpus) -> str:

@@ -1,4 +1,5 @@
-"""`twinbench data download NAME`: fetches a dataset's files, resumably, checked by sha256."""
+"""`twinbench data download NAME`: fetches a dataset's files, or pretrained weights, resumably,
+checked by sha256."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from twinbench.errors import Unavailable
 @dataclass(frozen=True)
 class Source:
     base_url: str
-    sha256: dict[str, str]  # file name -> checksum of the gzipped file
+    sha256: dict[str, str]  # file name -> checksum of the file as downloaded
 
 
 SOURCES = {
@@ -45,6 +46,13 @@ SOURCES = {
     "ml-1m": Source(
         "https://files.grouplens.org/datasets/movielens/",
         {"ml-1m.zip": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"},
+    ),
+    # torchvision's ImageNet weights of VGG16 (VGG16_Weights.IMAGENET1K_V1), the pretrained base
+    # of vgg16_finetune; the name's 397923af is the start of this checksum, as torchvision names
+    # its files.
+    "vgg16-weights": Source(
+        "https://download.pytorch.org/models/",
+        {"vgg16-397923af.pth": "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"},
     ),
 }
 

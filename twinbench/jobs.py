@@ -92,9 +92,15 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     out = pb.JobSpec()
     out.CopyFrom(spec)
     out.dataset = spec.dataset or defaults.dataset
-    check_dataset_name(out.dataset)
     if isinstance(model, (NeuMF, GNMT)):
+        check_dataset_name(out.dataset)
         check_id_dataset(out.dataset, model)
+        for name, set_ in (("env_steps", out.HasField("env_steps")),
+                           ("pretrained_weights", bool(out.pretrained_weights))):  # fmt: skip
+            if set_:
+                raise InvalidArgument(f"{name} is not for {model.name}")
+    else:
+        _resolve_kind(model, out)
     out.epochs = spec.epochs if spec.HasField("epochs") else defaults.epochs
     out.batch_size = spec.batch_size if spec.HasField("batch_size") else defaults.batch_size
     out.seed = spec.seed if spec.HasField("seed") else 0
@@ -152,6 +158,41 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
             raise InvalidArgument(message)
     check_distributed_spec(out)
     return out
+
+
+def _resolve_kind(model: ModelSpec, out: pb.JobSpec) -> None:
+    """What depends on the job's kind: an environment instead of a dataset, a step budget."""
+    rl = model.reinforcement
+    if rl is None:
+        check_dataset_name(out.dataset)
+        if out.HasField("env_steps"):
+            raise InvalidArgument(
+                f"env_steps is for reinforcement-learning models, not {model.name}"
+            )
+    else:
+        if out.dataset != rl.environment:
+            raise InvalidArgument(
+                f"{model.name} learns in the environment {rl.environment}, not a dataset"
+                f" ({out.dataset!r})"
+            )
+        if not out.HasField("env_steps"):
+            out.env_steps = rl.env_steps
+        if not 1 <= out.env_steps <= 10_000_000:
+            raise InvalidArgument(f"env_steps must be 1..10000000, got {out.env_steps}")
+        # What only a supervised job can honour: refused rather than silently ignored.
+        for name, set_ in (("train_samples", out.HasField("train_samples")),
+                           ("target_accuracy", out.HasField("target_accuracy")),
+                           ("resume", out.resume), ("compiled", out.compiled),
+                           ("precision", out.precision not in ("", "fp32")),
+                           ("workers", out.workers > 1)):  # fmt: skip
+            if set_:
+                raise InvalidArgument(f"{name} is not supported for {model.name}, a DQN job")
+    if out.pretrained_weights and not model.pretrained:
+        raise InvalidArgument(f"pretrained_weights is for fine-tuning models, not {model.name}")
+    if model.pretrained:
+        from twinbench.pretrained import weights_path
+
+        weights_path(model, Path("."), out.pretrained_weights)  # refuses paths out of the folder
 
 
 class JobStore:

@@ -5,11 +5,15 @@ It needs both frameworks in one process, so it is run from the CLI, never inside
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from twinbench.datasets import load_dataset
+from twinbench.pretrained import base_weights
 from twinbench.specs import ARCHITECTURES, BatchNorm, Dropout, NeuMF, get_model_spec, id_model
 
 PARITY_TOLERANCE = 1e-5  # eval mode, relative to the largest |value| compared (the logits' scale)
@@ -37,6 +41,9 @@ class Parity:
     # What Keras should count when it differs by construction (an LSTM has one bias vector in
     # Keras, two in PyTorch); None: the same as PyTorch.
     keras_expected: int | None = None
+    # A fine-tuning model's pretrained file that both frameworks loaded (a random stand-in in
+    # torchvision's format, in a temporary folder, where the real one is absent).
+    weights_file: str | None = None
 
     @property
     def relative(self) -> float:
@@ -78,12 +85,23 @@ def check_parity(
     from services.tf_trainer.framework import build_model as build_keras
     from services.tf_trainer.framework import set_weights, trainable_count, weighted_layers
     from services.torch_trainer.framework import build_model as build_torch
-    from services.torch_trainer.framework import model_weights, weighted_modules
+    from services.torch_trainer.framework import load_base, model_weights, weighted_modules
 
     spec = get_model_spec(model_name, width, image_size, hidden_units)
-    rows = rows or (16 if model_name in ARCHITECTURES else 64)
+    rows = rows or (16 if model_name in ARCHITECTURES or spec.pretrained else 64)
     torch.manual_seed(seed)
     torch_model = build_torch(spec).eval()  # PyTorch's own random init: any weights will do
+    weights_file = None
+    if spec.pretrained:  # the base from the one weights file, the top PyTorch's own init
+        path, stand_in = _pretrained_file(spec, seed)
+        load_base(torch_model, base_weights(spec, path))
+        weights_file = (
+            f"a random stand-in in torchvision's format ({path.name} absent)"
+            if stand_in
+            else str(path)
+        )
+        if stand_in:
+            shutil.rmtree(path.parent, ignore_errors=True)
     with torch.no_grad():  # batch norm starts at the identity: make its mapping visible
         for module in weighted_modules(torch_model):
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -97,7 +115,7 @@ def check_parity(
         batch = load_dataset("mnist-5k", spec).test.x[:rows]
     else:
         batch = np.random.default_rng(seed).random((rows, *spec.input_shape), dtype=np.float32)
-    nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+    nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) if batch.ndim == 4 else batch
     with torch.inference_mode():
         torch_logits = torch_model(torch.from_numpy(batch)).numpy()
     keras_logits = np.asarray(keras_model(nhwc, training=False))
@@ -136,7 +154,23 @@ def check_parity(
         scale=float(np.max(np.abs(torch_logits))),
         train_stats=max(stats) if stats else None,
         train_logits=None if has_dropout or not torch_bn else _relative(torch_train, keras_train),
+        weights_file=str(weights_file) if weights_file else None,
     )
+
+
+def _pretrained_file(spec, seed: int) -> tuple[Path, bool]:
+    """The pretrained file the jobs would use (twinbench data download), or, where it is
+    absent or made for another width, a random one in torchvision's format made for the check."""
+    from twinbench.config import load_settings
+    from twinbench.pretrained import WeightsFileError, make_random_weights_file, weights_path
+
+    path = weights_path(spec, load_settings().data)
+    try:
+        base_weights(spec, path)
+        return path, False
+    except WeightsFileError:
+        stand_in = Path(tempfile.mkdtemp(prefix="twinbench-parity-")) / spec.pretrained.filename
+        return make_random_weights_file(spec, stand_in, seed), True
 
 
 def check_id_parity(model_name: str, seed: int = 0, rows: int | None = None, scale: float = 1.0):

@@ -210,7 +210,17 @@ def build_results(
         "serving": {**load, "models": serving},
         "verdict": verdict,
         **({"serving_cost": serving_cost} if serving_cost else {}),
+        **_code_of(arms),
     }
+
+
+def _code_of(arms: dict[str, tuple[str, list[tpb.Job]]]) -> dict:
+    """The coder's view: the task's example scripts and their sizes, when the checkout has them."""
+    from twinbench.code_size import compare_task
+
+    models = {job.spec.model for _, jobs in arms.values() for job in jobs}
+    code = compare_task(models.pop()) if len(models) == 1 else None
+    return {"code": code} if code else {}
 
 
 # --- plots ---
@@ -591,7 +601,43 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ],
         ),  # fmt: skip
     ]
+    if results.get("code"):
+        from twinbench.code_size import size_rows
+
+        out.append(
+            (
+                f"Code: {results['code']['task']} as a user writes it in each framework"
+                " (Python's tokenizer and parser; comments, docstrings and blank lines apart)",
+                ["measure", "PyTorch", "Keras", "PyTorch / Keras"],
+                size_rows(results["code"]),
+            )
+        )
     return out
+
+
+def code_markdown(results: dict) -> str:
+    """Both example scripts of the report's task, one after the other."""
+    code = results.get("code")
+    if not code:
+        return ""
+    lines = [f"## The two scripts ({code['task']})", ""]
+    for framework, script in code["scripts"].items():
+        lines += [f"### {LABELS[framework]}: `{script['path']}`", "", "```python"]
+        lines += [script["source"].rstrip("\n"), "```", ""]
+    return "\n".join(lines)
+
+
+def code_html(results: dict) -> str:
+    """Both example scripts of the report's task, side by side."""
+    code = results.get("code")
+    if not code:
+        return ""
+    cells = "".join(
+        f"<td style='vertical-align:top'><b>{LABELS[f]}</b>: <code>{html.escape(s['path'])}</code>"
+        f"<pre style='font-size:12px;line-height:1.3;overflow-x:auto;max-width:560px'>{html.escape(s['source'])}</pre></td>"
+        for f, s in code["scripts"].items()
+    )
+    return f"<h2>The two scripts ({html.escape(code['task'])})</h2><table><tr>{cells}</tr></table>"
 
 
 def _windows(windows: list[float]) -> str:
@@ -662,7 +708,8 @@ IMAGE_TITLES = {
 
 def markdown(results: dict, images: dict[str, bytes]) -> str:
     titled = {name: (IMAGE_TITLES[name], png) for name, png in images.items()}
-    return render_markdown(_title(results), results, tables(results), titled)
+    page = render_markdown(_title(results), results, tables(results), titled)
+    return page + code_markdown(results)
 
 
 def render_markdown(
@@ -701,7 +748,8 @@ def _title(results: dict) -> str:
 
 def html_page(results: dict, images: dict[str, bytes]) -> str:
     titled = {name: (IMAGE_TITLES[name], png) for name, png in images.items()}
-    return render_html(_title(results), results, tables(results), titled)
+    page = render_html(_title(results), results, tables(results), titled)
+    return page.replace("</body></html>", code_html(results) + "</body></html>")
 
 
 def render_html(

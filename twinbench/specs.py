@@ -222,19 +222,70 @@ class Choice:
 
 Range = FloatRange | IntRange | Choice
 
+
+@dataclass(frozen=True)
+class DQN:
+    """A deep Q-learning job: what the shared loop (twinbench/rl.py) does around the Q-network.
+
+    The same in both frameworks by construction: the loop, the replay buffer, the epsilon
+    schedule, the environment's seeds and the TD targets are shared code; each framework only
+    runs the network (a forward pass, one optimizer step on the Huber loss, the target copy).
+    """
+
+    environment: str = "CartPole-v1"
+    # The schedule of RL Baselines3 Zoo's tuned DQN for CartPole-v1: 256 steps of acting, then
+    # 128 optimizer steps against a target network copied just before them. Its learning rate
+    # (0.0023) learned worse here than 0.0005, the model's default (see README).
+    env_steps: int = 200_000  # the budget: the job stops there, or once solved
+    gamma: float = 0.99
+    buffer_size: int = 100_000
+    learning_starts: int = 1_000  # random steps that fill the buffer before any update
+    train_every: int = 256  # environment steps between bursts of optimizer steps
+    gradient_steps: int = 128  # optimizer steps per burst
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.04
+    epsilon_steps: int = 8_000  # linear decay from start to end over these steps
+    target_update_steps: int = 256  # hard copy of the online network into the target network
+    double: bool = False  # Double DQN targets (twinbench.rl.td_targets); off, as tuned
+    grad_clip_norm: float = 10.0  # the global norm gradients are clipped to, in both
+    # Solved: the mean reward of the last `solve_window` episodes reaches this (CartPole-v1's
+    # reward threshold, as Gymnasium registers it).
+    solve_threshold: float = 475.0
+    solve_window: int = 100
+    actions: tuple[str, ...] = ("push left", "push right")
+
+
 # What a search may set, by name: the JobSpec fields of training, and `units_<i>`, the units of the
 # i-th hidden dense layer (1-based), which change the declared model itself.
 SEARCHABLE = ("learning_rate", "momentum", "batch_size", "epochs")
 
 
 @dataclass(frozen=True)
+class Pretrained:
+    """A fine-tuning job's base: its first `frozen_layers` weighted layers start from a
+    torchvision state_dict file (twinbench/pretrained.py) and are never trained."""
+
+    download: str  # what `twinbench data download` calls the file's source
+    filename: str
+    frozen_layers: int
+    prefix: str = "features"  # the base's name in torchvision's state_dict
+    # torchvision's preprocessing of ImageNet inputs, applied to the data in shared code
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     description: str
-    input_shape: tuple[int, int, int]  # C, H, W
+    input_shape: tuple[int, ...]  # C, H, W; or (features,) for a vector input
     layers: tuple[Layer, ...]
     defaults: TrainDefaults
     augment: Augment | None = None
+    # A reinforcement-learning job (the network is its Q-network); None: supervised.
+    reinforcement: DQN | None = None
+    # A fine-tuning job (a frozen pretrained base, a new top); None: trained from scratch.
+    pretrained: Pretrained | None = None
     # A hyperparameter search's space (`twinbench sweep`); None: the model declares none.
     search_space: dict[str, Range] | None = field(default=None, hash=False)
 
@@ -251,6 +302,13 @@ class ModelSpec:
     @property
     def num_classes(self) -> int:
         return self.layers[-1].units
+
+    @property
+    def kind(self) -> str:
+        """The job's kind: "supervised", "reinforcement" or "fine-tuning"."""
+        if self.reinforcement:
+            return "reinforcement"
+        return "fine-tuning" if self.pretrained else "supervised"
 
     def hidden_units(self) -> tuple[int, ...]:
         """Units of every dense layer but the output, in order."""
@@ -367,11 +425,34 @@ def alexnet(width: float = 1.0) -> tuple[Layer, ...]:
     )
 
 
-def vgg19(width: float = 1.0) -> tuple[Layer, ...]:
+def _vgg_base(repeats: tuple[int, ...], width: float) -> tuple[Layer, ...]:
+    """VGG's convolutional base (torchvision's `features`): 3x3 convolutions, max pools."""
     layers: list[Layer] = []
-    for channels, repeats in ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4)):
-        layers += [Conv(_scaled(channels, width), 3, padding=1)] * repeats
+    for channels, n in zip((64, 128, 256, 512, 512), repeats, strict=True):
+        layers += [Conv(_scaled(channels, width), 3, padding=1)] * n
         layers.append(Pool("max", 2))
+    return tuple(layers)
+
+
+def vgg16_base(width: float = 1.0) -> tuple[Layer, ...]:
+    return _vgg_base((2, 2, 3, 3, 3), width)  # configuration D: 13 convolutions
+
+
+def vgg16(width: float = 1.0) -> tuple[Layer, ...]:
+    # torchvision's adaptive pool to 7x7 is the identity at 224x224 and is left out.
+    return (
+        *vgg16_base(width),
+        Flatten(),
+        Dense(_scaled(4096, width)),
+        Dropout(0.5),
+        Dense(_scaled(4096, width)),
+        Dropout(0.5),
+        Dense(IMAGENET_CLASSES, activation=None),
+    )
+
+
+def vgg19(width: float = 1.0) -> tuple[Layer, ...]:
+    layers = _vgg_base((2, 2, 4, 4, 4), width)
     # torchvision's adaptive pool to 7x7 is the identity at 224x224 and is left out.
     return (
         *layers,
@@ -466,6 +547,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "alexnet": Architecture(alexnet, "AlexNet (torchvision's, one GPU): 5 convs, 3 dense, dropout"),
+    "vgg16": Architecture(vgg16, "VGG-16 (configuration D): 13 3x3 convs, 3 dense, dropout"),
     "vgg19": Architecture(vgg19, "VGG-19 (configuration E): 16 3x3 convs, 3 dense, dropout"),
     "resnet50": Architecture(
         resnet50, "ResNet-50 v1.5: bottleneck blocks 3-4-6-3, batch norm, stride in the 3x3"
@@ -578,8 +660,58 @@ MODELS: dict[str, ModelSpec] = {
         ),
         augment=Augment(horizontal_flip=True, rotation_degrees=30.0),
     ),
+    "dqn_cartpole": ModelSpec(
+        name="dqn_cartpole",
+        description="DQN on CartPole-v1: Q-network 4-256-256-2, ReLU, Huber TD loss",
+        input_shape=(4,),  # cart position and velocity, pole angle and angular velocity
+        layers=(Dense(256), Dense(256), Dense(2, activation=None)),
+        defaults=TrainDefaults(
+            optimizer="adam", learning_rate=0.0005, batch_size=64, epochs=1, dataset="CartPole-v1"
+        ),
+        reinforcement=DQN(),
+    ),
     **{name: architecture(name) for name in ARCHITECTURES},
 }
+
+
+# Fine-tuning: VGG16's convolutional base pretrained on ImageNet (torchvision's weights, one file
+# for both frameworks), frozen; a new top trained on an image folder (cats and dogs: the top of
+# the document's model, dense 256 with dropout 0.5 before the classes).
+VGG16_WEIGHTS = Pretrained("vgg16-weights", "vgg16-397923af.pth", frozen_layers=13)
+FINE_TUNING = ("vgg16_finetune",)
+
+
+def vgg16_finetune(width: float = 1.0, image_size: int = 224, classes: int = 2) -> ModelSpec:
+    knobs = (
+        ""
+        if (width, image_size) == (1.0, 224)
+        else f" (width {width:g}, {image_size}x{image_size})"
+    )
+    return ModelSpec(
+        name="vgg16_finetune",
+        description="VGG16's pretrained convolutional base, frozen, and a new top: dense 256,"
+        f" dropout 0.5, {classes} classes; horizontal flip{knobs}",
+        input_shape=(3, image_size, image_size),
+        layers=(
+            *vgg16_base(width),
+            Flatten(),
+            Dense(256),
+            Dropout(0.5),
+            Dense(classes, activation=None),
+        ),
+        defaults=TrainDefaults(
+            optimizer="adam",
+            learning_rate=0.0001,
+            batch_size=16,
+            epochs=5,
+            dataset="imagefolder:cats_and_dogs",
+        ),
+        augment=Augment(horizontal_flip=True),
+        pretrained=VGG16_WEIGHTS,
+    )
+
+
+MODELS["vgg16_finetune"] = vgg16_finetune()
 
 
 # Models whose inputs are integer ids rather than images: declared once like the others, built by
@@ -681,6 +813,12 @@ def get_model_spec(
     if name in ARCHITECTURES:
         model = architecture(name, 1.0 if width is None else width, image_size or 224)
         return model.with_hidden_units(hidden_units)
+    if name in FINE_TUNING:
+        if width is not None and not 0 < width <= 1:
+            raise InvalidArgument(f"width must be in (0, 1], got {width:g}")
+        if image_size is not None and not 32 <= image_size <= 1024:
+            raise InvalidArgument(f"image size must be in [32, 1024], got {image_size}")
+        return vgg16_finetune(width or 1.0, image_size or 224).with_hidden_units(hidden_units)
     if name in ID_MODELS:
         raise InvalidArgument(
             f"model {name} takes integer ids, not images: its declaration is id_model({name!r})"

@@ -276,3 +276,59 @@ def describe(entry: dict) -> str:
     if outcome.endswith("after Holm's correction"):
         text += f"; p {entry['p_value']:.3g}, {entry['p_holm']:.3g} after Holm"
     return text + ")"
+
+
+# --- reinforcement learning: runs that succeed or not, and how soon ---
+
+
+def iqm(values: Sequence[float]) -> float:
+    """The interquartile mean: the mean of the middle half of the sorted values (the 25% at
+    each end trimmed, as scipy's trim_mean), robust to the few seeds that an RL result always
+    has at either extreme (Agarwal et al., 2021). Unsolved runs enter as infinity: censored at
+    the top, they make the IQM infinite only when they reach into the middle half."""
+    v = np.sort(np.asarray(values, float))
+    if not len(v):
+        raise ValueError("iqm needs at least one value")
+    cut = int(len(v) * 0.25)
+    return float(v[cut : len(v) - cut].mean())
+
+
+def bootstrap_interval(
+    values: Sequence[float], statistic=np.mean, level: float = LEVEL, seed: int = 0
+) -> tuple[float, float, float]:
+    """(statistic, low, high): a percentile bootstrap over the values (seeds, one per run).
+    The quantiles take sample values, never interpolate, so infinite samples stay meaningful."""
+    v = np.asarray(values, float)
+    rng = np.random.default_rng(seed)
+    samples = np.array(
+        [statistic(v[rng.integers(0, len(v), len(v))]) for _ in range(BOOTSTRAP_SAMPLES)]
+    )
+    alpha = (1 - level) / 2
+    low = float(np.quantile(samples, alpha, method="lower"))
+    high = float(np.quantile(samples, 1 - alpha, method="higher"))
+    return float(statistic(v)), low, high
+
+
+def paired_iqm_ratio(
+    first: Sequence[float], second: Sequence[float], level: float = LEVEL, seed: int = 0
+) -> Estimate:
+    """IQM of first over second (e.g. episodes to solve), seeds paired: a percentile bootstrap
+    resamples the seeds, each bringing both of its runs. Where an infinite IQM (too many
+    unsolved runs) leaves no ratio, the estimate says so and has no interval."""
+    a, b = np.asarray(first, float), np.asarray(second, float)
+    if len(a) != len(b) or not len(a):
+        raise ValueError("paired_iqm_ratio needs the same number (at least one) of runs per side")
+    n = len(a)
+    method = f"paired percentile bootstrap over {n} seeds"
+    point_a, point_b = iqm(a), iqm(b)
+    if not (math.isfinite(point_a) and math.isfinite(point_b)) or point_b <= 0:
+        return Estimate(math.nan, 0.0, math.inf, 1.0, n, method + "; an IQM is unsolved: no ratio")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
+    ratios = np.array([iqm(a[p]) / iqm(b[p]) for p in picks])
+    ratios = np.where(np.isnan(ratios), np.inf, ratios)  # inf / inf: no finite ratio
+    alpha = (1 - level) / 2
+    low = float(np.quantile(ratios, alpha, method="lower"))
+    high = float(np.quantile(ratios, 1 - alpha, method="higher"))
+    p = min(1.0, 2 * min(float(np.mean(ratios <= 1)), float(np.mean(ratios >= 1))))
+    return Estimate(point_a / point_b, low, high, p, n, method)

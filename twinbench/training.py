@@ -328,8 +328,17 @@ def _train_and_export(
 ) -> None:
     spec = job.spec
     model = job_model(spec)
+    if isinstance(model, ModelSpec) and model.kind == "reinforcement":
+        # Its own loop: an environment, not a dataset.
+        from twinbench.rl import run_reinforcement
+
+        return run_reinforcement(framework, repository, settings, job, ctx, rss, beside)
     task = task_for(model)
     data = load_dataset(spec.dataset, model, settings.data)
+    if isinstance(model, ModelSpec) and model.pretrained:
+        from twinbench.pretrained import normalized
+
+        data = normalized(data, model.pretrained)  # torchvision's preprocessing, once, for both
     check_inputs(task, data.train.x, data.name, model.name)
     train = data.train
     if spec.HasField("train_samples"):
@@ -475,6 +484,10 @@ def _train_and_export(
         parallel.describe(j, workers)
 
     ctx.update(finished)
+    if model.pretrained:
+        from twinbench.pretrained import record_fine_tuning
+
+        record_fine_tuning(ctx, session, spec, model)
 
     if not spec.skip_export and parallel.writer:
         for fmt in spec.export_formats:

@@ -28,6 +28,7 @@ from twinbench.init import (  # noqa: E402
 )
 from twinbench.precision import GROWTH_STEPS, INITIAL_LOSS_SCALE, compute_dtype, recorded
 from twinbench.precision import describe as describe_precision
+from twinbench.pretrained import pretrained_base  # noqa: E402
 from twinbench.serving import OnnxRuntime  # noqa: E402
 from twinbench.specs import (  # noqa: E402
     GNMT,
@@ -146,11 +147,14 @@ def _weight_names() -> Iterator[str]:
 
 def build_model(spec: ModelSpec, dtype_policy: str | None = None) -> keras.Model:
     """The declared model; with `dtype_policy` (e.g. "mixed_bfloat16"), every layer takes it."""
-    c, h, w = spec.input_shape
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype_policy or "float32")  # read by layers as they are made
     try:
-        inputs = keras.Input((h, w, c))
+        if len(spec.input_shape) == 3:
+            c, h, w = spec.input_shape
+            inputs = keras.Input((h, w, c))
+        else:  # a vector (a Q-network's state)
+            inputs = keras.Input(spec.input_shape)
         return keras.Model(inputs, _apply(spec.layers, inputs, _weight_names()), name=spec.name)
     finally:
         keras.config.set_dtype_policy(previous)
@@ -160,6 +164,19 @@ def set_weights(model: keras.Model, spec: ModelSpec, weights: Weights) -> None:
     """Loads weights in twinbench's canonical layout (PyTorch's) into the Keras model."""
     for name, layer_arrays in zip(_weight_names(), keras_layout(spec, weights)):  # noqa: B905
         model.get_layer(name).set_weights(layer_arrays)
+
+
+def set_base(model: keras.Model, spec: ModelSpec, base: Weights) -> None:
+    """The first len(base) weighted layers from a pretrained base (PyTorch's layout, converted
+    by the parity check's mapping), frozen: not trainable, so no optimizer step touches them."""
+    for layer, arrays in zip(weighted_layers(model, spec), _keras_base(spec, base), strict=False):
+        layer.set_weights(arrays)
+        layer.trainable = False
+
+
+def _keras_base(spec: ModelSpec, base: Weights) -> list[list[np.ndarray]]:
+    full = base + shared_initial_weights(spec, 0)[len(base) :]  # keras_layout maps whole models
+    return keras_layout(spec, full)[: len(base)]
 
 
 def weighted_layers(model: keras.Model, spec: ModelSpec) -> list[keras.layers.Layer]:
@@ -202,16 +219,18 @@ def pick_device(requested: str) -> str:
 class _Serving(tf.Module):
     """The exported signature: NCHW float32 in, like every twinbench export, logits out."""
 
-    def __init__(self, model: keras.Model, input_shape: tuple[int, int, int]) -> None:
+    def __init__(self, model: keras.Model, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.model = model
+        self.images = len(input_shape) == 3
         self.serve = tf.function(
             self._serve,
             input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name="input")],
         )
 
     def _serve(self, input):  # noqa: A002 - the argument name becomes the signature's input name
-        return {"logits": self.model(tf.transpose(input, [0, 2, 3, 1]), training=False)}
+        x = tf.transpose(input, [0, 2, 3, 1]) if self.images else input
+        return {"logits": self.model(x, training=False)}
 
 
 class TFSession:
@@ -228,6 +247,8 @@ class TFSession:
             self.model = build_model(model_spec, f"mixed_{dtype}" if dtype else None)
             if spec.init == "shared":
                 set_weights(self.model, model_spec, shared_initial_weights(model_spec, spec.seed))
+            if model_spec.pretrained:  # fine-tuning: the base from the weights file, frozen
+                set_base(self.model, model_spec, pretrained_base(spec, model_spec))
             self.fp32_model = build_model(model_spec) if dtype else self.model
         self.parameter_count = trainable_count(self.model)
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
@@ -354,6 +375,15 @@ class TFSession:
             return 0
         return int(tf.config.experimental.get_memory_info(self.device.split("device:")[-1])["peak"])
 
+    def base_max_change(self, base: Weights) -> float:
+        """The largest |now - pretrained| of a fine-tuning job's frozen weights."""
+        layers = weighted_layers(self.model, self.model_spec)
+        return max(
+            float(np.max(np.abs(now - then)))
+            for layer, arrays in zip(layers, _keras_base(self.model_spec, base), strict=False)
+            for now, then in zip(layer.get_weights(), arrays, strict=True)
+        )
+
 
 def _gpu_name() -> str:
     details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
@@ -397,6 +427,11 @@ class TFFramework:
         if isinstance(model, (NeuMF, GNMT)):
             return TFIdSession(spec, model)
         return TFSession(spec, model)
+
+    def new_rl_session(self, spec: pb.JobSpec, model: ModelSpec):
+        from services.tf_trainer.q_session import TFQSession
+
+        return TFQSession(spec, model)
 
 
 def _lstm_stack(x, layers: int, hidden: int, names: Iterator[str]):

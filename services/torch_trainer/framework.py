@@ -24,6 +24,7 @@ from twinbench.init import (
 )
 from twinbench.precision import GROWTH_STEPS, INITIAL_LOSS_SCALE, compute_dtype, recorded
 from twinbench.precision import describe as describe_precision
+from twinbench.pretrained import pretrained_base
 from twinbench.serving import OnnxRuntime
 from twinbench.specs import (
     GNMT,
@@ -143,6 +144,17 @@ def model_weights(model: nn.Module) -> Weights:
     return [tuple(t.detach().cpu().numpy() for t in _arrays(m)) for m in weighted_modules(model)]
 
 
+def load_base(model: nn.Module, weights: Weights, freeze: bool = False) -> None:
+    """The first len(weights) weighted layers from `weights` (a pretrained base); frozen: never
+    trained (no gradients, so no optimizer touches them)."""
+    with torch.no_grad():
+        for module, arrays in zip(weighted_modules(model), weights, strict=False):
+            for tensor, array in zip(_arrays(module), arrays, strict=True):
+                tensor.copy_(torch.from_numpy(array))
+            if freeze:
+                module.requires_grad_(False)
+
+
 def load_weights(model: nn.Module, weights: Weights) -> None:
     with torch.no_grad():
         for module, arrays in zip(weighted_modules(model), weights, strict=True):
@@ -191,9 +203,11 @@ class TorchSession:
         model = build_model(model_spec)
         if spec.init == "shared":
             load_weights(model, shared_initial_weights(model_spec, spec.seed))
+        if model_spec.pretrained:  # fine-tuning: the base from the weights file, frozen
+            load_base(model, pretrained_base(spec, model_spec), freeze=True)
         self.model = model.to(self.device)
         self.input_shape = model_spec.input_shape
-        self.parameter_count = sum(p.numel() for p in self.model.parameters())
+        self.parameter_count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.device_name = (
             torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         )
@@ -326,6 +340,14 @@ class TorchSession:
             return 0
         return int(torch.cuda.max_memory_allocated(self.device))
 
+    def base_max_change(self, base: Weights) -> float:
+        """The largest |now - pretrained| of a fine-tuning job's frozen weights."""
+        return max(
+            float(np.max(np.abs(now - then)))
+            for arrays, pretrained in zip(model_weights(self.model), base, strict=False)
+            for now, then in zip(arrays, pretrained, strict=True)
+        )
+
 
 _serving_thread = threading.local()
 
@@ -370,6 +392,11 @@ class TorchFramework:
         if isinstance(model, (NeuMF, GNMT)):
             return TorchIdSession(spec, model)
         return TorchSession(spec, model)
+
+    def new_rl_session(self, spec: pb.JobSpec, model: ModelSpec):
+        from services.torch_trainer.q_session import TorchQSession
+
+        return TorchQSession(spec, model)
 
 
 class TorchNeuMF(nn.Module):

@@ -23,7 +23,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export", "width", "image_size", "compiled", "channels_last", "hidden_units", "precision", "workers", "devices_per_worker")
+    __slots__ = ("framework", "model", "dataset", "epochs", "batch_size", "optimizer", "seed", "device", "export_formats", "train_samples", "init", "target_accuracy", "resume", "warmup_steps", "skip_export", "width", "image_size", "compiled", "channels_last", "hidden_units", "precision", "workers", "devices_per_worker", "env_steps", "pretrained_weights")
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class JobSpec(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    ENV_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PRETRAINED_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     framework: str
     model: str
     dataset: str
@@ -70,7 +72,9 @@ class JobSpec(_message.Message):
     precision: str
     workers: int
     devices_per_worker: int
-    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ..., width: _Optional[float] = ..., image_size: _Optional[int] = ..., compiled: _Optional[bool] = ..., channels_last: _Optional[bool] = ..., hidden_units: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., workers: _Optional[int] = ..., devices_per_worker: _Optional[int] = ...) -> None: ...
+    env_steps: int
+    pretrained_weights: str
+    def __init__(self, framework: _Optional[str] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, _Mapping]] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., export_formats: _Optional[_Iterable[str]] = ..., train_samples: _Optional[int] = ..., init: _Optional[str] = ..., target_accuracy: _Optional[float] = ..., resume: _Optional[bool] = ..., warmup_steps: _Optional[int] = ..., skip_export: _Optional[bool] = ..., width: _Optional[float] = ..., image_size: _Optional[int] = ..., compiled: _Optional[bool] = ..., channels_last: _Optional[bool] = ..., hidden_units: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., workers: _Optional[int] = ..., devices_per_worker: _Optional[int] = ..., env_steps: _Optional[int] = ..., pretrained_weights: _Optional[str] = ...) -> None: ...
 
 class Optimizer(_message.Message):
     __slots__ = ("name", "learning_rate", "momentum", "epsilon")
@@ -127,7 +131,7 @@ class ModelExport(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., max_abs_diff: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "error", "created_at", "started_at", "finished_at", "device", "framework_version", "parameter_count", "epochs", "train_seconds", "test_loss", "test_accuracy", "confusion_matrix", "num_classes", "peak_rss_bytes", "peak_gpu_bytes", "exports", "warmup_seconds", "steady_samples_per_second", "time_to_target_seconds", "target_epoch", "fairness", "threads", "cpu_set", "baseline_rss_bytes", "warmup_steps", "steady_seconds", "steady_samples", "window_samples_per_second", "overlapped_jobs", "test_predictions", "precision", "task", "throughput_unit", "data_peak_rss_bytes", "world_size", "workers", "communication")
+    __slots__ = ("id", "spec", "state", "error", "created_at", "started_at", "finished_at", "device", "framework_version", "parameter_count", "epochs", "train_seconds", "test_loss", "test_accuracy", "confusion_matrix", "num_classes", "peak_rss_bytes", "peak_gpu_bytes", "exports", "warmup_seconds", "steady_samples_per_second", "time_to_target_seconds", "target_epoch", "fairness", "threads", "cpu_set", "baseline_rss_bytes", "warmup_steps", "steady_seconds", "steady_samples", "window_samples_per_second", "overlapped_jobs", "test_predictions", "precision", "task", "throughput_unit", "data_peak_rss_bytes", "world_size", "workers", "communication", "reinforcement", "fine_tuning")
     class FairnessEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +179,8 @@ class Job(_message.Message):
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     COMMUNICATION_FIELD_NUMBER: _ClassVar[int]
+    REINFORCEMENT_FIELD_NUMBER: _ClassVar[int]
+    FINE_TUNING_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: JobSpec
     state: JobState
@@ -215,7 +221,9 @@ class Job(_message.Message):
     world_size: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerRecord]
     communication: Communication
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., device: _Optional[str] = ..., framework_version: _Optional[str] = ..., parameter_count: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., peak_gpu_bytes: _Optional[int] = ..., exports: _Optional[_Iterable[_Union[ModelExport, _Mapping]]] = ..., warmup_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., time_to_target_seconds: _Optional[float] = ..., target_epoch: _Optional[int] = ..., fairness: _Optional[_Mapping[str, str]] = ..., threads: _Optional[_Union[Threads, _Mapping]] = ..., cpu_set: _Optional[_Iterable[int]] = ..., baseline_rss_bytes: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., steady_seconds: _Optional[float] = ..., steady_samples: _Optional[int] = ..., window_samples_per_second: _Optional[_Iterable[float]] = ..., overlapped_jobs: _Optional[_Iterable[str]] = ..., test_predictions: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., task: _Optional[str] = ..., throughput_unit: _Optional[str] = ..., data_peak_rss_bytes: _Optional[int] = ..., world_size: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerRecord, _Mapping]]] = ..., communication: _Optional[_Union[Communication, _Mapping]] = ...) -> None: ...
+    reinforcement: Reinforcement
+    fine_tuning: FineTuning
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., device: _Optional[str] = ..., framework_version: _Optional[str] = ..., parameter_count: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., peak_gpu_bytes: _Optional[int] = ..., exports: _Optional[_Iterable[_Union[ModelExport, _Mapping]]] = ..., warmup_seconds: _Optional[float] = ..., steady_samples_per_second: _Optional[float] = ..., time_to_target_seconds: _Optional[float] = ..., target_epoch: _Optional[int] = ..., fairness: _Optional[_Mapping[str, str]] = ..., threads: _Optional[_Union[Threads, _Mapping]] = ..., cpu_set: _Optional[_Iterable[int]] = ..., baseline_rss_bytes: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., steady_seconds: _Optional[float] = ..., steady_samples: _Optional[int] = ..., window_samples_per_second: _Optional[_Iterable[float]] = ..., overlapped_jobs: _Optional[_Iterable[str]] = ..., test_predictions: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., task: _Optional[str] = ..., throughput_unit: _Optional[str] = ..., data_peak_rss_bytes: _Optional[int] = ..., world_size: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerRecord, _Mapping]]] = ..., communication: _Optional[_Union[Communication, _Mapping]] = ..., reinforcement: _Optional[_Union[Reinforcement, _Mapping]] = ..., fine_tuning: _Optional[_Union[FineTuning, _Mapping]] = ...) -> None: ...
 
 class WorkerRecord(_message.Message):
     __slots__ = ("rank", "pid", "samples", "steady_samples", "steady_seconds", "steady_samples_per_second", "threads", "cpu_set")
@@ -252,6 +260,46 @@ class Communication(_message.Message):
     bucket_bytes: int
     sharding: str
     def __init__(self, launcher: _Optional[str] = ..., strategy: _Optional[str] = ..., backend: _Optional[str] = ..., all_reduce: _Optional[str] = ..., bucket_bytes: _Optional[int] = ..., sharding: _Optional[str] = ...) -> None: ...
+
+class Reinforcement(_message.Message):
+    __slots__ = ("environment", "episode_rewards", "env_steps", "episodes_to_solve", "steps_to_solve", "seconds_to_solve", "solve_threshold", "solve_window", "steps_per_second", "network_seconds", "environment_seconds", "optimizer_steps")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    ENV_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_TO_SOLVE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_TO_SOLVE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_TO_SOLVE_FIELD_NUMBER: _ClassVar[int]
+    SOLVE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SOLVE_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_STEPS_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    episode_rewards: _containers.RepeatedScalarFieldContainer[float]
+    env_steps: int
+    episodes_to_solve: int
+    steps_to_solve: int
+    seconds_to_solve: float
+    solve_threshold: float
+    solve_window: int
+    steps_per_second: float
+    network_seconds: float
+    environment_seconds: float
+    optimizer_steps: int
+    def __init__(self, environment: _Optional[str] = ..., episode_rewards: _Optional[_Iterable[float]] = ..., env_steps: _Optional[int] = ..., episodes_to_solve: _Optional[int] = ..., steps_to_solve: _Optional[int] = ..., seconds_to_solve: _Optional[float] = ..., solve_threshold: _Optional[float] = ..., solve_window: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., network_seconds: _Optional[float] = ..., environment_seconds: _Optional[float] = ..., optimizer_steps: _Optional[int] = ...) -> None: ...
+
+class FineTuning(_message.Message):
+    __slots__ = ("weights_path", "weights_sha256", "frozen_parameters", "frozen_max_change")
+    WEIGHTS_PATH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_MAX_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    weights_path: str
+    weights_sha256: str
+    frozen_parameters: int
+    frozen_max_change: float
+    def __init__(self, weights_path: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., frozen_parameters: _Optional[int] = ..., frozen_max_change: _Optional[float] = ...) -> None: ...
 
 class BatchProgress(_message.Message):
     __slots__ = ("epoch", "batch", "batches", "loss")

@@ -1,0 +1,57 @@
+"""Every example script runs as a user would run it (`--smoke`), and trains, saves, loads, predicts."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from twinbench.code_size import EXAMPLES, FRAMEWORK_SCRIPTS, example_tasks
+
+SCRIPTS = [
+    EXAMPLES / task / script for task in example_tasks() for script in FRAMEWORK_SCRIPTS.values()
+]
+LOADED = re.compile(r"^loaded (?P<path>\S+): predicted (?P<label>\d+) for one (image|state)", re.M)
+# What shows that a script trained: a loss per epoch, or a reward per episode for the DQN.
+TRAINED = re.compile(r"loss:? (?P<value>[0-9.]+)|^episode \d+: reward (?P<reward>\d+)", re.M)
+
+
+def test_every_task_has_both_scripts():
+    assert set(example_tasks()) == {"mnist_cnn", "mlp", "lenet5", "dqn_cartpole", "vgg16_finetune"}
+    for task in example_tasks():
+        for script in FRAMEWORK_SCRIPTS.values():
+            assert (EXAMPLES / task / script).is_file(), f"{task}/{script} is missing"
+
+
+def test_scripts_import_nothing_of_twinbench():
+    for script in SCRIPTS:
+        assert "twinbench" not in script.read_text(), f"{script} must stand alone"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_script_trains_saves_loads_and_predicts(script: Path, tmp_path: Path):
+    run = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        cwd=tmp_path,  # anything a script writes by default lands here, not in the checkout
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    trained = [m for m in TRAINED.finditer(run.stdout)]
+    assert trained, f"no loss or episode reward printed:\n{run.stdout[-2000:]}"
+    for match in trained:
+        value = float(match["value"] or match["reward"])
+        assert math.isfinite(value) and value >= 0
+    loaded = LOADED.search(run.stdout)
+    assert loaded, f"no prediction from the reloaded model:\n{run.stdout[-2000:]}"
+    saved = Path(loaded["path"])
+    assert saved.parent == tmp_path and saved.exists() and saved.stat().st_size > 0
+    classes = 2 if script.parent.name in ("dqn_cartpole", "vgg16_finetune") else 10
+    assert 0 <= int(loaded["label"]) < classes
+    if script.parent.name == "mnist_cnn":
+        assert (tmp_path / "samples.png").read_bytes().startswith(b"\x89PNG")
