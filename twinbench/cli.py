@@ -200,7 +200,8 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
             f"--frameworks takes two of {', '.join(FRAMEWORKS)}, e.g. torch,tf or torch,torch;"
             f" got {args.frameworks!r}"
         )
-    reinforcement = MODELS[args.model].reinforcement is not None
+    declared = MODELS.get(args.model)  # None for the id models (ncf, gnmt)
+    reinforcement = declared is not None and declared.reinforcement is not None
     if args.repeats is None:
         args.repeats = 10 if reinforcement else 3
     if args.rounds is None:

@@ -484,7 +484,7 @@ def _train_and_export(
         parallel.describe(j, workers)
 
     ctx.update(finished)
-    if model.pretrained:
+    if isinstance(model, ModelSpec) and model.pretrained:
         from twinbench.pretrained import record_fine_tuning
 
         record_fine_tuning(ctx, session, spec, model)
