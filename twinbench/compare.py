@@ -148,7 +148,11 @@ def run_compare(
 
 
 def train_arms(
-    client: Client, arms: list[Arm], base_spec: tpb.JobSpec, repeats: int, export_all: bool
+    client: Client,
+    arms: list[Arm],
+    base_spec: tpb.JobSpec,
+    repeats: int,
+    export_all: bool = False,
 ) -> None:
     """Every job, one at a time (run together, they would share the CPU and skew the timings).
 

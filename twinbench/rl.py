@@ -131,6 +131,7 @@ def run_reinforcement(
 ) -> None:
     """A DQN job: learn until solved or out of budget, record it, export the Q-network.
     `rss` and `beside` are the training loop's PeakRss and ActiveJobs (twinbench.training)."""
+    from twinbench.tasks import task_for
     from twinbench.training import SHARED_FAIRNESS, _export, current_rss_bytes
 
     spec = job.spec
@@ -183,9 +184,12 @@ def run_reinforcement(
     states = result.buffer.states[: min(result.buffer.size, 64)]
     rows = Split(states, np.zeros(len(states), np.int64))
     data = Dataset(rl.environment, rows, rows, rows, rl.actions)
+    task = task_for(model)  # one vector in, one value per action out: as a classifier's
     for fmt in spec.export_formats:
         ctx.check_cancelled()
-        export = _export(framework, session, repository, job, data, fmt, settings.max_batch_size)
+        export = _export(
+            framework, session, repository, job, data, task, fmt, settings.max_batch_size
+        )
         ctx.update(lambda j, e=export: j.exports.append(e))
 
 
