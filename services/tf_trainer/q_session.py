@@ -33,6 +33,8 @@ class TFQSession(TFSession):
             if spec.init == "shared":
                 set_weights(self.model, model_spec, shared_initial_weights(model_spec, spec.seed))
             self.target.set_weights(self.model.get_weights())
+        self.fp32_model = self.model  # fp32 only (DQN jobs refuse mixed precision)
+        self.compute_dtype, self.precision = None, "fp32"
         self.parameter_count = trainable_count(self.model)
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
         opt = spec.optimizer
