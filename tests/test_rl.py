@@ -12,7 +12,16 @@ from conftest import wait_for
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
 from twinbench.jobs import job_model, resolve_spec
-from twinbench.rl import ReplayBuffer, dqn_loop, epsilon_at, make_env, solved_at, td_targets
+from twinbench.rl import (
+    ReplayBuffer,
+    dqn_loop,
+    epsilon_at,
+    evaluate_greedy,
+    make_env,
+    passes,
+    td_targets,
+    worth_evaluating,
+)
 from twinbench.specs import DQN
 from twinbench.stats import bootstrap_interval, iqm, paired_iqm_ratio
 
@@ -55,11 +64,41 @@ def test_replay_buffer_keeps_the_last_transitions():
     assert rows.min() >= 0 and rows.max() < 3
 
 
-def test_solved_needs_a_full_window_at_the_threshold():
-    rl = DQN(solve_threshold=475.0, solve_window=3)
-    assert not solved_at([500.0, 500.0], rl)
-    assert solved_at([10.0, 500.0, 475.0, 450.0 + 50.0], rl)
-    assert not solved_at([500.0, 500.0, 400.0], rl)
+class LinearController:
+    """A Q-session's acting part without a network: it pushes the cart the way a weighted sum
+    of the state leans (pole angle and its velocity foremost), a policy known to balance
+    CartPole, and its opposite."""
+
+    def __init__(self, weights) -> None:
+        self.weights = np.asarray(weights, np.float32)
+
+    def q_values(self, states: np.ndarray) -> np.ndarray:
+        lean = states @ self.weights
+        return np.stack([-lean, lean], axis=1)
+
+
+def test_evaluation_starts_once_training_episodes_reach_the_threshold():
+    rl = DQN(solve_threshold=475.0, evaluation_gate=3)
+    assert not worth_evaluating([500.0, 500.0], rl)
+    assert worth_evaluating([10.0, 500.0, 475.0, 450.0 + 50.0], rl)
+    assert not worth_evaluating([500.0, 500.0, 400.0], rl)
+
+
+def test_the_greedy_evaluation_plays_fixed_episodes_and_stops_once_it_cannot_pass():
+    rl = DQN()
+    balancing = LinearController([0.1, 0.5, 1.0, 1.0])
+    rewards, steps = evaluate_greedy(balancing, rl, seed=0)
+    assert rewards == [500.0] * 100 and steps == 50_000 and passes(rewards, rl)
+    # The pole angle alone overshoots: short episodes, and the evaluation gives up as soon as
+    # the threshold is out of reach, before they all end.
+    falling = LinearController([0.0, 0.0, 1.0, 0.0])
+    rewards, steps = evaluate_greedy(falling, rl, seed=0)
+    assert len(rewards) == 100 and steps == sum(rewards) and not passes(rewards, rl)
+    played_out, all_steps = evaluate_greedy(falling, DQN(solve_threshold=0.0), seed=0)
+    assert steps < all_steps == sum(played_out) and max(played_out) < 475
+    # The same starts every time (the episodes' seeds come from the job's seed).
+    assert evaluate_greedy(falling, rl, seed=0) == (rewards, steps)
+    assert evaluate_greedy(falling, rl, seed=1) != (rewards, steps)
 
 
 def test_iqm_and_its_intervals_treat_unsolved_runs_as_censored():
@@ -120,6 +159,33 @@ def test_both_frameworks_see_the_same_episodes_from_one_init():
     assert before >= 3
 
 
+def test_the_loop_stops_when_the_greedy_policy_passes_its_evaluation():
+    """A threshold a few steps of CartPole reach: the gate opens, the greedy policy is evaluated
+    at most once per state of the network, and the job stops at the first evaluation it passes."""
+    from services.torch_trainer.q_session import TorchQSession
+
+    spec = resolve_spec(
+        tpb.JobSpec(framework="torch", model="dqn_cartpole", seed=2, env_steps=5_000)
+    )
+    rl = DQN(
+        learning_starts=100,
+        train_every=50,
+        gradient_steps=2,
+        epsilon_steps=100,
+        solve_threshold=9.0,
+        solve_window=5,
+        evaluation_gate=3,
+    )
+    result = dqn_loop(TorchQSession(spec, job_model(spec)), make_env(rl), rl, spec, _Ctx())
+    assert result.episodes_to_solve == len(result.rewards) and result.steps == result.steps_to_solve
+    assert np.mean(result.rewards[-3:]) >= 9.0  # the gate was open when it stopped
+    assert len(result.evaluation_rewards) == 5 and np.mean(result.evaluation_rewards) >= 9.0
+    bursts = result.optimizer_steps // rl.gradient_steps
+    assert 1 <= result.evaluations <= bursts + 1  # + 1: the untrained network, once
+    assert result.evaluation_env_steps >= sum(result.evaluation_rewards)
+    assert result.evaluation_seconds > 0 and result.seconds_to_solve >= result.evaluation_seconds
+
+
 def test_a_dqn_job_runs_end_to_end_through_the_services(client):
     from twinbench.cli import infer_one
 
@@ -137,6 +203,7 @@ def test_a_dqn_job_runs_end_to_end_through_the_services(client):
         assert r.network_seconds > 0 and r.environment_seconds > 0 and r.steps_per_second > 0
         assert (r.solve_threshold, r.solve_window) == (475.0, 100)
         assert r.episodes_to_solve == 0  # far too few steps to solve: recorded as not solved
+        assert r.evaluations == 0 and not r.evaluation_rewards  # nor to start evaluating
         assert "Huber" in job.fairness["loss"]
         assert {e.format for e in job.exports} == set(job.spec.export_formats)
         for export in job.exports:

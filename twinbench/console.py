@@ -222,17 +222,24 @@ def describe_reinforcement(job: tpb.Job) -> list[str]:
     rewards = list(r.episode_rewards)
     last = rewards[-r.solve_window :]
     solved = (
-        f"solved at episode {r.episodes_to_solve} (environment step {r.steps_to_solve:,}), after"
-        f" {r.seconds_to_solve:.0f} s = {r.seconds_to_solve / 60:.1f} min"
+        f"solved after training episode {r.episodes_to_solve} (environment step"
+        f" {r.steps_to_solve:,}), in {r.seconds_to_solve:.0f} s = {r.seconds_to_solve / 60:.1f} min"
         if r.episodes_to_solve
         else f"not solved within {job.spec.env_steps:,} environment steps"
     )
+    evaluated = (
+        f"; {r.evaluations} greedy evaluation(s), the last: mean"
+        f" {np.mean(r.evaluation_rewards):.1f} over {len(r.evaluation_rewards)} episodes,"
+        f" {r.evaluation_env_steps:,} steps and {r.evaluation_seconds:.1f} s in all"
+        if r.evaluations
+        else "; the greedy policy was never evaluated (training episodes never reached it)"
+    )
     return [
         f"  {r.environment}: {len(rewards)} episodes, {r.env_steps:,} environment steps,"
-        f" {r.optimizer_steps:,} optimizer steps; mean reward of the last {len(last)} episodes"
-        f" {np.mean(last) if last else 0:.1f} (solved: {r.solve_window} episodes at >="
-        f" {r.solve_threshold:g})",
-        f"  {solved}",
+        f" {r.optimizer_steps:,} optimizer steps; mean reward of the last {len(last)} training"
+        f" episodes {np.mean(last) if last else 0:.1f} (solved: the greedy policy's mean over"
+        f" {r.solve_window} evaluation episodes at >= {r.solve_threshold:g})",
+        f"  {solved}{evaluated}",
         f"  time: {job.train_seconds:.1f} s, {r.steps_per_second:,.0f} environment steps/s;"
         f" in the network {r.network_seconds:.1f} s, in the environment"
         f" {r.environment_seconds:.1f} s",

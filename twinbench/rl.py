@@ -3,9 +3,10 @@
 Everything but the network is here, once: the environment and its seeds, the replay buffer and
 the rows it samples, the epsilon schedule and its random draws, the TD targets (Bellman backups
 through the target network's Q-values), when the target network is copied, and what counts as
-solved. So both frameworks see the same episodes, transition for transition, until their
-networks first rank the two actions differently; from there their trajectories part (as
-supervised training's part after a few steps: float sums in different orders).
+solved (the greedy policy's evaluation on fixed episodes). So both frameworks see the same
+episodes, transition for transition, until their networks first rank the two actions
+differently; from there their trajectories part (as supervised training's part after a few
+steps: float sums in different orders).
 
 A framework supplies a `QSession`: the online network's Q-values, the target network's, one
 optimizer step on the Huber loss between Q(s, a) and the given targets, and the target copy.
@@ -39,6 +40,8 @@ RL_FAIRNESS = {
     "targets": "TD targets computed in shared code from the target network's Q-values",
     "loss": TD_LOSS,
     "timing": "network time (acting, targets, optimizer steps) and environment time apart",
+    "solved": "the greedy policy's mean reward over 100 fixed evaluation episodes (seeds from"
+    " the job's) reaches 475, evaluated in shared code, in batches of states",
 }
 PROGRESS_EVERY = 50  # environment steps between progress reports
 RECORD_EVERY = 10  # episodes between updates of the job record (`twinbench jobs --show` mid-run)
@@ -109,9 +112,46 @@ def td_targets(
     return (rewards + gamma * (1.0 - terminal) * value).astype(np.float32)
 
 
-def solved_at(rewards: list[float], rl: DQN) -> bool:
-    window = rewards[-rl.solve_window :]
-    return len(window) == rl.solve_window and float(np.mean(window)) >= rl.solve_threshold
+def worth_evaluating(rewards: list[float], rl: DQN) -> bool:
+    """The last `evaluation_gate` training episodes reach the threshold on average: only then
+    can the greedy policy plausibly hold it, so only then is it evaluated."""
+    window = rewards[-rl.evaluation_gate :]
+    return len(window) == rl.evaluation_gate and float(np.mean(window)) >= rl.solve_threshold
+
+
+def evaluate_greedy(session: QSession, rl: DQN, seed: int) -> tuple[list[float], int]:
+    """The policy as it stands, greedy (no exploration, no learning), on `solve_window` fixed
+    episodes. CartPole-v1 is solved when a policy averages 475 over 100 consecutive trials:
+    asked of the training episodes, the criterion would also judge the exploration's random
+    actions, and a policy that changes every few hundred steps. The episodes' seeds come from
+    the job's seed, so every evaluation of a job, in either framework, plays the same starts.
+
+    The episodes run side by side, one batch of states through the network per step (a few
+    hundred calls, not tens of thousands), and stop as soon as the mean can no longer reach the
+    threshold. Returns every episode's reward (an unfinished one's so far) and the environment
+    steps taken."""
+    seeds = np.random.default_rng([seed, 0xE7A1]).integers(0, 2**31 - 1, rl.solve_window)
+    envs = [make_env(rl) for _ in seeds]
+    states = np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, seeds, strict=True)])
+    rewards = np.zeros(len(envs))
+    running = np.ones(len(envs), bool)
+    needed, steps = rl.solve_threshold * len(envs), 0
+    while running.any():
+        # The best the evaluation can still do: every running episode to the maximum.
+        if rewards[~running].sum() + rl.max_episode_reward * running.sum() < needed:
+            break
+        active = np.flatnonzero(running)
+        actions = session.q_values(states[active].astype(np.float32)).argmax(axis=1)
+        for i, action in zip(active, actions, strict=True):
+            states[i], reward, terminated, truncated, _ = envs[i].step(int(action))
+            rewards[i] += float(reward)
+            running[i] = not (terminated or truncated)
+            steps += 1
+    return rewards.tolist(), steps
+
+
+def passes(evaluation: list[float], rl: DQN) -> bool:
+    return float(np.mean(evaluation)) >= rl.solve_threshold
 
 
 def make_env(rl: DQN):
@@ -168,10 +208,14 @@ def run_reinforcement(
         r.episodes_to_solve = result.episodes_to_solve
         r.steps_to_solve = result.steps_to_solve
         r.seconds_to_solve = result.seconds_to_solve
-        r.steps_per_second = result.steps / max(result.seconds, 1e-12)
+        r.steps_per_second = result.steps / max(result.seconds - result.evaluation_seconds, 1e-12)
         r.network_seconds = result.network_seconds
         r.environment_seconds = result.environment_seconds
         r.optimizer_steps = result.optimizer_steps
+        r.evaluations = result.evaluations
+        r.evaluation_rewards[:] = result.evaluation_rewards
+        r.evaluation_env_steps = result.evaluation_env_steps
+        r.evaluation_seconds = result.evaluation_seconds
         j.train_seconds = result.seconds
         j.peak_rss_bytes = max(rss.peak, current_rss_bytes())
         j.peak_gpu_bytes = session.peak_gpu_bytes()
@@ -201,6 +245,9 @@ class LoopResult:
         self.episodes_to_solve = self.steps_to_solve = 0
         self.seconds = self.seconds_to_solve = 0.0
         self.network_seconds = self.environment_seconds = 0.0
+        self.evaluations = self.evaluation_env_steps = 0
+        self.evaluation_rewards: list[float] = []
+        self.evaluation_seconds = 0.0
 
 
 def dqn_loop(
@@ -217,6 +264,7 @@ def dqn_loop(
     env.action_space.seed(int(spec.seed))
     out.environment_seconds += clock() - t
     episode_reward, losses = 0.0, []
+    evaluated_after = -1  # optimizer steps when the greedy policy was last evaluated
     for step in range(spec.env_steps):
         ctx.check_cancelled()
         if rng.random() < epsilon_at(step, rl):
@@ -249,10 +297,17 @@ def dqn_loop(
             episode_reward = 0.0
             if len(out.rewards) % RECORD_EVERY == 0:
                 _record_progress(ctx, out)
-            if solved_at(out.rewards, rl):
-                out.episodes_to_solve, out.steps_to_solve = len(out.rewards), step + 1
-                out.seconds_to_solve = clock() - start
-                break
+            if worth_evaluating(out.rewards, rl) and out.optimizer_steps > evaluated_after:
+                evaluated_after = out.optimizer_steps  # the same network is not evaluated twice
+                t = clock()
+                out.evaluation_rewards, steps_played = evaluate_greedy(session, rl, spec.seed)
+                out.evaluation_seconds += clock() - t
+                out.evaluations += 1
+                out.evaluation_env_steps += steps_played
+                if passes(out.evaluation_rewards, rl):
+                    out.episodes_to_solve, out.steps_to_solve = len(out.rewards), step + 1
+                    out.seconds_to_solve = clock() - start
+                    break
         if (step + 1) % PROGRESS_EVERY == 0:
             mean_loss = float(np.mean(losses)) if losses else 0.0
             losses.clear()

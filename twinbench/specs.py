@@ -248,10 +248,14 @@ class DQN:
     target_update_steps: int = 256  # hard copy of the online network into the target network
     double: bool = False  # Double DQN targets (twinbench.rl.td_targets); off, as tuned
     grad_clip_norm: float = 10.0  # the global norm gradients are clipped to, in both
-    # Solved: the mean reward of the last `solve_window` episodes reaches this (CartPole-v1's
-    # reward threshold, as Gymnasium registers it).
+    # Solved: the greedy policy's mean reward over `solve_window` evaluation episodes reaches
+    # this (CartPole-v1's reward threshold as Gymnasium registers it: 475 over 100 consecutive
+    # trials). Evaluated (twinbench.rl.evaluate_greedy) once the mean of the last
+    # `evaluation_gate` training episodes reaches the threshold, at most once per burst.
     solve_threshold: float = 475.0
     solve_window: int = 100
+    evaluation_gate: int = 10
+    max_episode_reward: float = 500.0  # CartPole-v1: 1 per step, cut at 500 steps
     actions: tuple[str, ...] = ("push left", "push right")
 
 

@@ -262,7 +262,7 @@ class Communication(_message.Message):
     def __init__(self, launcher: _Optional[str] = ..., strategy: _Optional[str] = ..., backend: _Optional[str] = ..., all_reduce: _Optional[str] = ..., bucket_bytes: _Optional[int] = ..., sharding: _Optional[str] = ...) -> None: ...
 
 class Reinforcement(_message.Message):
-    __slots__ = ("environment", "episode_rewards", "env_steps", "episodes_to_solve", "steps_to_solve", "seconds_to_solve", "solve_threshold", "solve_window", "steps_per_second", "network_seconds", "environment_seconds", "optimizer_steps")
+    __slots__ = ("environment", "episode_rewards", "env_steps", "episodes_to_solve", "steps_to_solve", "seconds_to_solve", "solve_threshold", "solve_window", "steps_per_second", "network_seconds", "environment_seconds", "optimizer_steps", "evaluations", "evaluation_rewards", "evaluation_env_steps", "evaluation_seconds")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     EPISODE_REWARDS_FIELD_NUMBER: _ClassVar[int]
     ENV_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +275,10 @@ class Reinforcement(_message.Message):
     NETWORK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ENV_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     environment: str
     episode_rewards: _containers.RepeatedScalarFieldContainer[float]
     env_steps: int
@@ -287,7 +291,11 @@ class Reinforcement(_message.Message):
     network_seconds: float
     environment_seconds: float
     optimizer_steps: int
-    def __init__(self, environment: _Optional[str] = ..., episode_rewards: _Optional[_Iterable[float]] = ..., env_steps: _Optional[int] = ..., episodes_to_solve: _Optional[int] = ..., steps_to_solve: _Optional[int] = ..., seconds_to_solve: _Optional[float] = ..., solve_threshold: _Optional[float] = ..., solve_window: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., network_seconds: _Optional[float] = ..., environment_seconds: _Optional[float] = ..., optimizer_steps: _Optional[int] = ...) -> None: ...
+    evaluations: int
+    evaluation_rewards: _containers.RepeatedScalarFieldContainer[float]
+    evaluation_env_steps: int
+    evaluation_seconds: float
+    def __init__(self, environment: _Optional[str] = ..., episode_rewards: _Optional[_Iterable[float]] = ..., env_steps: _Optional[int] = ..., episodes_to_solve: _Optional[int] = ..., steps_to_solve: _Optional[int] = ..., seconds_to_solve: _Optional[float] = ..., solve_threshold: _Optional[float] = ..., solve_window: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., network_seconds: _Optional[float] = ..., environment_seconds: _Optional[float] = ..., optimizer_steps: _Optional[int] = ..., evaluations: _Optional[int] = ..., evaluation_rewards: _Optional[_Iterable[float]] = ..., evaluation_env_steps: _Optional[int] = ..., evaluation_seconds: _Optional[float] = ...) -> None: ...
 
 class FineTuning(_message.Message):
     __slots__ = ("weights_path", "weights_sha256", "frozen_parameters", "frozen_max_change")
