@@ -55,3 +55,8 @@ def test_script_trains_saves_loads_and_predicts(script: Path, tmp_path: Path):
     assert 0 <= int(loaded["label"]) < classes
     if script.parent.name == "mnist_cnn":
         assert (tmp_path / "samples.png").read_bytes().startswith(b"\x89PNG")
+    if script.parent.name == "dqn_cartpole":  # the reloaded policy also plays, greedily
+        played = re.search(
+            r"^greedy mean reward over 3 episodes: (?P<mean>[0-9.]+)$", run.stdout, re.M
+        )
+        assert played and 1 <= float(played["mean"]) <= 500, run.stdout[-2000:]
