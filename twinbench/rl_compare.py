@@ -298,7 +298,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 
 def reward_curves(results: dict) -> bytes:
-    """Each seed's reward per episode (a 20-episode moving mean), both frameworks on one axis."""
+    """Each seed's reward per training episode (a 20-episode moving mean), both frameworks on
+    one axis; a dot where a run was solved (it stops there)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -316,10 +317,13 @@ def reward_curves(results: dict) -> bytes:
             name = LABELS.get(arm["framework"], label) if i == 0 else None
             ax.plot(np.arange(window, len(rewards) + 1), smooth, color=color, alpha=0.45,
                     linewidth=1, label=name)  # fmt: skip
+            if run["episodes_to_solve"]:  # where the greedy policy passed its evaluation
+                at = min(max(run["episodes_to_solve"] - window, 0), len(smooth) - 1)
+                ax.plot(at + window, smooth[at], "o", color=color, markersize=4)
     ax.axhline(475, color="#555", linestyle="--", linewidth=1, label="threshold (475)")
     ax.set_xlabel("episode")
     ax.set_ylabel("reward, 20-episode moving mean")
-    ax.set_title("Reward per episode, one line per seed")
+    ax.set_title("Reward per training episode, one line per seed; a dot: solved")
     ax.legend()
     return _png(fig)
 
