@@ -84,6 +84,16 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
     return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
 
 
+def _result(job: tpb.Job) -> str:
+    """A finished job's outcome in a word: test accuracy, or whether a DQN job solved."""
+    if job.state != tpb.SUCCEEDED:
+        return "-"
+    if job.HasField("reinforcement"):
+        solved = job.reinforcement.episodes_to_solve
+        return f"solved at {solved}" if solved else "not solved"
+    return f"acc {job.test_accuracy:.4f}"
+
+
 def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
     if args.show:
         print(describe_job(client.trainer.GetJob(tpb.GetJobRequest(job_id=args.show))))
@@ -98,13 +108,13 @@ def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
             f"{len(j.reinforcement.episode_rewards)} episodes"
             if j.HasField("reinforcement")
             else f"{len(j.epochs)}/{j.spec.epochs}",
-            f"{j.test_accuracy:.4f}" if j.state == tpb.SUCCEEDED else "-",
+            _result(j),
             f"{j.train_seconds:.1f}" if j.state == tpb.SUCCEEDED else "-",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at)),
         ]
         for j in jobs
     ]
-    headers = ["job", "state", "model", "dataset", "epochs", "test acc", "train s", "created"]
+    headers = ["job", "state", "model", "dataset", "epochs", "result", "train s", "created"]
     print(table(headers, rows) if rows else "no jobs yet; start one with `twinbench train`")
     return 0
 
