@@ -186,7 +186,10 @@ def test_the_loop_stops_when_the_greedy_policy_passes_its_evaluation():
     assert result.evaluation_seconds > 0 and result.seconds_to_solve >= result.evaluation_seconds
 
 
-def test_a_dqn_job_runs_end_to_end_through_the_services(client):
+def test_a_dqn_job_runs_end_to_end_through_the_services(client, stack):
+    import subprocess
+    import sys
+
     from twinbench.cli import infer_one
 
     budget = 1_300  # learning starts at step 1,000: two bursts of 128 optimizer steps
@@ -209,6 +212,13 @@ def test_a_dqn_job_runs_end_to_end_through_the_services(client):
         for export in job.exports:
             q = infer_one(client, export.model_name, state)
             assert q.shape == (2,) and np.all(np.isfinite(q))
+    listed = subprocess.run(
+        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, "jobs"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    for created in jobs:  # a DQN job's result is whether it solved, not a test accuracy
+        (row,) = [line for line in listed.splitlines() if line.startswith(created.id)]
+        assert "episodes  not solved" in row, listed
 
 
 def _rl_job(framework: str, seed: int, rewards: list[float], solved_at_episode: int) -> tpb.Job:
