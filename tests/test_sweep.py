@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -13,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tally import TALLY
+from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
 from twinbench.specs import IntRange
@@ -37,16 +37,10 @@ def _studies(storage: Path) -> dict[str, optuna.Study]:
     return {name.split("/")[1]: optuna.load_study(study_name=name, storage=store) for name in names}
 
 
-def _until(condition, what: str, log: Path, timeout_s: float = 600):
-    """Polls `condition` (it reads the journal or a job) until it returns something true; a
-    generous deadline, for a busy 2-core machine."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = condition()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()}"
-        time.sleep(0.2)
+# A generous deadline, for a busy 2-core machine; each poll reads the whole journal or asks for a
+# job, so not too often. A failure shows the sweep's log.
+SWEEP_WAIT_S = 600
+SWEEP_POLL_S = 0.2
 
 
 def _running_job(client, storage: Path, key: str) -> str | None:
@@ -76,17 +70,31 @@ def test_a_sweep_survives_a_killed_trainer_and_its_own_crash_and_resumes(
         first = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         # A trainer killed while a trial's job trains: that trial fails and is tried again.
-        _until(lambda: _running_job(client, storage, "torch"), "a torch trial training", log)
+        until(
+            lambda: _running_job(client, storage, "torch"),
+            "a torch trial training",
+            SWEEP_WAIT_S,
+            SWEEP_POLL_S,
+            log.read_text,
+        )
         stack.kill("torch_trainer")
         TALLY["faults injected"] += 1
         stack.start_service("torch_trainer")
-        _until(
+        until(
             lambda: _studies(storage)["torch"].get_trials(states=(TrialState.FAIL,)),
             "the killed trainer's trial marked failed",
-            log,
+            SWEEP_WAIT_S,
+            SWEEP_POLL_S,
+            log.read_text,
         )
         # The sweep itself killed mid-trial: its running trials are orphans.
-        _until(lambda: _running_job(client, storage, "tf"), "a tf trial training", log)
+        until(
+            lambda: _running_job(client, storage, "tf"),
+            "a tf trial training",
+            SWEEP_WAIT_S,
+            SWEEP_POLL_S,
+            log.read_text,
+        )
         first.kill()
         first.wait()
     finally:
