@@ -23,6 +23,7 @@ from twinbench.sweep import (
     open_storage,
     open_studies,
     paired_point,
+    retry_settings,
     search_space,
 )
 from twinbench.sweep_report import SCHEMA_FILE
@@ -125,10 +126,14 @@ def test_a_sweep_survives_a_killed_trainer_and_its_own_crash_and_resumes(
         # Every failed trial (the killed trainer's, the orphans) was tried again, settings and all.
         for failed in (t for t in trials if t.state == TrialState.FAIL):
             assert failed.user_attrs["failure"]
-            (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
-            # The same settings; a trial killed while its settings were still being drawn (the
-            # sweep is killed while the other study's trial trains) had only some of them, and
-            # its retry draws the rest.
+            # The same settings in the try that finally ran. A trial killed while its settings
+            # were still being drawn (the sweep is killed while the other study's trial trains)
+            # had only some of them, and its retry draws the rest; a retry killed so is itself
+            # tried again, so the chain of retries is followed to its end.
+            retry = failed
+            while retry.state == TrialState.FAIL:
+                (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == retry.number]
+            assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
             assert {k: retry.params[k] for k in failed.params} == failed.params
     assert all(n in [t.number for t in studies["tf"].get_trials(states=(TrialState.FAIL,))]
                for n in orphans["tf"])  # fmt: skip
@@ -302,3 +307,17 @@ def test_a_database_url_holds_the_studies_like_the_journal(settings, tmp_path):
     options.resume = True
     again = open_studies(open_storage(settings, url), options)
     assert len(again["paired"].get_trials(states=(TrialState.WAITING,))) == 2
+
+
+def test_a_retry_of_a_retry_keeps_every_setting_of_the_first_try(tmp_path):
+    """A retry killed while it still drew its settings holds only some as params; the retry
+    queued after it still carries the rest, from the settings the killed one was queued with."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    first = {"learning_rate": 0.01, "batch_size": 64}
+    study.enqueue_trial(first)
+    retry = study.ask()  # the queued settings: it draws them as it suggests them
+    retry.suggest_float("learning_rate", 1e-4, 1.0, log=True)  # killed before batch_size
+    study.tell(retry, state=TrialState.FAIL)
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    assert failed.params == {"learning_rate": 0.01}
+    assert retry_settings(failed) == first
