@@ -2,7 +2,6 @@
 
 import socket
 import threading
-import time
 from concurrent import futures
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 
 from conftest import BATCHED
 from tally import TALLY
-from tests_support import in_process_logits
+from tests_support import in_process_logits, until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.datasets import load_dataset
 from twinbench.errors import DeadlineExceeded, Unavailable
@@ -56,11 +55,8 @@ def test_a_malformed_frame_is_refused(body):
 # --- batching, on a fake link ---
 
 
-def wait_until(condition, timeout_s: float = 10.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
+# The other callers queue up within milliseconds: a poll as fine keeps these tests from idling.
+QUEUE_POLL_S = 0.001
 
 
 class Recorder:
@@ -77,7 +73,7 @@ class Recorder:
     def call(self, requests, timeout):
         self.frames.append(len(requests))
         if self.hold is not None and len(self.frames) == 1:
-            wait_until(self.hold, what="callers to queue behind the first frame")
+            until(self.hold, "callers to queue behind the first frame", 10, QUEUE_POLL_S)
         return [(OK, r[::-1]) for r in requests]
 
 
@@ -117,7 +113,7 @@ def test_a_failed_frame_fails_every_request_in_it_and_the_next_frame_works():
     def flaky(requests, timeout):
         frames.append(len(requests))
         if len(frames) == 1:  # the first frame fails, once the others have queued behind it
-            wait_until(lambda: batcher.queued() + frames[0] == 16, what="callers to queue")
+            until(lambda: batcher.queued() + frames[0] == 16, "callers to queue", 10, QUEUE_POLL_S)
             raise Unavailable("the trainer is unavailable")
         return [(OK, r) for r in requests]
 

@@ -25,6 +25,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from tests_support import until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
@@ -44,6 +45,8 @@ MODELS = {
     "tf_trainer": ("lenet5-tf-savedmodel", "lenet5-tf-onnx"),
 }
 MODE = os.environ.get("TWINBENCH_CONTAINER_TESTS", "")
+# Each check starts an engine command (`exec` of a health check, `inspect`): once a second is plenty.
+CONTAINER_POLL_S = 1.0
 
 # Finds the service's own process (`python -m services.<name>`) and kills it as a crash would: from
 # inside the container, so the engine does not take it for a stop it was asked to make.
@@ -115,16 +118,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(what: str, check, timeout_s: float, on_timeout=lambda: "") -> float:
-    """Polls `check` until it holds; fails naming `what` past the deadline. Returns the seconds taken."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s:.0f} s\n{on_timeout()}")
-        time.sleep(1)
-    return time.monotonic() - start
 
 
 class Stack:
@@ -251,8 +244,12 @@ def stack():
         s.up()
         TIMINGS["compose up"] = time.monotonic() - start
         for service in ("gateway", *TRAINERS):
-            wait_until(
-                f"{service} healthy", lambda service=service: s.healthy(service), 300, s.logs
+            until(
+                lambda service=service: s.healthy(service),
+                f"{service} to be healthy",
+                300,
+                CONTAINER_POLL_S,
+                s.logs,
             )
         TIMINGS["compose up until every service answers its health check"] = (
             time.monotonic() - start
@@ -358,8 +355,12 @@ def test_a_crashed_trainer_is_restarted_while_the_other_serves_on(stack, client,
         )
         return restarted and stack.healthy("torch_trainer")
 
-    wait_until(
-        "the torch trainer restarted by its policy and serving again", recovered, 300, stack.logs
+    until(
+        recovered,
+        "the torch trainer restarted by its policy and serving again",
+        300,
+        CONTAINER_POLL_S,
+        stack.logs,
     )
     TIMINGS["crash of the torch trainer until its models serve again"] = time.monotonic() - start
     assert stack.inspect("torch_trainer", "{{.State.Status}}") == "running"

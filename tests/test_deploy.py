@@ -6,7 +6,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -14,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests_support import until
 from twinbench.config import DEFAULT_METRICS_PORTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,11 +189,13 @@ def test_each_image_command_starts_its_service_with_the_compose_environment(tmp_
                 [sys.executable, *cmd[1:]], env=run_env, cwd=ROOT,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            deadline = time.monotonic() + 120
-            while subprocess.run([sys.executable, *health[1:]], env=run_env, cwd=ROOT).returncode:
-                assert procs[service].poll() is None, f"{service} exited"
-                assert time.monotonic() < deadline, f"{service} never became healthy"
-                time.sleep(0.5)
+
+            def healthy(service=service, health=health, run_env=run_env) -> bool:
+                check = subprocess.run([sys.executable, *health[1:]], env=run_env, cwd=ROOT)
+                assert check.returncode == 0 or procs[service].poll() is None, f"{service} exited"
+                return check.returncode == 0
+
+            until(healthy, f"{service} to be healthy", 120, poll_s=0.5)
     finally:
         for proc in procs.values():
             proc.terminate()

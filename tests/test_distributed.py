@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import load_settings
 from twinbench.console import describe_job
@@ -59,11 +59,17 @@ def manager(tmp_path, request, monkeypatch):
 
 
 def _finish(manager: JobManager, job_id: str, timeout_s: float = 300) -> tpb.Job:
-    deadline = time.monotonic() + timeout_s
-    while (job := manager.get(job_id)).state not in TERMINAL:
-        assert time.monotonic() < deadline, f"{job_id} still {job.state} after {timeout_s} s"
-        time.sleep(0.2)
-    return job
+    def finished() -> tpb.Job | None:
+        job = manager.get(job_id)
+        return job if job.state in TERMINAL else None
+
+    return until(
+        finished,
+        f"{job_id} to finish",
+        timeout_s,
+        poll_s=0.2,
+        on_timeout=lambda: f"{job_id} is still {tpb.JobState.Name(manager.get(job_id).state)}",
+    )
 
 
 def _onnx_weights(settings, job: tpb.Job) -> dict[str, np.ndarray]:
@@ -109,20 +115,24 @@ def test_a_killed_worker_fails_the_job_and_stops_the_others(manager):
                        skip_export=True)  # fmt: skip
     job = m.create(spec)
     rundir = settings.home / "distributed" / job.id
-    deadline = time.monotonic() + 180
-    while not (m.get(job.id).epochs and (rundir / "rank-1.pid").exists()):
-        assert time.monotonic() < deadline, "the job did not finish an epoch"
-        time.sleep(0.2)
+    until(
+        lambda: m.get(job.id).epochs and (rundir / "rank-1.pid").exists(),
+        "the job to finish an epoch",
+        180,
+        poll_s=0.2,
+    )
     pids = [int((rundir / f"rank-{r}.pid").read_text()) for r in (0, 1)]
     os.kill(pids[1], signal.SIGKILL)
     final = _finish(m, job.id, timeout_s=60)
     assert final.state == tpb.FAILED
     assert "worker rank 1" in final.error and "before the job finished" in final.error
     for pid in pids:  # rank 0 was stopped with it, not left waiting for its peer
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X"):
-            assert time.monotonic() < deadline, f"worker {pid} still runs"
-            time.sleep(0.1)
+        until(
+            lambda pid=pid: not Path(f"/proc/{pid}").exists() or _state(pid) in ("Z", "X"),
+            f"worker {pid} to stop",
+            30,
+            poll_s=0.1,
+        )
 
 
 def _state(pid: int) -> str:
@@ -260,10 +270,7 @@ def test_a_resumable_job_resumes_with_all_its_workers_after_the_trainer_stops(ma
                        batch_size=BATCH, train_samples=512, workers=2, resume=True,
                        skip_export=True)  # fmt: skip
     job = m.create(spec)
-    deadline = time.monotonic() + 180
-    while len(m.get(job.id).epochs) < 2:
-        assert time.monotonic() < deadline, "the job did not finish two epochs"
-        time.sleep(0.2)
+    until(lambda: len(m.get(job.id).epochs) >= 2, "the job to finish two epochs", 180, poll_s=0.2)
     m.stop(timeout_s=60)  # the trainer stopping: rank 0 checkpointed, the job waits to resume
     stopped = m.get(job.id)
     assert stopped.state == tpb.QUEUED, stopped.error

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from concurrent import futures
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from conftest import BATCHED
 from tally import TALLY
-from tests_support import front_pid, in_process_logits
+from tests_support import front_pid, in_process_logits, until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.config import FRONT_PROGRAM, installed_program
 from twinbench.datasets import load_dataset
@@ -47,10 +46,7 @@ def served(client, model: str, images: np.ndarray, version: str = "") -> np.ndar
 
 def wait_gone(pid: int, timeout_s: float = 10) -> None:
     """Until `pid` has exited (gone, or a zombie its new parent has yet to reap)."""
-    deadline = time.monotonic() + timeout_s
-    while _state(pid) != "Z":
-        assert time.monotonic() < deadline, f"process {pid} is still there"
-        time.sleep(0.05)
+    until(lambda: _state(pid) == "Z", f"process {pid} to exit", timeout_s)
 
 
 def _state(pid: int) -> str:

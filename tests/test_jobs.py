@@ -1,13 +1,17 @@
 """Job specs, the SQLite store and the queue, without servers."""
 
 import threading
-import time
 
 import pytest
 
+from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument, NotFound
-from twinbench.jobs import JobManager, JobStore, resolve_spec
+from twinbench.jobs import TERMINAL, JobManager, JobStore, resolve_spec
+
+# The jobs here are in-process fakes that change state within milliseconds, and a look at the
+# store is cheap: polling this often keeps the tests from idling.
+JOB_POLL_S = 0.01
 
 
 def test_defaults_are_filled_in_and_recorded():
@@ -108,7 +112,9 @@ def test_jobs_run_one_at_a_time_in_order_and_cancel(tmp_path):
     assert manager.get(second.id).state == tpb.QUEUED
     manager.cancel(third.id)  # still queued: cancelled at once, never runs
     assert manager.get(third.id).state == tpb.CANCELLED
-    _wait(lambda: manager.get(first.id).state == tpb.RUNNING)
+    until(
+        lambda: manager.get(first.id).state == tpb.RUNNING, "the first job to run", 10, JOB_POLL_S
+    )
     manager.cancel(first.id)
     assert _wait_terminal(manager, first.id).state == tpb.CANCELLED
     release.set()
@@ -119,13 +125,9 @@ def test_jobs_run_one_at_a_time_in_order_and_cancel(tmp_path):
         manager.get("torch-0000000000ff")
 
 
-def _wait(condition, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def _wait_terminal(manager, job_id):
-    _wait(lambda: manager.get(job_id).state in (tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELLED))
-    return manager.get(job_id)
+    def finished() -> tpb.Job | None:
+        job = manager.get(job_id)
+        return job if job.state in TERMINAL else None
+
+    return until(finished, f"job {job_id} to finish", 10, JOB_POLL_S)

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import wait_for
 from tally import TALLY
+from tests_support import until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
@@ -220,24 +221,36 @@ def test_jobs_beyond_the_queue_limit_are_refused_in_order(guarded):
 
 
 def _wait_epochs(client, job_id, at_least, timeout_s=120, running=False):
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def progressed() -> tpb.Job | None:
         job = client.trainer.GetJob(tpb.GetJobRequest(job_id=job_id))
         if len(job.epochs) >= at_least and (not running or job.state == tpb.RUNNING):
             return job
-        assert time.monotonic() < deadline, "the job did not progress"
-        time.sleep(0.1)
+        return None
+
+    done = f"{at_least} epochs done"
+    what = f"job {job_id} running with {done}" if running else f"job {job_id} with {done}"
+    return until(progressed, what, timeout_s, poll_s=0.1)
 
 
 def _wait_for_trainer(client, job_id, timeout_s=60):
     """The gateway reconnects by itself; wait until the restarted trainer answers through it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    last_error = ""
+
+    def answered() -> tpb.Job | None:
+        nonlocal last_error
         try:
             return client.trainer.GetJob(tpb.GetJobRequest(job_id=job_id), timeout=5)
-        except grpc.RpcError:
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+        except grpc.RpcError as exc:  # not reconnected yet: the gateway's channel backs off
+            last_error = f"last error: {exc.code()} {exc.details()}"
+            return None
+
+    return until(
+        answered,
+        "the restarted trainer to answer through the gateway",
+        timeout_s,
+        poll_s=0.3,
+        on_timeout=lambda: last_error,
+    )
 
 
 def test_a_killed_trainer_reports_its_running_job_failed(guarded):
@@ -298,10 +311,11 @@ def test_a_trainer_killed_mid_export_leaves_nothing_half_written(guarded):
             framework="torch", model="cnn3", epochs=1, train_samples=16, batch_size=16
         )
         (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec), timeout=30).jobs
-        deadline = time.monotonic() + 180
-        while not list(repository.glob("cnn3-torch-*/.staging-*")):
-            assert time.monotonic() < deadline, "never saw the export being written"
-            time.sleep(0.05)
+        until(
+            lambda: list(repository.glob("cnn3-torch-*/.staging-*")),
+            "the export being written",
+            180,
+        )
     finally:
         del stack.extra_env[FAILPOINT]
     stack.kill("torch_trainer")
@@ -337,34 +351,33 @@ def test_a_trainer_killed_under_load_costs_only_its_own_models(guarded):
             except grpc.RpcError as exc:
                 results[model].append((exc.code().name, time.monotonic() - start))
 
-    def until(condition, what: str, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
-
     def served(model: str, since: int = 0) -> int:
         return sum(code == "OK" for code, _ in results[model][since:])
 
     with futures.ThreadPoolExecutor(8) as pool:
         for i in range(8):
             pool.submit(hammer, list(results)[i % 2])
-        until(lambda: min(served(m) for m in results) >= 20, "no load before the fault")
+        until(lambda: min(served(m) for m in results) >= 20, "load on both models", 30)
         stack.kill("tf_trainer")
         TALLY["faults injected"] += 1
         until(
             lambda: any(code != "OK" for code, _ in results["mlp-tf-onnx"]),
-            "the killed trainer's model never failed",
+            "the killed trainer's model to fail",
+            30,
         )
         torch_before = len(results["mlp-torch-onnx"])
         # The other trainer's model is served while this one is down.
-        until(lambda: served("mlp-torch-onnx", torch_before) >= 20, "the other model stalled")
+        until(
+            lambda: served("mlp-torch-onnx", torch_before) >= 20,
+            "the other trainer's model to be served meanwhile",
+            30,
+        )
         stack.start_service("tf_trainer")
         restarted = len(results["mlp-tf-onnx"])
         # the gateway's channel reconnects by itself
-        until(lambda: served("mlp-tf-onnx", restarted) >= 1, "the model never came back", 15)
+        until(lambda: served("mlp-tf-onnx", restarted) >= 1, "the model to come back", 15)
         back = len(results["mlp-tf-onnx"])
-        until(lambda: served("mlp-tf-onnx", back) >= 20, "the model is not served steadily")
+        until(lambda: served("mlp-tf-onnx", back) >= 20, "the model to be served steadily", 30)
         stop.set()
     torch_codes = {code for code, _ in results["mlp-torch-onnx"]}
     tf_codes = [code for code, _ in results["mlp-tf-onnx"]]

@@ -1,14 +1,12 @@
 """The real services on loopback: train through the gateway, serve every export, refuse bad input."""
 
-import time
-
 import grpc
 import numpy as np
 import pytest
 
 from conftest import wait_for
 from tally import TALLY
-from tests_support import in_process_logits
+from tests_support import in_process_logits, until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.datasets import load_dataset
@@ -241,14 +239,23 @@ def test_jobs_outlive_a_trainer_restart_and_the_gateway_keeps_serving(stack, cli
         assert {m.state for m in index.models if "-torch-" in m.name} == {"UNAVAILABLE"}
     finally:
         stack.restart("torch_trainer")
-    deadline = time.monotonic() + 30
-    while True:  # the gateway's channel reconnects by itself, with backoff
+    last_error = ""
+
+    def answered() -> tpb.Job | None:
+        nonlocal last_error
         try:
-            again = client.trainer.GetJob(tpb.GetJobRequest(job_id=torch_job.id), timeout=5)
-            break
-        except grpc.RpcError:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+            return client.trainer.GetJob(tpb.GetJobRequest(job_id=torch_job.id), timeout=5)
+        except grpc.RpcError as exc:  # the gateway's channel reconnects by itself, with backoff
+            last_error = f"last error: {exc.code()} {exc.details()}"
+            return None
+
+    again = until(
+        answered,
+        "the restarted torch trainer to answer through the gateway",
+        30,
+        poll_s=0.5,
+        on_timeout=lambda: last_error,
+    )
     assert again.state == tpb.SUCCEEDED and again.test_accuracy == torch_job.test_accuracy
     reply = client.inference.ModelInfer(
         infer_request("lenet5-torch-onnx", np.zeros((1, 1, 28, 28), np.float32))

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -13,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tally import TALLY
+from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
 from twinbench.specs import IntRange
@@ -23,6 +23,7 @@ from twinbench.sweep import (
     open_storage,
     open_studies,
     paired_point,
+    retry_settings,
     search_space,
 )
 from twinbench.sweep_report import SCHEMA_FILE
@@ -37,16 +38,10 @@ def _studies(storage: Path) -> dict[str, optuna.Study]:
     return {name.split("/")[1]: optuna.load_study(study_name=name, storage=store) for name in names}
 
 
-def _until(condition, what: str, log: Path, timeout_s: float = 600):
-    """Polls `condition` (it reads the journal or a job) until it returns something true; a
-    generous deadline, for a busy 2-core machine."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = condition()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()}"
-        time.sleep(0.2)
+# A generous deadline, for a busy 2-core machine; each poll reads the whole journal or asks for a
+# job, so not too often. A failure shows the sweep's log.
+SWEEP_WAIT_S = 600
+SWEEP_POLL_S = 0.2
 
 
 def _running_job(client, storage: Path, key: str) -> str | None:
@@ -76,17 +71,31 @@ def test_a_sweep_survives_a_killed_trainer_and_its_own_crash_and_resumes(
         first = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         # A trainer killed while a trial's job trains: that trial fails and is tried again.
-        _until(lambda: _running_job(client, storage, "torch"), "a torch trial training", log)
+        until(
+            lambda: _running_job(client, storage, "torch"),
+            "a torch trial training",
+            SWEEP_WAIT_S,
+            SWEEP_POLL_S,
+            log.read_text,
+        )
         stack.kill("torch_trainer")
         TALLY["faults injected"] += 1
         stack.start_service("torch_trainer")
-        _until(
+        until(
             lambda: _studies(storage)["torch"].get_trials(states=(TrialState.FAIL,)),
             "the killed trainer's trial marked failed",
-            log,
+            SWEEP_WAIT_S,
+            SWEEP_POLL_S,
+            log.read_text,
         )
         # The sweep itself killed mid-trial: its running trials are orphans.
-        _until(lambda: _running_job(client, storage, "tf"), "a tf trial training", log)
+        until(
+            lambda: _running_job(client, storage, "tf"),
+            "a tf trial training",
+            SWEEP_WAIT_S,
+            SWEEP_POLL_S,
+            log.read_text,
+        )
         first.kill()
         first.wait()
     finally:
@@ -117,10 +126,14 @@ def test_a_sweep_survives_a_killed_trainer_and_its_own_crash_and_resumes(
         # Every failed trial (the killed trainer's, the orphans) was tried again, settings and all.
         for failed in (t for t in trials if t.state == TrialState.FAIL):
             assert failed.user_attrs["failure"]
-            (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
-            # The same settings; a trial killed while its settings were still being drawn (the
-            # sweep is killed while the other study's trial trains) had only some of them, and
-            # its retry draws the rest.
+            # The same settings in the try that finally ran. A trial killed while its settings
+            # were still being drawn (the sweep is killed while the other study's trial trains)
+            # had only some of them, and its retry draws the rest; a retry killed so is itself
+            # tried again, so the chain of retries is followed to its end.
+            retry = failed
+            while retry.state == TrialState.FAIL:
+                (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == retry.number]
+            assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
             assert {k: retry.params[k] for k in failed.params} == failed.params
     assert all(n in [t.number for t in studies["tf"].get_trials(states=(TrialState.FAIL,))]
                for n in orphans["tf"])  # fmt: skip
@@ -294,3 +307,17 @@ def test_a_database_url_holds_the_studies_like_the_journal(settings, tmp_path):
     options.resume = True
     again = open_studies(open_storage(settings, url), options)
     assert len(again["paired"].get_trials(states=(TrialState.WAITING,))) == 2
+
+
+def test_a_retry_of_a_retry_keeps_every_setting_of_the_first_try(tmp_path):
+    """A retry killed while it still drew its settings holds only some as params; the retry
+    queued after it still carries the rest, from the settings the killed one was queued with."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    first = {"learning_rate": 0.01, "batch_size": 64}
+    study.enqueue_trial(first)
+    retry = study.ask()  # the queued settings: it draws them as it suggests them
+    retry.suggest_float("learning_rate", 1e-4, 1.0, log=True)  # killed before batch_size
+    study.tell(retry, state=TrialState.FAIL)
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    assert failed.params == {"learning_rate": 0.01}
+    assert retry_settings(failed) == first

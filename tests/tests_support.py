@@ -1,8 +1,39 @@
 """Helpers the test modules share."""
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from twinbench.config import FRONT_PROGRAM
+
+T = TypeVar("T")
+
+
+def until(
+    condition: Callable[[], T],
+    what: str,
+    timeout_s: float,
+    poll_s: float = 0.05,
+    on_timeout: Callable[[], str] = lambda: "",
+) -> T:
+    """Polls `condition` until it returns something true, and returns that; past the deadline,
+    fails naming `what` (what was awaited) with `on_timeout()`'s text, e.g. a log, below it.
+
+    It fails with an AssertionError, not pytest.fail: some tests wait inside the code under test
+    (a link call of the batcher, which hands an Exception on to its callers), and pytest.fail's
+    BaseException would escape that handling.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not (found := condition()):
+        if time.monotonic() >= deadline:
+            context = on_timeout()
+            raise AssertionError(
+                f"timed out after {timeout_s:.4g} s waiting for {what}"
+                + (f"\n{context}" if context else "")
+            )
+        time.sleep(poll_s)
+    return found
 
 
 def in_process_logits(home, export, batch):

@@ -269,6 +269,13 @@ def _owner() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
+def retry_settings(trial: FrozenTrial) -> dict:
+    """The settings a failed trial's retry is queued with: those it drew, and those it was
+    queued with itself but had not drawn yet when it was killed (a retry of a retry), so a
+    chain of retries keeps every setting of the first try."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+
+
 def _orphaned(trial: FrozenTrial, grace_s: float) -> str | None:
     """Why a RUNNING trial has no live owner, or None while it has one."""
     owner = trial.user_attrs.get("owner")
@@ -340,7 +347,7 @@ class Sweep:
         if key == PAIRED:
             return  # ensure_points queues every point that has no live trial
         self.studies[key].enqueue_trial(
-            dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False
+            retry_settings(trial), user_attrs={"retry_of": trial.number}, skip_if_exists=False
         )
 
     def ensure_points(self) -> None:
