@@ -233,6 +233,21 @@ class _Serving(tf.Module):
         return {"logits": self.model(x, training=False)}
 
 
+def make_optimizer(opt: pb.Optimizer, **clipping) -> keras.optimizers.Optimizer:
+    """The job's optimizer with every constant set from the spec, none left to Keras's
+    defaults (docs/fairness.md); one place for every kind of session. `clipping`: Keras's
+    gradient-clipping arguments (global_clipnorm=...)."""
+    if opt.name == "adam":
+        return keras.optimizers.Adam(opt.learning_rate, epsilon=opt.epsilon, **clipping)
+    return keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum, **clipping)
+
+
+def optimizer_fairness(opt: pb.Optimizer) -> str:
+    if opt.name == "adam":
+        return f"Adam, epsilon {opt.epsilon:g} added before the bias correction"
+    return f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v"
+
+
 class TFSession:
     def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
         self.device = pick_device(spec.device)
@@ -254,11 +269,7 @@ class TFSession:
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
         if "GPU" in self.device:  # the peak of this job, not of the process
             tf.config.experimental.reset_memory_stats(self.device.split("device:")[-1])
-        opt = spec.optimizer
-        if opt.name == "adam":
-            self.optimizer = keras.optimizers.Adam(opt.learning_rate, epsilon=opt.epsilon)
-        else:
-            self.optimizer = keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum)
+        self.optimizer = make_optimizer(spec.optimizer)
         if dtype == "float16":
             self.optimizer = keras.optimizers.LossScaleOptimizer(
                 self.optimizer, initial_scale=INITIAL_LOSS_SCALE, dynamic_growth_steps=GROWTH_STEPS
@@ -285,9 +296,7 @@ class TFSession:
             "init": SHARED_INIT
             if self.spec.init == "shared"
             else "Keras's own: Glorot uniform, zero biases",
-            "optimizer": f"Adam, epsilon {opt.epsilon:g} added before the bias correction"
-            if opt.name == "adam"
-            else f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v",
+            "optimizer": optimizer_fairness(opt),
             "padding": "'same' (symmetric for stride 1 and odd kernels)",
             "tf32": "off",
             "compilation": "tf.function with fixed signatures, XLA on (jit_compile=True), cold"
@@ -512,11 +521,7 @@ class TFIdSession:
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
         if "GPU" in self.device:
             tf.config.experimental.reset_memory_stats(self.device.split("device:")[-1])
-        opt = spec.optimizer
-        if opt.name == "adam":
-            self.optimizer = keras.optimizers.Adam(opt.learning_rate, epsilon=opt.epsilon)
-        else:
-            self.optimizer = keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum)
+        self.optimizer = make_optimizer(spec.optimizer)
         if self.task.kind == "ranking":
             # Default reduction "sum_over_batch_size": the mean over the batch, as PyTorch's.
             self.loss = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -542,9 +547,7 @@ class TFIdSession:
             if self.spec.init == "shared"
             else "Keras's own: embeddings U(-0.05, 0.05), Glorot uniform kernels, orthogonal"
             " recurrent kernels, zero biases but the forget gates' 1",
-            "optimizer": f"Adam, epsilon {opt.epsilon:g} added before the bias correction"
-            if opt.name == "adam"
-            else f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v",
+            "optimizer": optimizer_fairness(opt),
             "embedding gradients": "sparse (tf.IndexedSlices, Keras's default); the optimizer"
             " updates every row as with dense ones",
             "tf32": "off",

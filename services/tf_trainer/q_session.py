@@ -10,6 +10,8 @@ from services.tf_trainer.framework import (
     TFSession,
     _gpu_name,
     build_model,
+    make_optimizer,
+    optimizer_fairness,
     pick_device,
     set_weights,
     trainable_count,
@@ -37,17 +39,9 @@ class TFQSession(TFSession):
         self.compute_dtype, self.precision = None, "fp32"
         self.parameter_count = trainable_count(self.model)
         self.device_name = "cpu" if "CPU" in self.device else _gpu_name()
-        opt = spec.optimizer
         # Clipped to a global norm over all gradients, as clip_grad_norm_ does in PyTorch.
         clip = model_spec.reinforcement.grad_clip_norm
-        if opt.name == "adam":
-            self.optimizer = keras.optimizers.Adam(
-                opt.learning_rate, epsilon=opt.epsilon, global_clipnorm=clip
-            )
-        else:
-            self.optimizer = keras.optimizers.SGD(
-                opt.learning_rate, momentum=opt.momentum, global_clipnorm=clip
-            )
+        self.optimizer = make_optimizer(spec.optimizer, global_clipnorm=clip)
         self.loss = keras.losses.Huber(delta=1.0)  # mean over the batch, as smooth_l1_loss
         self.augment = None
         states = tf.TensorSpec([None, *self.input_shape], tf.float32)
@@ -67,14 +61,11 @@ class TFQSession(TFSession):
         )
 
     def fairness(self) -> dict[str, str]:
-        opt = self.spec.optimizer
         return {
             "init": SHARED_INIT
             if self.spec.init == "shared"
             else "Keras's own: Glorot uniform, zero biases",
-            "optimizer": f"Adam, epsilon {opt.epsilon:g} added before the bias correction"
-            if opt.name == "adam"
-            else f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v",
+            "optimizer": optimizer_fairness(self.spec.optimizer),
             "td step": "keras.losses.Huber(delta 1, mean) on Q(s, a) gathered from the online"
             " net, in a tf.function with a fixed signature; optimizer global_clipnorm"
             f" {self.model_spec.reinforcement.grad_clip_norm:g}",

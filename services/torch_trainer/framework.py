@@ -194,6 +194,20 @@ class TorchAugment:
         return x
 
 
+def make_optimizer(parameters, opt: pb.Optimizer) -> torch.optim.Optimizer:
+    """The job's optimizer with every constant set from the spec, none left to PyTorch's
+    defaults (docs/fairness.md); one place for every kind of session."""
+    if opt.name == "adam":
+        return torch.optim.Adam(parameters, lr=opt.learning_rate, eps=opt.epsilon)
+    return torch.optim.SGD(parameters, lr=opt.learning_rate, momentum=opt.momentum)
+
+
+def optimizer_fairness(opt: pb.Optimizer) -> str:
+    if opt.name == "adam":
+        return f"Adam, eps {opt.epsilon:g} added after the bias correction"
+    return f"SGD, momentum {opt.momentum:g}: v = mu v + g, w -= lr v"
+
+
 class TorchSession:
     def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
         self.spec = spec
@@ -211,15 +225,7 @@ class TorchSession:
         self.device_name = (
             torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         )
-        opt = spec.optimizer
-        if opt.name == "adam":
-            self.optimizer = torch.optim.Adam(
-                self.model.parameters(), lr=opt.learning_rate, eps=opt.epsilon
-            )
-        else:
-            self.optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=opt.learning_rate, momentum=opt.momentum
-            )
+        self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         augment = model_spec.augment
@@ -248,9 +254,7 @@ class TorchSession:
             "init": SHARED_INIT
             if self.spec.init == "shared"
             else "PyTorch's own: Kaiming uniform (a=sqrt 5), biases U(+-1/sqrt fan_in)",
-            "optimizer": f"Adam, eps {opt.epsilon:g} added after the bias correction"
-            if opt.name == "adam"
-            else f"SGD, momentum {opt.momentum:g}: v = mu v + g, w -= lr v",
+            "optimizer": optimizer_fairness(opt),
             "padding": "'same' as symmetric zero padding of kernel//2 (stride 1 only)",
             "tf32": "off for matmul and cuDNN",
             "compilation": "torch.compile (Inductor), cold job-private cache, compiled in the"
@@ -489,15 +493,7 @@ class TorchIdSession:
         self.device_name = (
             torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         )
-        opt = spec.optimizer
-        if opt.name == "adam":
-            self.optimizer = torch.optim.Adam(
-                self.model.parameters(), lr=opt.learning_rate, eps=opt.epsilon
-            )
-        else:
-            self.optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=opt.learning_rate, momentum=opt.momentum
-            )
+        self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         # As in TorchSession: the training forward pass only, compiled in the warm-up steps.
@@ -509,9 +505,7 @@ class TorchIdSession:
             "init": SHARED_ID_INIT
             if self.spec.init == "shared"
             else "PyTorch's own: embeddings N(0, 1), Linear and LSTM U(+-1/sqrt fan_in)",
-            "optimizer": f"Adam, eps {opt.epsilon:g} added after the bias correction"
-            if opt.name == "adam"
-            else f"SGD, momentum {opt.momentum:g}: v = mu v + g, w -= lr v",
+            "optimizer": optimizer_fairness(opt),
             "embedding gradients": "dense (nn.Embedding's default)",
             "tf32": "off for matmul and cuDNN",
             "compilation": "torch.compile (Inductor), cold job-private cache, compiled in the"

@@ -8,7 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.torch_trainer.framework import TorchSession, build_model, load_weights, pick_device
+from services.torch_trainer.framework import (
+    TorchSession,
+    build_model,
+    load_weights,
+    make_optimizer,
+    optimizer_fairness,
+    pick_device,
+)
 from twinbench.api import trainer_pb2 as pb
 from twinbench.init import SHARED_INIT, shared_initial_weights
 from twinbench.specs import ModelSpec
@@ -31,27 +38,16 @@ class TorchQSession(TorchSession):
         self.device_name = (
             torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         )
-        opt = spec.optimizer
-        if opt.name == "adam":
-            self.optimizer = torch.optim.Adam(
-                self.model.parameters(), lr=opt.learning_rate, eps=opt.epsilon
-            )
-        else:
-            self.optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=opt.learning_rate, momentum=opt.momentum
-            )
+        self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
         self.augment = None
         self.clip_norm = model_spec.reinforcement.grad_clip_norm
 
     def fairness(self) -> dict[str, str]:
-        opt = self.spec.optimizer
         return {
             "init": SHARED_INIT
             if self.spec.init == "shared"
             else "PyTorch's own: Kaiming uniform (a=sqrt 5), biases U(+-1/sqrt fan_in)",
-            "optimizer": f"Adam, eps {opt.epsilon:g} added after the bias correction"
-            if opt.name == "adam"
-            else f"SGD, momentum {opt.momentum:g}: v = mu v + g, w -= lr v",
+            "optimizer": optimizer_fairness(self.spec.optimizer),
             "td step": "F.smooth_l1_loss (beta 1, mean) on Q(s, a) gathered from the online net;"
             f" clip_grad_norm_ to {self.clip_norm:g}",
             "target copy": "load_state_dict of the online network's",
