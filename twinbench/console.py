@@ -226,13 +226,16 @@ def describe_reinforcement(job: tpb.Job) -> list[str]:
         f" {r.steps_to_solve:,}), in {r.seconds_to_solve:.0f} s = {r.seconds_to_solve / 60:.1f} min"
         if r.episodes_to_solve
         else f"not solved within {job.spec.env_steps:,} environment steps"
+        if job.state == tpb.SUCCEEDED
+        else "not solved yet"
     )
     evaluated = (
         f"; {r.evaluations} greedy evaluation(s), the last: mean"
         f" {np.mean(r.evaluation_rewards):.1f} over {len(r.evaluation_rewards)} episodes,"
         f" {r.evaluation_env_steps:,} steps and {r.evaluation_seconds:.1f} s in all"
         if r.evaluations
-        else "; the greedy policy was never evaluated (training episodes never reached it)"
+        else f"; no greedy evaluation (the last training episodes never averaged"
+        f" {r.solve_threshold:g})"
     )
     return [
         f"  {r.environment}: {len(rewards)} episodes, {r.env_steps:,} environment steps,"
