@@ -19,7 +19,8 @@ from twinbench.jobs import state_name
 
 SCHEMA = "twinbench.results/v2"
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "results-v2.schema.json"
-COLORS = {"torch": "#ee4c2c", "tf": "#ff8f00"}
+# PyTorch's red; TensorFlow's own orange is too near it to tell twenty thin lines apart.
+COLORS = {"torch": "#ee4c2c", "tf": "#1f6fb4"}
 SECOND_ARM_COLOR = "#5e3c99"  # the second arm of an A/A run, whose framework is the first's
 LABELS = {"torch": "PyTorch", "tf": "TensorFlow"}
 PERCENTILES = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%")

@@ -320,7 +320,13 @@ def reward_curves(results: dict) -> bytes:
             if run["episodes_to_solve"]:  # where the greedy policy passed its evaluation
                 at = min(max(run["episodes_to_solve"] - window, 0), len(smooth) - 1)
                 ax.plot(at + window, smooth[at], "o", color=color, markersize=4)
-    ax.axhline(475, color="#555", linestyle="--", linewidth=1, label="threshold (475)")
+    ax.axhline(
+        475,
+        color="#555",
+        linestyle="--",
+        linewidth=1,
+        label="threshold (475, of the greedy policy)",
+    )
     ax.set_xlabel("episode")
     ax.set_ylabel("reward, 20-episode moving mean")
     ax.set_title("Reward per training episode, one line per seed; a dot: solved")
