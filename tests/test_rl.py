@@ -150,9 +150,16 @@ def test_both_frameworks_see_the_same_episodes_from_one_init():
             target_update_steps=50,
             double=True,  # the other kind of target, exercised here
         )
-        result = dqn_loop(session(spec, model), make_env(rl), rl, spec, _Ctx())
+        ctx = _Ctx()
+        result = dqn_loop(session(spec, model), make_env(rl), rl, spec, ctx)
         assert result.optimizer_steps == 400 - 200 + 1
         rewards[fw] = result.rewards
+        # The record a running job shows, as of its last tenth episode: rewards and steps so far.
+        shown = ctx.job.reinforcement
+        assert len(shown.episode_rewards) == len(result.rewards) // 10 * 10 >= 10
+        assert list(shown.episode_rewards) == result.rewards[: len(shown.episode_rewards)]
+        assert shown.env_steps == sum(shown.episode_rewards)
+        assert 0 < shown.optimizer_steps <= result.optimizer_steps
     # Before any update (200 steps) the two are the same agent; the first episodes match.
     before = next(i for i, s in enumerate(np.cumsum(rewards["torch"])) if s >= 200)
     assert rewards["torch"][:before] == rewards["tf"][:before]

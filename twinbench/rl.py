@@ -331,11 +331,17 @@ def _optimizer_step(
 
 
 def _record_progress(ctx: JobContext, out: LoopResult) -> None:
-    rewards, steps = list(out.rewards), out.steps
+    """What `twinbench jobs --show` reads of a running job: its episodes so far, the steps of
+    the environment and of the optimizer, and its evaluations."""
+    rewards, steps, updates = list(out.rewards), out.steps, out.optimizer_steps
+    evaluations, evaluation = out.evaluations, list(out.evaluation_rewards)
 
     def update(j: pb.Job) -> None:
-        j.reinforcement.episode_rewards[:] = rewards
-        j.reinforcement.env_steps = steps
+        r = j.reinforcement
+        r.episode_rewards[:] = rewards
+        r.env_steps, r.optimizer_steps = steps, updates
+        r.evaluations = evaluations
+        r.evaluation_rewards[:] = evaluation
 
     ctx.update(update)
 
