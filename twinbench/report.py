@@ -602,18 +602,23 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ],
         ),  # fmt: skip
     ]
-    if results.get("code"):
-        from twinbench.code_size import size_rows
+    return out + code_tables(results)
 
-        out.append(
-            (
-                f"Code: {results['code']['task']} as a user writes it in each framework"
-                " (Python's tokenizer and parser; comments, docstrings and blank lines apart)",
-                ["measure", "PyTorch", "Keras", "PyTorch / Keras"],
-                size_rows(results["code"]),
-            )
+
+def code_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The "Code" table of a report whose results carry the task's example scripts, else none."""
+    if not results.get("code"):
+        return []
+    from twinbench.code_size import size_rows
+
+    return [
+        (
+            f"Code: {results['code']['task']} as a user writes it in each framework"
+            " (Python's tokenizer and parser; comments, docstrings and blank lines apart)",
+            ["measure", "PyTorch", "Keras", "PyTorch / Keras"],
+            size_rows(results["code"]),
         )
-    return out
+    ]
 
 
 def code_markdown(results: dict) -> str:

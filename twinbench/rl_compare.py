@@ -20,7 +20,7 @@ import numpy as np
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client import Client
-from twinbench.code_size import compare_task, size_rows
+from twinbench.code_size import compare_task
 from twinbench.compare import (
     CompareOptions,
     hardware_of,
@@ -37,6 +37,7 @@ from twinbench.report import (
     _png,
     code_html,
     code_markdown,
+    code_tables,
     environment,
     render_html,
     render_markdown,
@@ -244,16 +245,6 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         for label, arm in results["arms"].items()
         for r in arm["runs"]
     ]  # fmt: skip
-    code = []
-    if results.get("code"):
-        code.append(
-            (
-                f"Code: {results['code']['task']} as a user writes it in each framework"
-                " (Python's tokenizer and parser; comments, docstrings and blank lines apart)",
-                ["measure", "PyTorch", "Keras", "PyTorch / Keras"],
-                size_rows(results["code"]),
-            )
-        )
     tables_ = [
         (
             f"Results ({design['hardware']}; budget {design['env_steps_budget']:,} environment"
@@ -294,7 +285,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ],
         ),
     ]
-    return tables_ + code
+    return tables_ + code_tables(results)
 
 
 def reward_curves(results: dict) -> bytes:

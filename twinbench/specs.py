@@ -442,10 +442,9 @@ def vgg16_base(width: float = 1.0) -> tuple[Layer, ...]:
     return _vgg_base((2, 2, 3, 3, 3), width)  # configuration D: 13 convolutions
 
 
-def vgg16(width: float = 1.0) -> tuple[Layer, ...]:
+def _vgg_classifier(width: float) -> tuple[Layer, ...]:
     # torchvision's adaptive pool to 7x7 is the identity at 224x224 and is left out.
     return (
-        *vgg16_base(width),
         Flatten(),
         Dense(_scaled(4096, width)),
         Dropout(0.5),
@@ -453,20 +452,14 @@ def vgg16(width: float = 1.0) -> tuple[Layer, ...]:
         Dropout(0.5),
         Dense(IMAGENET_CLASSES, activation=None),
     )
+
+
+def vgg16(width: float = 1.0) -> tuple[Layer, ...]:
+    return (*vgg16_base(width), *_vgg_classifier(width))
 
 
 def vgg19(width: float = 1.0) -> tuple[Layer, ...]:
-    layers = _vgg_base((2, 2, 4, 4, 4), width)
-    # torchvision's adaptive pool to 7x7 is the identity at 224x224 and is left out.
-    return (
-        *layers,
-        Flatten(),
-        Dense(_scaled(4096, width)),
-        Dropout(0.5),
-        Dense(_scaled(4096, width)),
-        Dropout(0.5),
-        Dense(IMAGENET_CLASSES, activation=None),
-    )
+    return (*_vgg_base((2, 2, 4, 4, 4), width), *_vgg_classifier(width))
 
 
 def _bottleneck(channels: int, inputs: int, stride: int) -> Residual:

@@ -194,6 +194,11 @@ class TorchAugment:
         return x
 
 
+def device_name(device: torch.device) -> str:
+    """What a job records as its device: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def make_optimizer(parameters, opt: pb.Optimizer) -> torch.optim.Optimizer:
     """The job's optimizer with every constant set from the spec, none left to PyTorch's
     defaults (docs/fairness.md); one place for every kind of session."""
@@ -222,9 +227,7 @@ class TorchSession:
         self.model = model.to(self.device)
         self.input_shape = model_spec.input_shape
         self.parameter_count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.device_name = (
-            torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        )
+        self.device_name = device_name(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -490,9 +493,7 @@ class TorchIdSession:
             load_id_weights(model, shared_id_weights(declared, spec.seed))
         self.model = model.to(self.device)
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
-        self.device_name = (
-            torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        )
+        self.device_name = device_name(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -11,6 +11,7 @@ from torch import nn
 from services.torch_trainer.framework import (
     TorchSession,
     build_model,
+    device_name,
     load_weights,
     make_optimizer,
     optimizer_fairness,
@@ -35,9 +36,7 @@ class TorchQSession(TorchSession):
         self.target = copy.deepcopy(self.model).eval()
         self.input_shape = model_spec.input_shape
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
-        self.device_name = (
-            torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        )
+        self.device_name = device_name(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
         self.augment = None
         self.clip_norm = model_spec.reinforcement.grad_clip_norm
