@@ -8,7 +8,7 @@ Options (each also read from the environment variable in brackets):
                     default all READY ones                                 [TWINBENCH_LOAD_MODELS]
   --batch-size N    rows per request, default 1                           [TWINBENCH_LOAD_BATCH]
   --input-file F    .npy of float32 N x C x H x W images for models with one FP32 input; default
-                    inputs built from each model's metadata and dataset (twinbench/inputs.py:
+                    inputs built from each model's metadata and dataset (twinbench/client/inputs.py:
                     test images for 1x28x28 models, synthetic rows for NCF and GNMT, seeded random
                     images otherwise)                                      [TWINBENCH_LOAD_INPUT]
   --latency-file F  on exit, save every latency (ms, float64) to this .npy; Locust's own CSV
@@ -37,8 +37,8 @@ from locust import User, events, task  # noqa: E402
 
 from twinbench.api import inference_pb2 as pb  # noqa: E402
 from twinbench.api import inference_pb2_grpc  # noqa: E402
-from twinbench.inputs import model_inputs, served_inputs  # noqa: E402
-from twinbench.tensors import infer_request  # noqa: E402
+from twinbench.client.inputs import model_inputs, served_inputs  # noqa: E402
+from twinbench.serving.tensors import infer_request  # noqa: E402
 
 MAX_MESSAGE_BYTES = int(os.environ.get("TWINBENCH_MAX_MESSAGE_BYTES", 64 * 1024 * 1024))
 

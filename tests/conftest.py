@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 import torch._dynamo  # noqa: E402, F401
 
 from twinbench.api import trainer_pb2 as tpb  # noqa: E402
-from twinbench.client import Client  # noqa: E402
+from twinbench.client.stack import LocalStack  # noqa: E402
 from twinbench.config import load_settings  # noqa: E402
-from twinbench.launcher import LocalStack  # noqa: E402
+from twinbench.rpc.channel import Client  # noqa: E402
 
 # Small enough to run in seconds, large enough to learn something.
 TINY = dict(epochs=2, train_samples=1024, batch_size=32)

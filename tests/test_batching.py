@@ -11,9 +11,10 @@ from conftest import BATCHED
 from tally import TALLY
 from tests_support import in_process_logits, until
 from twinbench.api import inference_pb2 as ipb
-from twinbench.datasets import load_dataset
+from twinbench.data.datasets import load_dataset
 from twinbench.errors import DeadlineExceeded, Unavailable
-from twinbench.link import (
+from twinbench.serving.dataplane import InferenceCore
+from twinbench.serving.link import (
     OK,
     BatchingCaller,
     LinkClient,
@@ -25,9 +26,8 @@ from twinbench.link import (
     encode_requests,
     status_name,
 )
-from twinbench.repository import ModelRepository
-from twinbench.serving import InferenceCore
-from twinbench.tensors import infer_request, output_array
+from twinbench.serving.repository import ModelRepository
+from twinbench.serving.tensors import infer_request, output_array
 
 # --- the frame format ---
 
@@ -226,7 +226,7 @@ def test_a_link_server_closes_a_connection_that_breaks_the_format_and_serves_on(
 
 
 def test_a_frame_of_mixed_requests_gets_a_reply_for_each(trained, home):
-    from services.torch_trainer.framework import TorchFramework
+    from twinbench.frameworks.torch.framework import TorchFramework
 
     job, _ = trained["torch"]
     export = next(e for e in job.exports if e.format == "onnx")

@@ -10,7 +10,9 @@ import jsonschema
 import pytest
 
 from twinbench.api import inference_pb2_grpc
-from twinbench.bench import (
+from twinbench.config import LOADGEN_PROGRAM, installed_program
+from twinbench.data.datasets import load_dataset
+from twinbench.experiments.bench_serving import (
     Figures,
     bench_stack,
     capacity,
@@ -20,11 +22,9 @@ from twinbench.bench import (
     setup,
     summary,
 )
-from twinbench.config import LOADGEN_PROGRAM, installed_program
-from twinbench.datasets import load_dataset
-from twinbench.report import SCHEMA_FILE, build_results, markdown
-from twinbench.serving_stats import server_statistics
-from twinbench.tensors import infer_request
+from twinbench.experiments.report import SCHEMA_FILE, build_results, markdown
+from twinbench.serving.statistics import server_statistics
+from twinbench.serving.tensors import infer_request
 
 
 def test_bench_measures_each_path_and_its_figures_reach_the_report(stack, trained):
@@ -72,7 +72,7 @@ def test_each_load_generator_counts_what_the_server_served_and_stops_on_a_failed
     go = installed_program(LOADGEN_PROGRAM)
     if go is None and os.environ.get("TWINBENCH_FRONT_TESTS") == "required":
         pytest.fail("the Go load generator is not built: `make native` needs Go (see README)")
-    generators = {"python": [sys.executable, "-m", "twinbench.loadgen"]}
+    generators = {"python": [sys.executable, "-m", "twinbench.experiments.loadgen"]}
     if go is not None:
         generators["go"] = [str(go)]
     image = load_dataset("mnist-5k").test.x[:1]

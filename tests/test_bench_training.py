@@ -4,7 +4,11 @@ import json
 
 import pytest
 
-from twinbench.bench_training import BenchOptions, run_training_bench, write_bench_report
+from twinbench.experiments.bench_training import (
+    BenchOptions,
+    run_training_bench,
+    write_bench_report,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twinbench.code_size import compare_task, count_code, size_rows
+from twinbench.experiments.code_size import compare_task, count_code, size_rows
 
 SOURCE = '''"""A module docstring,
 over two lines."""
@@ -59,7 +59,7 @@ def test_the_report_shows_sizes_and_both_scripts_side_by_side():
     import jsonschema
 
     from twinbench.api import trainer_pb2 as tpb
-    from twinbench.report import SCHEMA_FILE, _code_of, code_html, code_markdown
+    from twinbench.experiments.report import SCHEMA_FILE, _code_of, code_html, code_markdown
 
     job = tpb.Job(spec=tpb.JobSpec(model="lenet5"))
     results = _code_of({"torch": ("torch", [job]), "tf": ("tf", [job])})

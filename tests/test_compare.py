@@ -12,9 +12,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from twinbench.datasets import load_dataset
-from twinbench.loadtest import run_locust
-from twinbench.report import SCHEMA_FILE
+from twinbench.data.datasets import load_dataset
+from twinbench.experiments.loadtest import run_locust
+from twinbench.experiments.report import SCHEMA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -52,7 +52,7 @@ def report(stack, tmp_path_factory):
 
 def run_compare(stack, reports, args: list[str]) -> Path:
     done = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, *args,
+        [sys.executable, "-m", "twinbench.cli.main", "--gateway", stack.gateway_address, *args,
          "--reports", str(reports)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip

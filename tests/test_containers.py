@@ -28,12 +28,11 @@ import pytest
 from tests_support import until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.client import Client
 from twinbench.config import load_settings
-from twinbench.datasets import load_dataset
-from twinbench.launcher import is_serving
-from twinbench.report import SCHEMA_FILE
-from twinbench.tensors import infer_request, output_array
+from twinbench.data.datasets import load_dataset
+from twinbench.experiments.report import SCHEMA_FILE
+from twinbench.rpc.channel import Client, is_serving
+from twinbench.serving.tensors import infer_request, output_array
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -164,7 +163,7 @@ class Stack:
         """The service's gRPC health check answers SERVING (the trainers are reachable only inside)."""
         if service == "gateway":
             return is_serving(self.gateway, timeout_s=3.0)
-        return self.exec(service, "python", "-m", "twinbench.healthcheck").returncode == 0
+        return self.exec(service, "python", "-m", "twinbench.rpc.healthcheck").returncode == 0
 
     def logs(self) -> str:
         """Each service's last lines, kept under test-artifacts/ and returned for a failure's message."""
@@ -281,7 +280,10 @@ def report(stack, tmp_path_factory):
             "--reports", str(reports)]  # fmt: skip
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli", *args], capture_output=True, text=True, timeout=1800
+        [sys.executable, "-m", "twinbench.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     TIMINGS["twinbench compare against the containers"] = time.monotonic() - start
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:] + stack.logs()

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from twinbench.datasets import epoch_order, load_dataset, mnist_5k_arrays, split_arrays
+from twinbench.data.datasets import epoch_order, load_dataset, mnist_5k_arrays, split_arrays
 
 
 def test_embedded_split_is_disjoint_complete_and_fixed():
@@ -53,9 +53,9 @@ import struct  # noqa: E402
 import pytest  # noqa: E402
 
 from tally import TALLY  # noqa: E402
-from twinbench.datasets import DatasetError, check_dataset_name, read_idx  # noqa: E402
+from twinbench.data.datasets import DatasetError, check_dataset_name, read_idx  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
-from twinbench.specs import MODELS  # noqa: E402
+from twinbench.models.declarations import MODELS  # noqa: E402
 
 
 def write_idx(path, array, magic=None, cut=0):

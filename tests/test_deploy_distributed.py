@@ -15,8 +15,8 @@ from kubeflow_trainer_api.models import (
 )
 
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.distributed import devices_of, tf_config_from_pod_index, workers_of
-from twinbench.jobs import resolve_spec
+from twinbench.jobs.request import resolve_spec
+from twinbench.training.parallel import devices_of, tf_config_from_pod_index, workers_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED = ROOT / "deploy" / "k8s" / "distributed"
@@ -93,8 +93,8 @@ def test_train_jobs_name_a_runtime_ask_for_gpus_and_match_their_job_spec():
             assert int(env["TWINBENCH_TF_WORKERS"]) == trainer["numNodes"]
         (replicated,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
         (container,) = replicated["template"]["spec"]["template"]["spec"]["containers"]
-        assert "twinbench.job_worker" in container["command"]
-        assert f"services.{spec.framework}_trainer.framework:" in container["command"][-1]
+        assert "twinbench.training.worker" in container["command"]
+        assert f"twinbench.frameworks.{spec.framework}.framework:" in container["command"][-1]
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/data/model_repository", "/data/jobs"} <= mounts  # exports and the record
 

@@ -15,22 +15,18 @@ from onnx import numpy_helper
 
 from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
+from twinbench.client.console import describe_job
 from twinbench.config import load_settings
-from twinbench.console import describe_job
-from twinbench.distributed import (
-    WorkerStats,
-    is_distributed,
-    run_distributed,
-    shard,
-    worker_cpus,
-)
 from twinbench.errors import InvalidArgument
-from twinbench.job_worker import run_in_worker
-from twinbench.jobs import TERMINAL, JobManager, JobStore, resolve_spec
+from twinbench.jobs.request import TERMINAL, is_distributed, resolve_spec
+from twinbench.trainer.queue import JobManager, JobStore
+from twinbench.trainer.worker_group import run_distributed
+from twinbench.trainer.workers import run_in_worker
+from twinbench.training.parallel import WorkerStats, shard, worker_cpus
 
 FRAMEWORKS = {
-    "torch": "services.torch_trainer.framework:TorchFramework",
-    "tf": "services.tf_trainer.framework:TFFramework",
+    "torch": "twinbench.frameworks.torch.framework:TorchFramework",
+    "tf": "twinbench.frameworks.tf.framework:TFFramework",
 }
 BATCH = 32
 # 19 full batches and one of 7 rows: 20 SGD steps, the last split unevenly (4 and 3 rows).
@@ -172,8 +168,8 @@ def test_specs_a_data_parallel_job_cannot_run_are_refused(fields, message):
 
 
 def test_id_models_are_refused_and_the_cli_sets_the_workers():
-    from twinbench.cli import parser, spec_from_args
-    from twinbench.distributed import check_distributed_spec
+    from twinbench.cli.main import parser, spec_from_args
+    from twinbench.jobs.request import check_distributed_spec
 
     with pytest.raises(InvalidArgument, match="does not train data-parallel"):
         check_distributed_spec(tpb.JobSpec(framework="torch", model="ncf", workers=2,
@@ -195,13 +191,13 @@ def test_jobs_show_prints_the_world():
 
 
 def test_scaling_bench_reports_efficiency_for_both_frameworks(client, tmp_path):
-    from twinbench.bench_scaling import (
+    from twinbench.experiments.bench_scaling import (
         ScalingOptions,
         run_scaling_bench,
         table_rows,
         write_scaling_report,
     )
-    from twinbench.bench_training import BenchOptions
+    from twinbench.experiments.bench_training import BenchOptions
 
     # One repeat of a small model: this proves the plumbing, not a figure.
     bench = BenchOptions(models=("mlp",), repeats=1, batch_size=32, warmup_steps=2, steps=6)
@@ -230,7 +226,7 @@ def test_locust_distributed_master_and_worker_load_a_real_gateway(stack, trained
     import subprocess
     import sys
 
-    from twinbench.loadtest import LOCUSTFILE
+    from twinbench.experiments.loadtest import LOCUSTFILE
 
     job, _ = trained["torch"]
     model = next(e.model_name for e in job.exports if e.format == "onnx")

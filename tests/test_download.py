@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from twinbench.download import Source, download
+from twinbench.data.download import Source, download
 from twinbench.errors import Unavailable
 
 FILES = {"train-images-idx3-ubyte.gz": b"x" * 5000, "t10k-labels-idx1-ubyte.gz": b"y" * 300}

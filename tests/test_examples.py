@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from twinbench.code_size import EXAMPLES, FRAMEWORK_SCRIPTS, example_tasks
+from twinbench.experiments.code_size import EXAMPLES, FRAMEWORK_SCRIPTS, example_tasks
 
 SCRIPTS = [
     EXAMPLES / task / script for task in example_tasks() for script in FRAMEWORK_SCRIPTS.values()

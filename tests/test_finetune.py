@@ -12,9 +12,7 @@ from PIL import Image
 
 from conftest import wait_for
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.errors import InvalidArgument
-from twinbench.jobs import resolve_spec
-from twinbench.pretrained import (
+from twinbench.data.pretrained import (
     WeightsFileError,
     base_weights,
     make_random_weights_file,
@@ -22,7 +20,9 @@ from twinbench.pretrained import (
     torchvision_keys,
     weights_path,
 )
-from twinbench.specs import get_model_spec
+from twinbench.errors import InvalidArgument
+from twinbench.jobs.request import resolve_spec
+from twinbench.models.declarations import get_model_spec
 
 SMALL = dict(width=0.125, image_size=32)
 
@@ -109,7 +109,7 @@ def test_a_fine_tuning_job_trains_only_the_top_in_both_frameworks(client, settin
 
 
 def test_the_download_puts_the_file_where_jobs_look_for_it(tmp_path):
-    from twinbench.download import SOURCES
+    from twinbench.data.download import SOURCES
 
     spec = get_model_spec("vgg16_finetune")
     source = SOURCES[spec.pretrained.download]  # `twinbench data download vgg16-weights`

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests_support import front_pid, until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.config import FRONT_PROGRAM, installed_program
-from twinbench.datasets import load_dataset
-from twinbench.tensors import infer_request
+from twinbench.data.datasets import load_dataset
+from twinbench.serving.tensors import infer_request
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from tally import TALLY
 from tests_support import front_pid, in_process_logits, until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.config import FRONT_PROGRAM, installed_program
-from twinbench.datasets import load_dataset
-from twinbench.tensors import infer_request, output_array
+from twinbench.data.datasets import load_dataset
+from twinbench.serving.tensors import infer_request, output_array
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import pytest
 from conftest import wait_for
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.cli import sample_input
-from twinbench.datasets import NEGATIVES_PER_POSITIVE, load_dataset
-from twinbench.download import SOURCES
+from twinbench.cli.main import sample_input
+from twinbench.data.datasets import NEGATIVES_PER_POSITIVE, load_dataset
+from twinbench.data.download import SOURCES
 from twinbench.errors import InvalidArgument
-from twinbench.specs import id_model
-from twinbench.tasks import PAD_ID, task_for
-from twinbench.tensors import infer_request, output_array
+from twinbench.models.declarations import id_model
+from twinbench.models.tasks import PAD_ID, task_for
+from twinbench.serving.tensors import infer_request, output_array
 
 # Tiny: a few steps each, which proves the plumbing, not the accuracy.
 JOBS = {
@@ -82,9 +82,9 @@ def test_movielens_is_read_from_its_zip_as_implicit_feedback(tmp_path):
 def test_both_frameworks_compute_the_same_loss_on_the_same_batch(name):
     """From the shared initial weights, one batch: the same loss (before the step) in both, and
     after one Adam step from it, the same loss on the next batch."""
-    from services.tf_trainer.framework import TFIdSession
-    from services.torch_trainer.framework import TorchIdSession
-    from twinbench.jobs import job_model, resolve_spec
+    from twinbench.frameworks.tf.framework import TFIdSession
+    from twinbench.frameworks.torch.framework import TorchIdSession
+    from twinbench.jobs.request import job_model, resolve_spec
 
     losses = {}
     for framework, session_class in (("torch", TorchIdSession), ("tf", TFIdSession)):
@@ -180,7 +180,7 @@ def test_bad_id_inputs_are_refused_with_invalid_argument(id_jobs, client):
 
 
 def test_locust_loads_an_id_model_with_inputs_from_its_metadata(id_jobs, stack, tmp_path):
-    from twinbench.loadtest import run_locust
+    from twinbench.experiments.loadtest import run_locust
 
     for model in ("ncf-tf-savedmodel", "gnmt-torch-onnx"):
         # Answered without a failure; how many requests fit depends on the machine's load.
@@ -199,7 +199,7 @@ def test_id_model_knobs_that_do_not_apply_are_refused(client):
 
 
 def test_bench_training_measures_id_models_in_their_own_units(client):
-    from twinbench.bench_training import BenchOptions, run_training_bench, table_rows
+    from twinbench.experiments.bench_training import BenchOptions, run_training_bench, table_rows
 
     options = BenchOptions(
         models=("ncf", "gnmt"), repeats=1, batch_size=16, warmup_steps=1, steps=2, width=0.01

@@ -9,10 +9,10 @@ import sys
 from conftest import wait_for
 from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.datasets import load_dataset
-from twinbench.job_worker import training_cpus, training_threads
-from twinbench.tensors import infer_request, output_array
-from twinbench.training import ActiveJobs
+from twinbench.data.datasets import load_dataset
+from twinbench.serving.tensors import infer_request, output_array
+from twinbench.training.resources import ActiveJobs
+from twinbench.training.worker import training_cpus, training_threads
 
 SHORT = dict(model="lenet5", epochs=1, train_samples=256, skip_export=True)
 
@@ -78,7 +78,7 @@ def _job_worker_of(trainer_pid: int) -> int | None:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == trainer_pid and b"twinbench.job_worker" in cmdline:
+        if parent == trainer_pid and b"twinbench.training.worker" in cmdline:
             return int(entry)
     return None
 

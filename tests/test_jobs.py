@@ -7,7 +7,8 @@ import pytest
 from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument, NotFound
-from twinbench.jobs import TERMINAL, JobManager, JobStore, resolve_spec
+from twinbench.jobs.request import TERMINAL, resolve_spec
+from twinbench.trainer.queue import JobManager, JobStore
 
 # The jobs here are in-process fakes that change state within milliseconds, and a look at the
 # store is cheap: polling this often keeps the tests from idling.

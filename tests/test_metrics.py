@@ -17,10 +17,10 @@ from twinbench.api import inference_pb2 as ipb
 from twinbench.api import inference_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import FRONT_PROGRAM, installed_program
-from twinbench.datasets import load_dataset
-from twinbench.jobs import state_name
-from twinbench.serving_stats import server_statistics
-from twinbench.tensors import infer_request
+from twinbench.data.datasets import load_dataset
+from twinbench.jobs.request import state_name
+from twinbench.serving.statistics import server_statistics
+from twinbench.serving.tensors import infer_request
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.datasets import epoch_order, load_dataset
-from twinbench.jobs import resolve_spec
-from twinbench.parity import PARITY_TOLERANCE, TRAIN_TOLERANCE, check_id_parity, check_parity
-from twinbench.specs import ARCHITECTURES, FINE_TUNING, MODELS, get_model_spec
+from twinbench.data.datasets import epoch_order, load_dataset
+from twinbench.experiments.parity import (
+    PARITY_TOLERANCE,
+    TRAIN_TOLERANCE,
+    check_id_parity,
+    check_parity,
+)
+from twinbench.jobs.request import resolve_spec
+from twinbench.models.declarations import ARCHITECTURES, FINE_TUNING, MODELS, get_model_spec
 
 SEQUENTIAL = sorted(set(MODELS) - set(ARCHITECTURES) - set(FINE_TUNING))
 
@@ -50,7 +55,7 @@ def test_keras_running_variance_is_levelled_to_pytorchs_unbiased_one():
     import keras
     import torch
 
-    from services.tf_trainer.framework import LevelledBatchNorm
+    from twinbench.frameworks.tf.session import LevelledBatchNorm
 
     x = np.random.default_rng(0).random((4, 2, 3, 3), dtype=np.float32) * 3
     torch_bn = torch.nn.BatchNorm2d(2, eps=1e-5, momentum=0.1).train()
@@ -71,8 +76,8 @@ def test_keras_running_variance_is_levelled_to_pytorchs_unbiased_one():
 
 
 def _sessions(model: str, init: str):
-    from services.tf_trainer.framework import TFSession
-    from services.torch_trainer.framework import TorchSession
+    from twinbench.frameworks.tf.session import TFSession
+    from twinbench.frameworks.torch.session import TorchSession
 
     spec = get_model_spec(model)
     torch_spec = resolve_spec(tpb.JobSpec(framework="torch", model=model, init=init))
@@ -121,8 +126,8 @@ def test_parity_and_shared_init_hold_for_tuned_hidden_units():
     units = (300, 200, 150, 40)  # what a sweep's trial may ask for
     assert check_parity("mlp", seed=1, hidden_units=units).ok
     spec = get_model_spec("mlp", hidden_units=units)
-    from services.tf_trainer.framework import TFSession
-    from services.torch_trainer.framework import TorchSession
+    from twinbench.frameworks.tf.session import TFSession
+    from twinbench.frameworks.torch.session import TorchSession
 
     sessions = [
         cls(resolve_spec(tpb.JobSpec(framework=f, model="mlp", hidden_units=units)), spec)

@@ -7,8 +7,8 @@ import grpc
 import pytest
 
 from twinbench.api import inference_pb2_grpc
-from twinbench.bench import capacity, perf_analyzer_command, run_perf_analyzer
-from twinbench.serving_stats import server_statistics
+from twinbench.experiments.bench_serving import capacity, perf_analyzer_command, run_perf_analyzer
+from twinbench.serving.statistics import server_statistics
 
 pytestmark = pytest.mark.integration
 

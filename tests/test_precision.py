@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY, wait_for
-from twinbench import precision
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
-from twinbench.jobs import job_model, resolve_spec
+from twinbench.jobs import precision
+from twinbench.jobs.request import job_model, resolve_spec
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -49,8 +49,8 @@ def test_a_mixed_job_runs_in_bfloat16_or_is_refused_on_this_cpu(client):
 
 
 def _sessions(monkeypatch, model: str, precision_name: str):
-    from services.tf_trainer.framework import TFSession
-    from services.torch_trainer.framework import TorchSession
+    from twinbench.frameworks.tf.framework import TFSession
+    from twinbench.frameworks.torch.framework import TorchSession
 
     # Runs the bfloat16 path here even where the CPU would emulate it: this checks what the
     # step computes, not how fast.

@@ -18,12 +18,12 @@ from tests_support import until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.client import Client
+from twinbench.client.stack import LocalStack
 from twinbench.config import load_settings
-from twinbench.datasets import load_dataset
-from twinbench.launcher import LocalStack, is_serving
-from twinbench.repository import FAILPOINT, ModelRepository
-from twinbench.tensors import infer_request, output_array
+from twinbench.data.datasets import load_dataset
+from twinbench.rpc.channel import Client, is_serving
+from twinbench.serving.repository import FAILPOINT, ModelRepository
+from twinbench.serving.tensors import infer_request, output_array
 
 pytestmark = pytest.mark.integration  # the real services
 
@@ -107,11 +107,11 @@ def test_calls_without_the_right_token_are_refused_and_learn_nothing(guarded, tl
 
 def test_inference_needs_the_token_unless_configured_open(tmp_path):
     """The interceptor in front of a real trainer inference servicer, with inference closed."""
-    from services.gateway.auth import BearerTokenInterceptor
-    from twinbench.grpc_server import create_server
-    from twinbench.repository import ModelRepository
-    from twinbench.servicers import InferenceServicer
-    from twinbench.serving import InferenceCore
+    from twinbench.gateway.auth import BearerTokenInterceptor
+    from twinbench.rpc.server import create_server
+    from twinbench.serving.dataplane import InferenceCore
+    from twinbench.serving.repository import ModelRepository
+    from twinbench.serving.servicer import InferenceServicer
 
     settings = load_settings({"TWINBENCH_HOME": str(tmp_path)})
     server, port, _ = create_server(

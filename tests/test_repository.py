@@ -2,7 +2,7 @@
 
 import pytest
 
-from twinbench.repository import ModelRepository
+from twinbench.serving.repository import ModelRepository
 
 FIELDS = dict(
     model="lenet5",

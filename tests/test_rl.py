@@ -11,8 +11,10 @@ import pytest
 from conftest import wait_for
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
-from twinbench.jobs import job_model, resolve_spec
-from twinbench.rl import (
+from twinbench.experiments.verdicts import bootstrap_interval, iqm, paired_iqm_ratio
+from twinbench.jobs.request import job_model, resolve_spec
+from twinbench.models.declarations import DQN
+from twinbench.training.rl import (
     ReplayBuffer,
     dqn_loop,
     epsilon_at,
@@ -22,8 +24,6 @@ from twinbench.rl import (
     td_targets,
     worth_evaluating,
 )
-from twinbench.specs import DQN
-from twinbench.stats import bootstrap_interval, iqm, paired_iqm_ratio
 
 
 class _Ctx:
@@ -132,8 +132,8 @@ def test_specs_of_reinforcement_jobs():
 def test_both_frameworks_see_the_same_episodes_from_one_init():
     """Same seed, same shared init: the same exploration draws, and greedy actions from networks
     with the same weights, so the same episodes until the networks first disagree."""
-    from services.tf_trainer.q_session import TFQSession
-    from services.torch_trainer.q_session import TorchQSession
+    from twinbench.frameworks.tf.q_session import TFQSession
+    from twinbench.frameworks.torch.q_session import TorchQSession
 
     rewards = {}
     for fw, session in (("torch", TorchQSession), ("tf", TFQSession)):
@@ -169,7 +169,7 @@ def test_both_frameworks_see_the_same_episodes_from_one_init():
 def test_the_loop_stops_when_the_greedy_policy_passes_its_evaluation():
     """A threshold a few steps of CartPole reach: the gate opens, the greedy policy is evaluated
     at most once per state of the network, and the job stops at the first evaluation it passes."""
-    from services.torch_trainer.q_session import TorchQSession
+    from twinbench.frameworks.torch.q_session import TorchQSession
 
     spec = resolve_spec(
         tpb.JobSpec(framework="torch", model="dqn_cartpole", seed=2, env_steps=5_000)
@@ -197,7 +197,7 @@ def test_a_dqn_job_runs_end_to_end_through_the_services(client, stack):
     import subprocess
     import sys
 
-    from twinbench.cli import infer_one
+    from twinbench.cli.main import infer_one
 
     budget = 1_300  # learning starts at step 1,000: two bursts of 128 optimizer steps
     spec = tpb.JobSpec(framework="both", model="dqn_cartpole", env_steps=budget, seed=1)
@@ -220,7 +220,7 @@ def test_a_dqn_job_runs_end_to_end_through_the_services(client, stack):
             q = infer_one(client, export.model_name, state)
             assert q.shape == (2,) and np.all(np.isfinite(q))
     listed = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, "jobs"],
+        [sys.executable, "-m", "twinbench.cli.main", "--gateway", stack.gateway_address, "jobs"],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     for created in jobs:  # a DQN job's result is whether it solved, not a test accuracy
@@ -248,8 +248,8 @@ def _rl_job(framework: str, seed: int, rewards: list[float], solved_at_episode: 
 def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
     import json
 
-    from twinbench.compare import plan_arms
-    from twinbench.rl_compare import summarize, tables, write_rl_report
+    from twinbench.experiments.compare import plan_arms
+    from twinbench.experiments.rl_compare import summarize, tables, write_rl_report
 
     arms = plan_arms(("torch", "tf"), 10, 0)
     for arm in arms:
@@ -269,7 +269,7 @@ def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
     assert torch_summary["iqm_episodes_to_solve"][0] == pytest.approx(154.5, abs=1)
     assert torch_summary["iqm_minutes_to_solve"] == pytest.approx([1.5, 1.5, 1.5])  # 90 s each
     results = {
-        "schema": "twinbench.rl-results/v1",
+        "schema": "twinbench.training.rl-results/v1",
         "created_at": "2026-01-01T00:00:00Z",
         "command": "twinbench compare --model dqn_cartpole",
         "environment": {"cpu": "test"},
@@ -287,8 +287,8 @@ def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
         },
         "verdict": [],
     }
-    from twinbench.code_size import compare_task
-    from twinbench.rl_compare import run_record
+    from twinbench.experiments.code_size import compare_task
+    from twinbench.experiments.rl_compare import run_record
 
     for a in arms:
         results["arms"][a.label]["runs"] = [run_record(j) for j in a.jobs]
@@ -320,7 +320,7 @@ def test_rl_compare_runs_seeds_through_the_services(stack, tmp_path):
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, "compare",
+        [sys.executable, "-m", "twinbench.cli.main", "--gateway", stack.gateway_address, "compare",
          "--model", "dqn_cartpole", "--repeats", "2", "--env-steps", "300",
          "--reports", str(tmp_path)],
         capture_output=True, text=True, timeout=900,

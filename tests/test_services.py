@@ -9,10 +9,10 @@ from tally import TALLY
 from tests_support import in_process_logits, until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.datasets import load_dataset
-from twinbench.launcher import is_serving
-from twinbench.specs import MODELS
-from twinbench.tensors import infer_request, output_array
+from twinbench.data.datasets import load_dataset
+from twinbench.models.declarations import MODELS
+from twinbench.rpc.channel import is_serving
+from twinbench.serving.tensors import infer_request, output_array
 
 EXPORTS = {
     "torch": ["lenet5-torch-torchscript", "lenet5-torch-onnx"],

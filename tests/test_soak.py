@@ -12,8 +12,8 @@ from conftest import wait_for
 from tally import TALLY
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.datasets import load_dataset
-from twinbench.tensors import infer_request, output_array
+from twinbench.data.datasets import load_dataset
+from twinbench.serving.tensors import infer_request, output_array
 
 CLIENTS = 16
 SECONDS = 8.0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from twinbench.stats import (
+from twinbench.experiments.verdicts import (
     LEVEL,
     Estimate,
     Line,

@@ -1,6 +1,6 @@
 """StepTimer: steps are timed in segments that end exactly where the warm-up and each window end."""
 
-from twinbench.training import STEADY_WINDOWS, StepTimer
+from twinbench.training.loop import STEADY_WINDOWS, StepTimer
 
 
 def _run(timer: StepTimer, epochs: int, batches: int, seconds_per_step) -> list[int]:

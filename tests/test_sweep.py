@@ -14,19 +14,18 @@ from optuna.trial import TrialState
 from tally import TALLY
 from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.client import Client
-from twinbench.specs import IntRange
-from twinbench.sweep import (
-    Sweep,
+from twinbench.experiments.sweep import Sweep, retry_settings
+from twinbench.experiments.sweep_report import SCHEMA_FILE
+from twinbench.experiments.sweep_studies import (
     SweepOptions,
     job_spec,
     open_storage,
     open_studies,
     paired_point,
-    retry_settings,
     search_space,
 )
-from twinbench.sweep_report import SCHEMA_FILE
+from twinbench.models.declarations import IntRange
+from twinbench.rpc.channel import Client
 
 TRIALS, PAIRED = 2, 1
 MLP_SPACE = search_space("mlp")
@@ -61,7 +60,7 @@ def test_a_sweep_survives_a_killed_trainer_and_its_own_crash_and_resumes(
 ):
     storage = tmp_path / "journal.log"
     reports = tmp_path / "reports"
-    args = [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, "sweep",
+    args = [sys.executable, "-m", "twinbench.cli.main", "--gateway", stack.gateway_address, "sweep",
             "--model", "mlp", "--trials", str(TRIALS), "--paired", str(PAIRED), "--epochs", "2",
             "--train-samples", "256", "--cross-repeats", "0", "--storage", str(storage),
             "--reports", str(reports), "--heartbeat", "1"]  # fmt: skip
@@ -224,7 +223,7 @@ def _finished_study(settings, storage: Path, name: str, value: float, **params) 
 
 
 def test_compare_takes_a_studys_best_settings_epochs_as_trained(settings, tmp_path, capsys):
-    from twinbench.cli import apply_study_params, parser
+    from twinbench.cli.main import apply_study_params, parser
 
     storage = tmp_path / "journal.log"
     params = {"learning_rate": 0.0123, "momentum": 0.5, "batch_size": 128, "epochs": 150,
@@ -253,7 +252,7 @@ def test_compare_takes_a_studys_best_settings_epochs_as_trained(settings, tmp_pa
     ],
 )
 def test_bad_sweep_requests_get_a_clear_error(settings, tmp_path, capsys, argv, message):
-    from twinbench.cli import main
+    from twinbench.cli.main import main
 
     storage = tmp_path / "journal.log"
     _finished_study(settings, storage, "mine/tf", 0.25, learning_rate=0.01)

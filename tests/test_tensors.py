@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from twinbench.api import inference_pb2 as pb
-from twinbench.tensors import TensorError, add_output, decode_inputs, infer_request, output_array
+from twinbench.serving.tensors import (
+    TensorError,
+    add_output,
+    decode_inputs,
+    infer_request,
+    output_array,
+)
 
 
 def test_raw_round_trip_is_a_view_of_the_request_bytes():

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 
 from tests_support import in_process_logits
-from twinbench.datasets import load_dataset
-from twinbench.repository import ModelRepository
+from twinbench.data.datasets import load_dataset
+from twinbench.serving.repository import ModelRepository
 
 CLIENT = r"""
 import json, sys

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import wait_for
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.cli import describe_job, infer_sample
-from twinbench.specs import get_model_spec
+from twinbench.cli.main import describe_job, infer_sample
+from twinbench.models.declarations import get_model_spec
 
 # A few steps each: this proves the plumbing of every workload, not its accuracy.
 WORKLOADS = {

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORTS = {"gateway": 50051, "torch_trainer": 50052, "tf_trainer": 50053}
-# Each trainer's inference link (twinbench.link), which only the gateway calls.
+# Each trainer's inference link (twinbench.serving.link), which only the gateway calls.
 DEFAULT_LINK_PORTS = {"torch_trainer": 50062, "tf_trainer": 50063}
 # Each service's Prometheus metrics (HTTP, /metrics); 8002 is Triton's metrics port.
 DEFAULT_METRICS_PORTS = {"gateway": 8002, "torch_trainer": 8012, "tf_trainer": 8013}

@@ -1,4 +1,4 @@
-"""Domain errors, free of gRPC; `twinbench.grpc_server` maps each to its status code in one place."""
+"""Domain errors, free of gRPC; `twinbench.rpc.server` maps each to its status code in one place."""
 
 from __future__ import annotations
 

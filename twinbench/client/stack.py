@@ -1,0 +1,162 @@
+"""Local mode: the three services as processes on loopback, started and stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twinbench.config import DEFAULT_LINK_PORTS, DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Settings
+from twinbench.rpc.channel import is_serving
+
+TRAINERS = ("torch_trainer", "tf_trainer")
+
+
+class LocalStack:
+    """Starts torch_trainer, tf_trainer and the gateway; `ports` of 0 let each pick a free one."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ports: dict[str, int] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ports = dict(DEFAULT_PORTS if ports is None else ports)
+        # A trainer asked to pick a free port picks a free one for its inference link too.
+        self.link_ports = {t: 0 if self.ports[t] == 0 else DEFAULT_LINK_PORTS[t] for t in TRAINERS}
+        self.extra_env = env or {}  # more TWINBENCH_* settings for the services
+        self.procs: dict[str, subprocess.Popen] = {}
+        # Each service's /metrics port, known once it serves (free ones with free service ports).
+        self.metrics_ports: dict[str, int] = {}
+
+    @property
+    def gateway_address(self) -> str:
+        return self.address("gateway")
+
+    def address(self, service: str) -> str:
+        # A TLS certificate names a host, not an IP address: clients use localhost then.
+        host = "localhost" if service == "gateway" and self.settings.tls_cert else "127.0.0.1"
+        return f"{host}:{self.ports[service]}"
+
+    def metrics_url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        try:
+            for service in TRAINERS:
+                self._spawn(service)
+            for service in TRAINERS:
+                self._await(service, timeout_s)
+            self._spawn("gateway")
+            self._await("gateway", timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _env(self, service: str) -> dict[str, str]:
+        env = {**os.environ, **self.extra_env}
+        env.update(
+            TWINBENCH_HOME=str(self.settings.home),
+            TWINBENCH_LISTEN=f"127.0.0.1:{self.ports[service]}",
+            TWINBENCH_TORCH_TRAINER=self.address("torch_trainer"),
+            TWINBENCH_TF_TRAINER=self.address("tf_trainer"),
+            TWINBENCH_TORCH_TRAINER_LINK=f"127.0.0.1:{self.link_ports['torch_trainer']}",
+            TWINBENCH_TF_TRAINER_LINK=f"127.0.0.1:{self.link_ports['tf_trainer']}",
+            PYTHONUNBUFFERED="1",
+        )
+        if service in TRAINERS:
+            env["TWINBENCH_LINK_LISTEN"] = f"127.0.0.1:{self.link_ports[service]}"
+        metrics_port = 0 if self.ports[service] == 0 else DEFAULT_METRICS_PORTS[service]
+        env["TWINBENCH_METRICS_LISTEN"] = (
+            f"127.0.0.1:{self.metrics_ports.get(service, metrics_port)}"
+        )
+        return env
+
+    def _port_file(self, service: str, kind: str = "") -> Path:
+        return self.settings.home / "run" / f"{service}{kind}.port"
+
+    def _spawn(self, service: str) -> None:
+        self.settings.logs.mkdir(parents=True, exist_ok=True)
+        self._port_file(service).unlink(missing_ok=True)
+        self._port_file(service, ".link").unlink(missing_ok=True)
+        self._port_file(service, ".metrics").unlink(missing_ok=True)
+        log = open(self.settings.logs / f"{service}.log", "ab")  # noqa: SIM115 - the child owns it
+        self.procs[service] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"],
+            env=self._env(service),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def _await(self, service: str, timeout_s: float) -> None:
+        """Waits for the port file (the real port, when 0 was asked) and then for SERVING."""
+        deadline = time.monotonic() + timeout_s
+        proc = self.procs[service]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{service} exited with code {proc.returncode} while starting:\n"
+                    + self.log_tail(service)
+                )
+            port_file = self._port_file(service)
+            if port_file.exists():
+                self.ports[service] = int(port_file.read_text())
+                if service in TRAINERS:  # its link's port file was written first
+                    self.link_ports[service] = int(self._port_file(service, ".link").read_text())
+                # Written before the gRPC port file, like the link's.
+                self.metrics_ports[service] = int(self._port_file(service, ".metrics").read_text())
+                tls_ca = self.settings.tls_ca if service == "gateway" else None
+                if is_serving(self.address(service), tls_ca=tls_ca):
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"{service} was not serving after {timeout_s:.0f} s:\n" + self.log_tail(service)
+        )
+
+    def log_tail(self, service: str, lines: int = 30) -> str:
+        path = self.settings.logs / f"{service}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop_service(self, service: str, grace_s: float = 20.0) -> None:
+        proc = self.procs.pop(service, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, service: str, timeout_s: float = 180.0) -> None:
+        """Stops one service and starts it again on the same port."""
+        self.stop_service(service)
+        self.start_service(service, timeout_s)
+
+    def start_service(self, service: str, timeout_s: float = 180.0) -> None:
+        self._spawn(service)
+        self._await(service, timeout_s)
+
+    def kill(self, service: str) -> None:
+        """SIGKILL: the service gets no chance to clean up, as in a crash."""
+        proc = self.procs.pop(service)
+        proc.kill()
+        proc.wait()
+
+    def stop(self) -> None:
+        for service in ("gateway", *TRAINERS):
+            self.stop_service(service)

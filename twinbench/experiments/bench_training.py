@@ -1,0 +1,272 @@
+"""`twinbench bench training`: steady training throughput per model, framework and mode.
+
+Each figure is a training job on the trainer services (through the gateway), on synthetic data,
+one job at a time so that no two share the CPU: the first steps are warm-up (tracing, compiling,
+autotuning), timed apart; the steady steps after them give the throughput, in the model's own
+unit. Every (model, mode) is repeated with a new seed per repeat, the frameworks in alternating
+order (A B, B A, ...), and each line is a ratio, first framework over second, with its interval
+from twinbench.experiments.verdicts. It prints the table with the PyTorch paper's figures beside it (other
+hardware, another year: compare the ratios, not the numbers) and writes JSON, Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.experiments.report import environment
+from twinbench.experiments.verdicts import LEVEL, Line, decide, describe, paired_ratio
+from twinbench.rpc.channel import Client
+
+# The PyTorch paper (Paszke et al., NeurIPS 2019), Table 1: training throughput (images/s, GNMTv2
+# tokens/s, NCF samples/s), TensorFlow then PyTorch, on one NVIDIA GP100; "MobileNet" is most
+# likely MobileNetV2 (torchvision's only MobileNet then).
+PUBLISHED = {
+    "alexnet": (1422, 1547),
+    "vgg19": (66, 119),
+    "resnet50": (200, 212),
+    "mobilenet_v2": (216, 463),
+    "gnmt": (9631, 15512),
+    "ncf": (4.8e6, 5.4e6),
+}
+PUBLISHED_HARDWARE = "one NVIDIA GP100, 2019 (PyTorch paper, Table 1)"
+# Each model's unit of throughput, as the paper's table and the jobs (Job.throughput_unit) count.
+UNITS = {"gnmt": "tokens", "ncf": "samples"}  # the others: images
+
+
+def unit_of(model: str) -> str:
+    return UNITS.get(model, "images")
+
+
+MODES = ("default", "compiled")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    models: tuple[str, ...]
+    frameworks: tuple[str, str] = ("torch", "tf")
+    modes: tuple[str, ...] = ("default",)
+    precisions: tuple[str, ...] = ("fp32",)  # twinbench.jobs.precision: "fp32", "mixed"
+    repeats: int = 3
+    batch_size: int = 16
+    warmup_steps: int = 3
+    steps: int = 10
+    width: float | None = None
+    image_size: int | None = None
+    channels_last: bool = False  # PyTorch only: Keras is NHWC already
+    level: float = LEVEL
+
+
+def job_spec(
+    options: BenchOptions, model: str, framework: str, mode: str, seed: int, precision: str = "fp32"
+):
+    spec = tpb.JobSpec(
+        framework=framework,
+        model=model,
+        dataset="synthetic",
+        epochs=1,
+        batch_size=options.batch_size,
+        train_samples=options.batch_size * (options.warmup_steps + options.steps),
+        warmup_steps=options.warmup_steps,
+        seed=seed,
+        skip_export=True,
+        compiled=mode == "compiled",
+        channels_last=options.channels_last and framework == "torch" and model not in UNITS,
+        precision=precision,
+    )
+    if options.width is not None:
+        spec.width = options.width
+    if options.image_size is not None and model not in UNITS:  # NCF and GNMT take ids
+        spec.image_size = options.image_size
+    return spec
+
+
+def _run_job(client: Client, spec: tpb.JobSpec) -> tpb.Job:
+    (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
+    for _ in client.trainer.WatchJob(tpb.WatchJobRequest(job_id=job.id)):
+        pass  # the stream ends when the job does
+    return client.trainer.GetJob(tpb.GetJobRequest(job_id=job.id))
+
+
+def _record(job: tpb.Job) -> dict:
+    return {
+        "job": job.id,
+        "state": tpb.JobState.Name(job.state).lower(),
+        "error": job.error,
+        "samples_per_second": job.steady_samples_per_second,  # per unit (images, tokens, ...)
+        "unit": job.throughput_unit or "samples",
+        "windows": list(job.window_samples_per_second),
+        "warmup_seconds": job.warmup_seconds,
+        "baseline_rss_bytes": job.baseline_rss_bytes,
+        "peak_rss_bytes": job.peak_rss_bytes,
+        "peak_gpu_bytes": job.peak_gpu_bytes,
+        "data_peak_rss_bytes": job.data_peak_rss_bytes,
+        "precision": job.precision,
+        "device": job.device,
+        "framework_version": job.framework_version,
+        "compilation": job.fairness.get("compilation", ""),
+        "layout": job.fairness.get("layout", ""),
+    }
+
+
+def run_training_bench(
+    client: Client, options: BenchOptions, progress: Callable[[str], None] = print
+) -> dict:
+    """Runs every job and returns the results (see write_bench_report for their shape)."""
+    first, second = options.frameworks
+    rows, lines = [], []
+    for model in options.models:
+        for mode, precision in ((m, p) for m in options.modes for p in options.precisions):
+            label = f"{mode} {precision}"
+            runs: dict[str, list[dict]] = {first: [], second: []}
+            for repeat in range(options.repeats):
+                order = (first, second) if repeat % 2 == 0 else (second, first)
+                for framework in order:
+                    spec = job_spec(options, model, framework, mode, repeat, precision)
+                    job = _run_job(client, spec)
+                    runs[framework].append(_record(job))
+                    progress(
+                        f"{model} {label} {framework} repeat {repeat + 1}: "
+                        + (
+                            f"{job.steady_samples_per_second:,.1f} {unit_of(model)}/s"
+                            if job.state == tpb.SUCCEEDED
+                            else f"{tpb.JobState.Name(job.state).lower()}: {job.error}"
+                        )
+                    )
+            row = {
+                "model": model, "mode": mode, "precision": precision, "unit": unit_of(model),
+                "runs": runs, "published": PUBLISHED.get(model),
+            }  # fmt: skip
+            ok = all(r["state"] == "succeeded" for rs in runs.values() for r in rs)
+            if ok:
+                estimate = paired_ratio(
+                    [r["samples_per_second"] for r in runs[first]],
+                    [r["samples_per_second"] for r in runs[second]],
+                    [r["windows"] for r in runs[first]],
+                    [r["windows"] for r in runs[second]],
+                    level=options.level,
+                )
+                lines.append(
+                    Line(
+                        f"{model} {label}: steady training throughput",
+                        first,
+                        second,
+                        estimate,
+                        higher_is_better=True,
+                        extra={"model": model, "mode": mode, "precision": precision},
+                    )
+                )
+            rows.append(row)
+    hardware = ", ".join(
+        sorted({r["device"] for row in rows for rs in row["runs"].values() for r in rs})
+    )
+    return {
+        "kind": "bench training",
+        "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "environment": environment(),
+        "options": {k: v for k, v in options.__dict__.items()},
+        "published_hardware": PUBLISHED_HARDWARE,
+        "rows": rows,
+        "verdicts": decide(lines, hardware, options.level) if lines else [],
+    }
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
+
+
+def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    first, second = results["options"]["frameworks"]
+    verdicts = {(v["model"], v["mode"], v.get("precision", "fp32")): v for v in results["verdicts"]}
+    headers = [
+        "model", "mode", "precision", "unit", f"{first} per s", f"{second} per s",
+        f"{first}/{second} [{results['options']['level']:.0%} interval]", "verdict",
+        f"{first} warm-up s", f"{second} warm-up s",
+        f"{first} peak RSS MiB (data / training)", f"{second} peak RSS MiB (data / training)",
+        f"{first} / {second} peak GPU MiB",
+        f"published {first} / {second} per s (GP100 2019)", f"published {first}/{second}",
+    ]  # fmt: skip
+    out = []
+    for row in results["rows"]:
+        runs = row["runs"]
+
+        def fig(fw: str, key: str, scale: float = 1.0, fmt: str = "{:,.1f}", runs=runs) -> str:
+            done = [r[key] for r in runs[fw] if r["state"] == "succeeded"]
+            if not done:
+                return "failed"
+            # Throughput: the geometric mean over repeats; memory: the largest peak.
+            return fmt.format((max(done) if "bytes" in key else _geomean(done)) / scale)
+
+        def memory(fw: str, runs=runs) -> str:
+            return f"{fig(fw, 'data_peak_rss_bytes', 2**20, '{:,.0f}')} / " + fig(
+                fw, "peak_rss_bytes", 2**20, "{:,.0f}"
+            )
+
+        gpu = [r["peak_gpu_bytes"] for rs in runs.values() for r in rs]
+        v = verdicts.get((row["model"], row["mode"], row.get("precision", "fp32")))
+        if v is not None:
+            low, high = v["interval"]
+            ratio = f"{v['ratio']:.3f} [{low:.3f}, {high:.3f}]" if high else f"{v['ratio']:.3f}"
+            verdict = v["winner"] or v["outcome"]
+        else:
+            ratio, verdict = "-", "a job failed"
+        # The paper's figures by framework, so the column follows --frameworks' order.
+        published = dict(zip(("tf", "torch"), row["published"])) if row["published"] else None  # noqa: B905
+        out.append([
+            row["model"], row["mode"], row.get("precision", "fp32"), row.get("unit", "samples"),
+            fig(first, "samples_per_second"), fig(second, "samples_per_second"), ratio, verdict,
+            fig(first, "warmup_seconds", fmt="{:.2f}"), fig(second, "warmup_seconds", fmt="{:.2f}"),
+            memory(first), memory(second),
+            f"{fig(first, 'peak_gpu_bytes', 2**20, '{:,.0f}')} / "
+            f"{fig(second, 'peak_gpu_bytes', 2**20, '{:,.0f}')}" if any(gpu) else "- (no GPU)",
+            f"{published[first]:,.4g} / {published[second]:,.4g}" if published else "-",
+            f"{published[first] / published[second]:.3f}" if published else "-",
+        ])  # fmt: skip
+    return headers, out
+
+
+def markdown(results: dict) -> str:
+    headers, rows = table_rows(results)
+    lines = [
+        f"# twinbench bench training, {results['created']}",
+        "",
+        f"Command: `{results['options'].get('command', '')}`; "
+        f"{results['environment']['cpu']}, {results['environment']['cpu_count']} CPUs.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        f"Published figures: {results['published_hardware']}; other hardware and versions,"
+        " so compare ratios, not absolute numbers.",
+        "",
+        *(f"- {describe(v)}" for v in results["verdicts"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_bench_report(directory: Path, results: dict) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = markdown(results)
+    headers, rows = table_rows(results)
+    cells = lambda tag, row: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
+    page = (
+        "<!doctype html><meta charset=utf-8><title>twinbench bench training</title>"
+        f"<h1>twinbench bench training, {html.escape(results['created'])}</h1>"
+        f"<table border=1><tr>{cells('th', headers)}</tr>"
+        + "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+        + "</table><ul>"
+        + "".join(f"<li>{html.escape(describe(v))}</li>" for v in results["verdicts"])
+        + f"</ul><p>Published figures: {html.escape(results['published_hardware'])}.</p>"
+    )
+    paths = [directory / "bench-training.json", directory / "bench-training.md"]
+    paths[0].write_text(json.dumps(results, indent=1))
+    paths[1].write_text(text)
+    (directory / "bench-training.html").write_text(page)
+    return [*paths, directory / "bench-training.html"]

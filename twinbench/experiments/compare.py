@@ -1,0 +1,565 @@
+"""`twinbench compare`: two arms trained in repeats, their exports served and load-tested, one report.
+
+The arms are two frameworks (an A/B run) or one framework twice (an A/A run, which shows this
+machine's noise floor and must name no winner). Each repeat gives both arms a new seed (the
+same one in an A/B run; in an A/A run each arm its own, since one seed twice gives bit-identical
+runs that prove nothing). Jobs run one at a time, in the order A B B A A B ..., so a drift of
+the machine over the run weighs on both arms alike. Serving is measured in rounds that alternate
+the order of the served models the same way, and each round serves another repeat's exports:
+two exports of one model, even loaded in one process, can serve at a steadily different pace
+(an A/A run once measured 1.26x in both of two rounds on the same two versions), so rounds on the
+same two exports are not independent, and the serving verdict pairs repeats' exports, as the
+accuracy verdict resamples seeds. Every verdict comes from `twinbench.experiments.verdicts`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.client.console import table, watch_all
+from twinbench.client.stack import LocalStack
+from twinbench.config import Settings
+from twinbench.experiments.report import build_results, cpu_name, write_report
+from twinbench.experiments.verdicts import Line, accuracy_ratio, decide, describe, paired_ratio
+from twinbench.jobs.request import state_name
+from twinbench.rpc.channel import Client, is_serving
+from twinbench.serving.tensors import infer_request, output_array
+
+NATIVE_FORMATS = ("torchscript", "savedmodel")
+
+
+@dataclass
+class Arm:
+    """One side of the comparison: a framework, its seeds, and its jobs, one per repeat."""
+
+    label: str
+    framework: str
+    seeds: list[int]
+    jobs: list[tpb.Job] = field(default_factory=list)
+
+
+@dataclass
+class CompareOptions:
+    frameworks: tuple[str, str]
+    repeats: int
+    users: int  # Locust users per served model; 0 skips the load test
+    duration: str  # Locust run time per model and round
+    rounds: int  # serving rounds, alternating the models' order; round r serves repeat r's exports
+    serving_batch_size: int
+    reports: Path
+    sample: int  # a test image each export classifies once
+    bench_seconds: float  # per serving-cost measurement; 0 skips it
+    command: str
+    level: float = 0.95  # of every interval; Holm keeps the report's false winners under 1 - level
+
+
+def plan_arms(frameworks: tuple[str, str], repeats: int, seed: int) -> list[Arm]:
+    first, second = frameworks
+    if first == second:
+        return [
+            Arm(f"{first} A", first, [seed + 2 * i for i in range(repeats)]),
+            Arm(f"{second} B", second, [seed + 2 * i + 1 for i in range(repeats)]),
+        ]
+    seeds = [seed + i for i in range(repeats)]
+    return [Arm(first, first, list(seeds)), Arm(second, second, list(seeds))]
+
+
+def run_order(repeats: int) -> list[tuple[int, int]]:
+    """(repeat, arm) in the order A B, B A, A B, ...: drift over the run cancels in the pairs."""
+    return [(i, k) for i in range(repeats) for k in ((0, 1) if i % 2 == 0 else (1, 0))]
+
+
+@contextlib.contextmanager
+def services(settings: Settings, address: str) -> Iterator[tuple[str, LocalStack | None]]:
+    """The gateway's address and the stack behind it: the running one (no stack), or a local
+    stack started now and stopped after."""
+    if is_serving(address, tls_ca=settings.tls_ca):
+        yield address, None
+        return
+    print(f"no gateway at {address}; starting the services (state in {settings.home})")
+    with LocalStack(settings) as stack:
+        yield stack.gateway_address, stack
+    print("stopped the services it started")
+
+
+def run_compare(
+    settings: Settings, gateway: str, base_spec: tpb.JobSpec, options: CompareOptions
+) -> int:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    report_dir = options.reports.resolve() / f"{stamp}-{base_spec.model}"
+    arms = plan_arms(options.frameworks, options.repeats, base_spec.seed)
+    serving: list[dict] = []
+    serving_cost: dict | None = None
+    predictions: dict[str, np.ndarray] = {}
+    with services(settings, gateway) as (address, stack):
+        client = Client(address, settings)
+        train_arms(client, arms, base_spec, options.repeats, export_all=options.users > 0)
+        served = served_exports(arms)
+        for _, export in served:  # one inference to each export through the gateway
+            predictions[_served_label(export)] = _infer_sample(client, export, options.sample)
+        client.close()
+        if options.users > 0 and served:
+            serving = load_test(address, settings, arms, options, report_dir)
+        if stack and options.bench_seconds > 0 and served:
+            serving_cost = serving_cost_of(stack, [e for _, e in served], options.bench_seconds)
+    lines = training_lines(arms, settings, options.level)
+    lines += serving_lines(arms, serving, options.level)
+    verdict = decide(lines, hardware_of(arms), options.level)
+    load = {
+        "users": max(options.users, 1),
+        "duration": options.duration,
+        "rounds": options.rounds,
+        "batch_size": options.serving_batch_size,
+        "host": address,
+    }
+    design = {
+        "frameworks": list(options.frameworks),
+        "a_a": options.frameworks[0] == options.frameworks[1],
+        "repeats": options.repeats,
+        "order": [arms[k].label for _, k in run_order(options.repeats)],
+        "seeds": {arm.label: arm.seeds for arm in arms},
+        "hardware": hardware_of(arms),
+        "level": options.level,
+    }
+    results = build_results(
+        {arm.label: (arm.framework, arm.jobs) for arm in arms},
+        serving, load, options.command, verdict, design, serving_cost,
+    )  # fmt: skip
+    write_report(report_dir, results)
+    print_summary(arms, serving, verdict, predictions, options.sample)
+    print(f"report: {report_dir / 'report.html'}")
+    finished = [job for arm in arms for job in arm.jobs]
+    for job in finished:
+        if job.state != tpb.SUCCEEDED:
+            print(f"{job.id} {state_name(job.state)}: {job.error}", file=sys.stderr)
+    return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
+
+
+def train_arms(
+    client: Client,
+    arms: list[Arm],
+    base_spec: tpb.JobSpec,
+    repeats: int,
+    export_all: bool = False,
+) -> None:
+    """Every job, one at a time (run together, they would share the CPU and skew the timings).
+
+    With `export_all`, every repeat exports (the serving rounds pair them); else only the last.
+    """
+    for repeat, k in run_order(repeats):
+        arm = arms[k]
+        spec = tpb.JobSpec()
+        spec.CopyFrom(base_spec)
+        spec.framework = arm.framework
+        spec.seed = arm.seeds[repeat]
+        spec.skip_export = not export_all and repeat < repeats - 1
+        print(f"repeat {repeat + 1}/{repeats}: {arm.label}, seed {spec.seed}")
+        (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
+        try:
+            (done,) = watch_all(client, [job])
+        except KeyboardInterrupt:
+            with contextlib.suppress(grpc.RpcError):  # leave no job training unwatched
+                client.trainer.CancelJob(tpb.CancelJobRequest(job_id=job.id), timeout=5)
+            raise
+        arm.jobs.append(done)
+
+
+def served_exports(arms: list[Arm]) -> list[tuple[Arm, tpb.ModelExport]]:
+    """The last repeat's exports: the ones a user would serve, asked once each for a prediction."""
+    out = []
+    for arm in arms:
+        last = arm.jobs[-1] if arm.jobs else None
+        if last is not None and last.state == tpb.SUCCEEDED:
+            out += [(arm, e) for e in last.exports]
+    return out
+
+
+def _served_label(export: tpb.ModelExport) -> str:
+    return f"{export.model_name} v{export.version}"
+
+
+def _infer_sample(client: Client, export: tpb.ModelExport, sample: int) -> np.ndarray:
+    """One row of what the served model takes (twinbench.client.inputs), through the gateway."""
+    from twinbench.api import inference_pb2 as ipb
+    from twinbench.client.inputs import model_inputs, served_inputs
+
+    if sample < 0:
+        raise SystemExit(f"--sample must be 0 or more, got {sample}")
+    name, version = export.model_name, export.version
+    metadata = client.inference.ModelMetadata(ipb.ModelMetadataRequest(name=name, version=version))
+    config = client.inference.ModelConfig(ipb.ModelConfigRequest(name=name, version=version))
+    inputs, _ = model_inputs(served_inputs(metadata, config), rows=1, start=sample)
+    request = infer_request(name, inputs, version=version)
+    return output_array(client.inference.ModelInfer(request), "logits")[0]
+
+
+# --- serving ---
+
+
+def repeat_exports(arms: list[Arm]) -> dict[tuple[str, str], list[tpb.ModelExport]]:
+    """(arm, format): that arm's export of the format from each repeat both arms completed, in
+    repeat order, so that the i-th exports of the two arms were trained from the same seed."""
+    complete = [
+        i
+        for i in range(min(len(arm.jobs) for arm in arms))
+        if all(arm.jobs[i].state == tpb.SUCCEEDED for arm in arms)
+    ]
+    out: dict[tuple[str, str], list[tpb.ModelExport]] = {}
+    for arm in arms:
+        for i in complete:
+            for export in arm.jobs[i].exports:
+                out.setdefault((arm.label, export.format), []).append(export)
+    return out
+
+
+def load_test(
+    address: str,
+    settings: Settings,
+    arms: list[Arm],
+    options: CompareOptions,
+    report_dir: Path,
+) -> list[dict]:
+    """Locust on each served (arm, format), in rounds whose order alternates (forward, backward,
+    ...); round r serves repeat r's exports (cycling when there are more rounds than repeats)."""
+    from twinbench.experiments.loadtest import run_locust
+    from twinbench.serving.statistics import server_compute_ms
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    exports = repeat_exports(arms)
+    keys = list(exports)
+    rounds: dict[tuple[str, str], list[dict]] = {k: [] for k in keys}
+    for r in range(options.rounds):
+        for key in keys if r % 2 == 0 else reversed(keys):
+            per_repeat = exports[key]
+            export = per_repeat[r % len(per_repeat)]
+            print(
+                f"load test, round {r + 1}/{options.rounds}: {_served_label(export)},"
+                f" {options.users} users for {options.duration}"
+            )
+            stats = run_locust(
+                address, f"{export.model_name}:{export.version}", options.users, options.duration,
+                # Inputs from each model's metadata and dataset (twinbench.client.inputs): the same
+                # real test images for every 1x28x28 model.
+                options.serving_batch_size, None,
+                report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
+            )  # fmt: skip
+            rounds[key].append({"version": export.version, **stats})
+    out = []
+    for key in keys:
+        arm = next(a for a in arms if a.label == key[0])
+        last = exports[key][-1]
+        per_round = rounds[key]
+        versions = sorted({s["version"] for s in per_round}, key=int)
+        # The exports' own time on their trainer (Triton's ModelStatistics), whatever the load
+        # generator's CPU was doing: the mean over the versions the rounds served.
+        compute = [server_compute_ms(address, settings, last.model_name, v) for v in versions]
+        compute = [c for c in compute if c is not None]
+        out.append(
+            {
+                "model_name": last.model_name,
+                "version": last.version,
+                "versions": versions,
+                "arm": arm.label,
+                "framework": arm.framework,
+                "format": last.format,
+                **_median_of_rounds(per_round),
+                "rounds": per_round,
+                "server_compute_ms": float(np.mean(compute)) if compute else None,
+            }
+        )
+    return out
+
+
+def _median_of_rounds(rounds: list[dict]) -> dict:
+    """The figures of a served model as the median of its rounds (counts are summed)."""
+
+    def med(get) -> float:
+        return float(statistics.median(get(s) for s in rounds))
+
+    keys = rounds[0]["latency_ms"].keys()
+    return {
+        "requests": sum(s["requests"] for s in rounds),
+        "failures": sum(s["failures"] for s in rounds),
+        "requests_per_second": med(lambda s: s["requests_per_second"]),
+        "latency_ms": {k: med(lambda s, k=k: s["latency_ms"][k]) for k in keys},
+        "percentiles_ms": {
+            k: med(lambda s, k=k: s["percentiles_ms"][k]) for k in rounds[0]["percentiles_ms"]
+        },
+    }
+
+
+def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
+    """The serving benchmark's paths b-d on compare's own stack, for the report."""
+    from twinbench.data.datasets import load_dataset
+    from twinbench.experiments.bench_serving import bench_stack, ratios, setup, summary
+
+    print(f"serving cost: the trainers directly, the gateway, with batching ({seconds:g} s each)")
+    how = setup(stack.settings)
+    image = load_dataset("mnist-5k").test.x[:1]
+    requests = {
+        e.model_name: infer_request(e.model_name, image, version=e.version).SerializeToString()
+        for e in exports
+    }
+    figures = bench_stack(stack, requests, (1, 32), seconds, report=lambda f: None)
+    for line in summary(figures):
+        print(line)
+    return {
+        "figures": [dataclasses.asdict(f) for f in figures],
+        "summary": ratios(figures),
+        "note": "load from one process beside the services, sharing their CPUs"
+        " (twinbench bench serving gives the load a CPU of its own)",
+        **how,
+    }
+
+
+# --- verdicts ---
+
+
+def hardware_of(arms: list[Arm]) -> str:
+    """What the training ran on, for every verdict: CPU only, or the GPUs by name."""
+    return describe_hardware({job.device for arm in arms for job in arm.jobs if job.device})
+
+
+def describe_hardware(job_devices: set[str]) -> str:
+    """The devices jobs reported, as a verdict states them (compare's and sweep's)."""
+    devices = sorted(job_devices)
+    cpu = f"{cpu_name()}, {os.cpu_count()} logical CPUs"
+    gpus = [d for d in devices if d != "cpu"]
+    return f"GPU: {', '.join(gpus)}; host {cpu}" if gpus else f"CPU only: {cpu}"
+
+
+def _pairs(arms: list[Arm]) -> list[tuple[tpb.Job, tpb.Job]]:
+    """The repeats in which both arms' jobs succeeded."""
+    first, second = arms
+    return [
+        (a, b)
+        for a, b in zip(first.jobs, second.jobs, strict=False)
+        if a.state == tpb.SUCCEEDED and b.state == tpb.SUCCEEDED
+    ]
+
+
+def training_lines(arms: list[Arm], settings: Settings, level: float) -> list[Line]:
+    pairs = [(a, b) for a, b in _pairs(arms) if a.steady_seconds and b.steady_seconds]
+    if not pairs:
+        return []
+    first, second = arms[0].label, arms[1].label
+    lines = [
+        Line(
+            "faster to train (steady samples/s)",
+            first,
+            second,
+            paired_ratio(
+                [a.steady_samples_per_second for a, _ in pairs],
+                [b.steady_samples_per_second for _, b in pairs],
+                [list(a.window_samples_per_second) for a, _ in pairs],
+                [list(b.window_samples_per_second) for _, b in pairs],
+                level=level,
+            ),
+            higher_is_better=True,
+            detail=_range_detail(
+                [a.steady_samples_per_second for a, _ in pairs],
+                [b.steady_samples_per_second for _, b in pairs],
+                "{:,.0f} samples/s",
+            ),
+        )
+    ]
+    labels = _test_labels(pairs[0][0], settings)
+    with_predictions = [
+        (a, b)
+        for a, b in pairs
+        if len(a.test_predictions) == len(labels) == len(b.test_predictions)
+    ]
+    if with_predictions:
+        right_a = np.array([np.asarray(a.test_predictions) == labels for a, _ in with_predictions])
+        right_b = np.array([np.asarray(b.test_predictions) == labels for _, b in with_predictions])
+        lines.append(
+            Line(
+                "more accurate (test accuracy)",
+                first,
+                second,
+                accuracy_ratio(right_a, right_b, level=level),
+                higher_is_better=True,
+                detail=_range_detail(
+                    [a.test_accuracy for a, _ in with_predictions],
+                    [b.test_accuracy for _, b in with_predictions],
+                    "{:.4f}",
+                ),
+            )
+        )
+    spec = pairs[0][0].spec
+    if spec.HasField("target_accuracy"):
+        reached = [(a, b) for a, b in pairs if a.target_epoch and b.target_epoch]
+        question = f"faster to {spec.target_accuracy:g} validation accuracy (seconds, warm-up in)"
+        note = f"reached by both in {len(reached)} of {len(pairs)} repeats" + "".join(
+            f"; {arm.label} alone in {n}"
+            for arm, n in (
+                (arms[0], sum(bool(a.target_epoch and not b.target_epoch) for a, b in pairs)),
+                (arms[1], sum(bool(b.target_epoch and not a.target_epoch) for a, b in pairs)),
+            )
+            if n
+        )
+        if reached:
+            lines.append(
+                Line(
+                    question,
+                    first,
+                    second,
+                    paired_ratio(
+                        [a.time_to_target_seconds for a, _ in reached],
+                        [b.time_to_target_seconds for _, b in reached],
+                        level=level,
+                    ),
+                    higher_is_better=False,
+                    detail=note,
+                )
+            )
+    return lines
+
+
+def _test_labels(job: tpb.Job, settings: Settings) -> np.ndarray:
+    from twinbench.data.datasets import load_dataset
+    from twinbench.jobs.request import job_model
+
+    data = load_dataset(job.spec.dataset, job_model(job.spec), settings.data)
+    return data.test.y
+
+
+def _range_detail(first: list[float], second: list[float], fmt: str) -> str:
+    def span(values: list[float]) -> str:
+        if len(values) == 1:
+            return fmt.format(values[0])
+        return f"{fmt.format(min(values))} to {fmt.format(max(values))}"
+
+    return f"{span(first)} vs {span(second)}"
+
+
+def serving_lines(arms: list[Arm], serving: list[dict], level: float) -> list[Line]:
+    """Median latency per served format, first arm's exports over the second's.
+
+    The paired unit is a pair of exports (one repeat's), not a round: rounds that served the
+    same two exports again are averaged into their pair first, so a steady difference between
+    two particular exports counts once, as one draw of the models a framework trains.
+    """
+    lines = []
+    for kind, formats in (("onnx", ("onnx",)), ("native format", NATIVE_FORMATS)):
+        pick = {
+            s["arm"]: s for s in serving if s["format"] in formats and s["requests"] and s["rounds"]
+        }
+        a, b = pick.get(arms[0].label), pick.get(arms[1].label)
+        if not (a and b):
+            continue
+        by_exports: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
+            if ra["latency_ms"]["p50"] > 0 and rb["latency_ms"]["p50"] > 0:
+                key = (ra.get("version", a["version"]), rb.get("version", b["version"]))
+                by_exports.setdefault(key, []).append(
+                    (ra["latency_ms"]["p50"], rb["latency_ms"]["p50"])
+                )
+        if not by_exports:
+            continue
+        pairs = [
+            (
+                statistics.geometric_mean(x for x, _ in rs),
+                statistics.geometric_mean(y for _, y in rs),
+            )
+            for rs in by_exports.values()
+        ]
+        lines.append(
+            Line(
+                f"faster to serve, {kind} (p50 latency)",
+                _versions_label(a, [va for va, _ in by_exports]),
+                _versions_label(b, [vb for _, vb in by_exports]),
+                paired_ratio([x for x, _ in pairs], [y for _, y in pairs], level=level),
+                higher_is_better=False,
+                detail=_range_detail([x for x, _ in pairs], [y for _, y in pairs], "{:.2f} ms"),
+            )
+        )
+    return lines
+
+
+def _versions_label(served: dict, versions: list[str]) -> str:
+    return f"{served['model_name']} v{','.join(versions)}"
+
+
+# --- the terminal ---
+
+
+def print_summary(
+    arms: list[Arm],
+    serving: list[dict],
+    verdict: list[dict],
+    predictions: dict[str, np.ndarray],
+    sample: int,
+) -> None:
+    rows = []
+    for arm in arms:
+        done = [j for j in arm.jobs if j.state == tpb.SUCCEEDED]
+        if not done:
+            rows.append([arm.label, f"0/{len(arm.jobs)}", "-", "-", "-"])
+            continue
+        speeds = [j.steady_samples_per_second for j in done]
+        accs = [j.test_accuracy for j in done]
+        threads = done[-1].threads
+        rows.append(
+            [
+                arm.label,
+                f"{len(done)}/{len(arm.jobs)}",
+                _span(accs, "{:.4f}"),
+                _span(speeds, "{:,.0f}"),
+                f"{threads.intra_op}/{threads.inter_op}",
+            ]
+        )
+    print(
+        table(
+            ["arm", "repeats ok", "test accuracy", "steady samples/s", "threads intra/inter"],
+            rows,
+        )
+    )
+    if predictions:
+        print(
+            table(
+                ["served model", f"sample {sample} ->"],
+                [[name, f"class {int(p.argmax())} ({_softmax(p).max():.3f})"]
+                 for name, p in predictions.items()],
+            )
+        )  # fmt: skip
+    if serving:
+        print(
+            table(
+                ["served model", "rounds", "req/s", "p50 ms", "p99 ms", "failures"],
+                [
+                    [f"{s['model_name']} v{s['version']}", str(len(s["rounds"])),
+                     f"{s['requests_per_second']:.1f}", f"{s['latency_ms']['p50']:.2f}",
+                     f"{s['latency_ms']['p99']:.2f}", str(s["failures"])]
+                    for s in serving
+                ],
+            )
+        )  # fmt: skip
+    if verdict:
+        print(f"verdicts ({verdict[0]['hardware']}; Holm-corrected over {len(verdict)} lines):")
+    for v in verdict:
+        print("  " + describe(v))
+
+
+def _span(values: list[float], fmt: str) -> str:
+    mean = fmt.format(sum(values) / len(values))
+    if len(values) == 1:
+        return mean
+    return f"{mean} ({fmt.format(min(values))} to {fmt.format(max(values))})"
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max())
+    return z / z.sum()

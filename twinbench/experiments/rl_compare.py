@@ -1,0 +1,344 @@
+"""`twinbench compare --model dqn_cartpole`: many seeds per framework on one budget of
+environment steps, judged by solve rate and the interquartile mean of episodes to solve.
+
+Reinforcement learning's results vary far more from seed to seed than supervised training's,
+so one run says nothing: each framework runs the same seeds (each seed the same environment
+resets, exploration draws and replay samples in both, twinbench/training/rl.py), in the order
+A B B A ..., on the same budget; a run that does not solve within it counts as unsolved, not
+as missing. Intervals come from twinbench/experiments/verdicts.py: percentile bootstraps over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.config import Settings
+from twinbench.experiments.code_size import compare_task
+from twinbench.experiments.compare import (
+    CompareOptions,
+    hardware_of,
+    plan_arms,
+    run_order,
+    services,
+    train_arms,
+)
+from twinbench.experiments.report import (
+    COLORS,
+    LABELS,
+    _png,
+    code_html,
+    code_markdown,
+    code_tables,
+    environment,
+    render_html,
+    render_markdown,
+    write_files,
+)
+from twinbench.experiments.verdicts import Line, bootstrap_interval, decide, iqm, paired_iqm_ratio
+from twinbench.jobs.request import state_name
+from twinbench.rpc.channel import Client
+
+SCHEMA = "twinbench.training.rl-results/v1"
+
+
+def episodes_to_solve(job: tpb.Job) -> float:
+    """The episode that solved it; infinity when it did not within the budget."""
+    r = job.reinforcement
+    return float(r.episodes_to_solve) if r.episodes_to_solve else math.inf
+
+
+def minutes_to_solve(job: tpb.Job) -> float:
+    r = job.reinforcement
+    return r.seconds_to_solve / 60 if r.episodes_to_solve else math.inf
+
+
+def run_record(job: tpb.Job) -> dict:
+    r = job.reinforcement
+    return {
+        "job_id": job.id,
+        "seed": job.spec.seed,
+        "state": state_name(job.state),
+        "episode_rewards": list(r.episode_rewards),
+        "env_steps": r.env_steps,
+        "episodes_to_solve": r.episodes_to_solve or None,
+        "steps_to_solve": r.steps_to_solve or None,
+        "seconds_to_solve": r.seconds_to_solve or None,
+        "steps_per_second": r.steps_per_second,
+        "network_seconds": r.network_seconds,
+        "environment_seconds": r.environment_seconds,
+        "evaluations": r.evaluations,
+        "evaluation_rewards": list(r.evaluation_rewards),
+        "evaluation_env_steps": r.evaluation_env_steps,
+        "evaluation_seconds": r.evaluation_seconds,
+        "train_seconds": job.train_seconds,
+        "overlapped_jobs": list(job.overlapped_jobs),
+    }
+
+
+def summarize(jobs: list[tpb.Job], level: float) -> dict:
+    solved = [1.0 if j.reinforcement.episodes_to_solve else 0.0 for j in jobs]
+    episodes = [episodes_to_solve(j) for j in jobs]
+    rate = bootstrap_interval(solved, np.mean, level)
+    middle = bootstrap_interval(episodes, iqm, level)
+    minutes = bootstrap_interval([minutes_to_solve(j) for j in jobs], iqm, level)
+    speed = bootstrap_interval([j.reinforcement.steps_per_second for j in jobs], np.mean, level)
+    return {
+        "seeds": len(jobs),
+        "solve_rate": list(rate),
+        "iqm_episodes_to_solve": [x if math.isfinite(x) else None for x in middle],
+        "iqm_minutes_to_solve": [x if math.isfinite(x) else None for x in minutes],
+        "steps_per_second": list(speed),
+        "network_share": float(
+            np.mean([j.reinforcement.network_seconds / max(j.train_seconds, 1e-9) for j in jobs])
+        ),
+    }
+
+
+def run_rl_compare(
+    settings: Settings, gateway: str, base_spec: tpb.JobSpec, options: CompareOptions
+) -> int:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    report_dir = options.reports.resolve() / f"{stamp}-{base_spec.model}"
+    arms = plan_arms(options.frameworks, options.repeats, base_spec.seed)
+    with services(settings, gateway) as (address, _):
+        client = Client(address, settings)
+        train_arms(client, arms, base_spec, options.repeats)
+        client.close()
+    first, second = arms
+    budget = first.jobs[0].spec.env_steps if first.jobs else 0
+    estimate = paired_iqm_ratio(
+        [episodes_to_solve(j) for j in first.jobs],
+        [episodes_to_solve(j) for j in second.jobs],
+        options.level,
+    )
+    sooner = paired_iqm_ratio(
+        [minutes_to_solve(j) for j in first.jobs],
+        [minutes_to_solve(j) for j in second.jobs],
+        options.level,
+    )
+    lines = [
+        Line(
+            "solves in fewer episodes (IQM of episodes to solve)",
+            first.label,
+            second.label,
+            estimate,
+            higher_is_better=False,
+        ),
+        Line(
+            "solves sooner (IQM of minutes to solve)",
+            first.label,
+            second.label,
+            sooner,
+            higher_is_better=False,
+        ),
+    ]
+    results = {
+        "schema": SCHEMA,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": options.command,
+        "environment": environment(),
+        "design": {
+            "frameworks": list(options.frameworks),
+            "seeds": {arm.label: arm.seeds for arm in arms},
+            "order": [arms[k].label for _, k in run_order(options.repeats)],
+            "env_steps_budget": budget,
+            "hardware": hardware_of(arms),
+            "level": options.level,
+        },
+        "arms": {
+            arm.label: {
+                "framework": arm.framework,
+                "summary": summarize(arm.jobs, options.level),
+                "runs": [run_record(j) for j in arm.jobs],
+            }
+            for arm in arms
+        },
+        "verdict": decide(lines, hardware_of(arms), options.level),
+    }
+    code = compare_task(base_spec.model)  # the coder's view, as the supervised report has it
+    if code:
+        results["code"] = code
+    write_rl_report(report_dir, results)
+    for row in summary_rows(results):
+        print("  ".join(row))
+    print(f"report: {report_dir / 'report.html'}")
+    finished = [job for arm in arms for job in arm.jobs]
+    for job in finished:
+        if job.state != tpb.SUCCEEDED:
+            print(f"{job.id} {state_name(job.state)}: {job.error}", file=sys.stderr)
+    return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
+
+
+def _interval(values: list, fmt: str) -> str:
+    point, low, high = (v if v is not None else math.inf for v in values)
+    show = lambda x: "unsolved" if not math.isfinite(x) else format(x, fmt)  # noqa: E731
+    return f"{show(point)} [{show(low)}, {show(high)}]"
+
+
+def summary_rows(results: dict) -> list[list[str]]:
+    level = results["design"]["level"]
+    rows = []
+    for label, arm in results["arms"].items():
+        s = arm["summary"]
+        rows.append(
+            [
+                LABELS.get(arm["framework"], label),
+                f"solved {_interval(s['solve_rate'], '.0%')}",
+                f"IQM episodes to solve {_interval(s['iqm_episodes_to_solve'], '.0f')}",
+                f"IQM minutes to solve {_interval(s['iqm_minutes_to_solve'], '.1f')}",
+                f"env steps/s {_interval(s['steps_per_second'], ',.0f')}",
+                f"({level:.0%} bootstrap intervals over {s['seeds']} seeds)",
+            ]
+        )
+    return rows
+
+
+def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    design = results["design"]
+    level = f"{design['level']:.0%}"
+    headers = ["framework", "seeds", "solved", f"{level} interval", "IQM episodes to solve",
+               f"{level} interval", "IQM minutes to solve", f"{level} interval",
+               "env steps/s", "time in the network"]  # fmt: skip
+    rows = []
+    for label, arm in results["arms"].items():
+        s = arm["summary"]
+        rate, middle, minutes = (
+            s["solve_rate"],
+            s["iqm_episodes_to_solve"],
+            s["iqm_minutes_to_solve"],
+        )
+        show = lambda x, fmt=".0f": "unsolved" if x is None else format(x, fmt)  # noqa: E731
+        rows.append(
+            [
+                LABELS.get(arm["framework"], label),
+                str(s["seeds"]),
+                f"{rate[0]:.0%}",
+                f"{rate[1]:.0%} to {rate[2]:.0%}",
+                show(middle[0]),
+                f"{show(middle[1])} to {show(middle[2])}",
+                show(minutes[0], ".1f"),
+                f"{show(minutes[1], '.1f')} to {show(minutes[2], '.1f')}",
+                f"{s['steps_per_second'][0]:,.0f}",
+                f"{s['network_share']:.0%}",
+            ]
+        )
+    verdict = [
+        [v["question"], f"{v['first']} / {v['second']}",
+         "-" if not math.isfinite(v["ratio"]) else f"{v['ratio']:.3f}",
+         "-" if v["interval"][1] is None else f"{v['interval'][0]:.3f} to {v['interval'][1]:.3f}",
+         v["outcome"], v["winner"] or "-", v["method"]]
+        for v in results["verdict"]
+    ]  # fmt: skip
+    runs = [
+        [LABELS.get(arm["framework"], label), str(r["seed"]), r["state"],
+         str(len(r["episode_rewards"])), str(r["episodes_to_solve"] or "-"),
+         str(r["steps_to_solve"] or "-"),
+         "-" if r["seconds_to_solve"] is None else f"{r['seconds_to_solve'] / 60:.1f}",
+         str(r["evaluations"]), f"{r['steps_per_second']:,.0f}", f"{r['network_seconds']:.0f} / {r['environment_seconds']:.0f}"]
+        for label, arm in results["arms"].items()
+        for r in arm["runs"]
+    ]  # fmt: skip
+    tables_ = [
+        (
+            f"Results ({design['hardware']}; budget {design['env_steps_budget']:,} environment"
+            " steps per run; solved: the greedy policy's mean reward over 100 evaluation"
+            " episodes >= 475)",
+            headers,
+            rows,
+        ),
+        (
+            f"Verdict ({level}; paired by seed)",
+            ["question", "first / second", "ratio", "interval", "outcome", "winner", "method"],
+            verdict,
+        ),
+        (
+            "Runs",
+            [
+                "framework",
+                "seed",
+                "state",
+                "episodes",
+                "episodes to solve",
+                "steps to solve",
+                "minutes to solve",
+                "greedy evaluations",
+                "env steps/s",
+                "network s / environment s",
+            ],  # fmt: skip
+            runs,
+        ),
+        (
+            "How it was run",
+            ["", ""],
+            [
+                ["order", " ".join(design["order"])],
+                *[[f"seeds, {k}", ", ".join(map(str, v))] for k, v in design["seeds"].items()],
+                *[[k, str(v)] for k, v in results["environment"].items()],
+                ["command", results["command"]],
+            ],
+        ),
+    ]
+    return tables_ + code_tables(results)
+
+
+def reward_curves(results: dict) -> bytes:
+    """Each seed's reward per training episode (a 20-episode moving mean), both frameworks on
+    one axis; a dot where a run was solved (it stops there)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    for label, arm in results["arms"].items():
+        color = COLORS.get(arm["framework"], "#333")
+        for i, run in enumerate(arm["runs"]):
+            rewards = np.asarray(run["episode_rewards"], float)
+            if not len(rewards):
+                continue
+            window = min(20, len(rewards))
+            smooth = np.convolve(rewards, np.ones(window) / window, mode="valid")
+            name = LABELS.get(arm["framework"], label) if i == 0 else None
+            ax.plot(np.arange(window, len(rewards) + 1), smooth, color=color, alpha=0.45,
+                    linewidth=1, label=name)  # fmt: skip
+            if run["episodes_to_solve"]:  # where the greedy policy passed its evaluation
+                at = min(max(run["episodes_to_solve"] - window, 0), len(smooth) - 1)
+                ax.plot(at + window, smooth[at], "o", color=color, markersize=4)
+    ax.axhline(
+        475,
+        color="#555",
+        linestyle="--",
+        linewidth=1,
+        label="threshold (475, of the greedy policy)",
+    )
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward, 20-episode moving mean")
+    ax.set_title("Reward per training episode, one line per seed; a dot: solved")
+    ax.legend()
+    return _png(fig)
+
+
+def write_rl_report(directory: Path, results: dict) -> None:
+    png = reward_curves(results)
+    images = {"rewards.png": ("Reward curves", png)}
+    title = f"DQN on CartPole-v1, {' vs '.join(results['arms'])}"
+    write_files(
+        directory,
+        {
+            "rewards.png": png,
+            "results.json": json.dumps(results, indent=2).encode(),
+            "report.md": (
+                render_markdown(title, results, tables(results), images) + code_markdown(results)
+            ).encode(),
+            "report.html": render_html(title, results, tables(results), images)
+            .replace("</body></html>", code_html(results) + "</body></html>")
+            .encode(),
+        },
+    )

@@ -1,0 +1,43 @@
+"""TensorFlow/Keras's side of the comparison: the adapter a trainer service and its job workers load."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from twinbench.api import trainer_pb2 as pb
+from twinbench.data.datasets import Dataset
+from twinbench.frameworks.tf.q_session import TFQSession
+from twinbench.frameworks.tf.session import SavedModelRuntime, TFIdSession, TFSession
+from twinbench.models.declarations import (
+    GNMT,
+    ModelSpec,
+    NeuMF,
+)
+from twinbench.serving.dataplane import OnnxRuntime
+
+
+class TFFramework:
+    name = "tf"
+    distributed = "twinbench.frameworks.tf.parallel:TFCollective"  # twinbench.training.parallel
+    version = f"tensorflow {tf.__version__}, keras {keras.__version__}"
+    loaders = {"savedmodel": SavedModelRuntime, "onnx": OnnxRuntime}
+
+    def set_threads(self, intra_op: int, inter_op: int) -> tuple[int, int]:
+        # Only possible before TensorFlow's runtime starts, so a job's process does it first.
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        return (
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+
+    def new_session(
+        self, spec: pb.JobSpec, model: ModelSpec | NeuMF | GNMT, data: Dataset
+    ) -> TFSession | TFIdSession:
+        if isinstance(model, (NeuMF, GNMT)):
+            return TFIdSession(spec, model)
+        return TFSession(spec, model)
+
+    def new_rl_session(self, spec: pb.JobSpec, model: ModelSpec):
+        return TFQSession(spec, model)
