@@ -40,19 +40,18 @@ def model_inputs(
     """`rows` rows of inputs from row `start` on (wrapping around), and their labels when the
     data has them (a class, NCF's interaction, GNMT's target tokens); None for random inputs."""
     from twinbench.data.datasets import load_dataset
-    from twinbench.models.declarations import ID_MODELS
+    from twinbench.models.declarations import GNMT, ID_MODELS, NeuMF
     from twinbench.models.tasks import task_for
 
     names = [s.name for s in specs]
     limits = {s.name: s.id_limit for s in specs}
-    declared = None
-    if names == ["user", "item"] and all(limits.values()):
-        declared = replace(ID_MODELS["ncf"], users=limits["user"], items=limits["item"])
-    elif names == ["source", "target"] and all(limits.values()):
+    declared: NeuMF | GNMT | None = None
+    ncf, gnmt = ID_MODELS["ncf"], ID_MODELS["gnmt"]
+    if names == ["user", "item"] and all(limits.values()) and isinstance(ncf, NeuMF):
+        declared = replace(ncf, users=limits["user"], items=limits["item"])
+    elif names == ["source", "target"] and all(limits.values()) and isinstance(gnmt, GNMT):
         (s,), (t,) = specs[0].shape, specs[1].shape
-        declared = replace(
-            ID_MODELS["gnmt"], vocab=limits["source"], source_length=s, target_length=t
-        )
+        declared = replace(gnmt, vocab=limits["source"], source_length=s, target_length=t)
     if declared is not None:
         data = load_dataset("synthetic", declared).test
         pick = (start + np.arange(rows)) % len(data)
@@ -63,7 +62,7 @@ def model_inputs(
         pick = (start + np.arange(rows)) % len(data)
         return {names[0]: data.x[pick]}, data.y[pick]
     rng = np.random.default_rng(start)
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for spec in specs:
         shape = (rows, *spec.shape)
         if spec.datatype == "FP32":

@@ -140,7 +140,8 @@ def torchvision_keys(spec: ModelSpec) -> list[tuple[str, str]]:
     its ReLU and pooling layers take an index of their own."""
     pretrained = spec.pretrained
     assert pretrained is not None
-    keys, index = [], 0
+    keys: list[tuple[str, str]] = []
+    index = 0
     for layer in spec.layers:
         if len(keys) == pretrained.frozen_layers:
             break
@@ -158,15 +159,17 @@ def torchvision_keys(spec: ModelSpec) -> list[tuple[str, str]]:
 
 def base_weights(spec: ModelSpec, path: Path) -> Weights:
     """The frozen layers' arrays from the file, in twinbench's canonical (PyTorch's) layout."""
+    pretrained = spec.pretrained
+    assert pretrained is not None  # only fine-tuning specs have a base
     if not path.is_file():
         raise WeightsFileError(
             f"{spec.name} fine-tunes from {path}, which is missing: run `twinbench data download"
-            f" {spec.pretrained.download}`, or set pretrained_weights to a torchvision state_dict"
+            f" {pretrained.download}`, or set pretrained_weights to a torchvision state_dict"
             " under the data folder"
         )
     state = read_state_dict(path)
     out: Weights = []
-    weighted = spec.weighted()[: spec.pretrained.frozen_layers]
+    weighted = spec.weighted()[: pretrained.frozen_layers]
     for (weight_key, bias_key), (layer, shape) in zip(
         torchvision_keys(spec), weighted, strict=True
     ):
@@ -212,9 +215,11 @@ def make_random_weights_file(spec: ModelSpec, path: Path, seed: int = 0) -> Path
     names), at the spec's width. Needs PyTorch, as making the real file did."""
     import torch
 
+    pretrained = spec.pretrained
+    assert pretrained is not None  # only fine-tuning specs have a base
     rng = np.random.default_rng([seed, 0x7615])
     state = collections.OrderedDict()
-    weighted = spec.weighted()[: spec.pretrained.frozen_layers]
+    weighted = spec.weighted()[: pretrained.frozen_layers]
     for (weight_key, bias_key), (layer, shape) in zip(
         torchvision_keys(spec), weighted, strict=True
     ):

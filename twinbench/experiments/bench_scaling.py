@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.experiments.bench_training import BenchOptions, _geomean, _record, _run_job, job_spec
@@ -64,7 +65,8 @@ def run_scaling_bench(
 ) -> dict:
     bench = options.bench
     first, second = bench.frameworks
-    rows, lines = [], []
+    rows: list[dict[str, Any]] = []
+    lines: list[Line] = []
     for model in bench.models:
         for mode in bench.modes:
             runs: dict[str, dict[int, list[dict]]] = {
@@ -145,13 +147,14 @@ def _lines(model, mode, runs, bench: BenchOptions, workers: tuple[int, ...]) -> 
                 ))  # fmt: skip
         if all(_ok(runs[fw][n]) for fw in bench.frameworks for n in (w, base)):
             # Per repeat, each framework's speed-up; their ratio compares scaling efficiency.
-            speedups = [
+            first_speedups, second_speedups = (
                 [x / y for x, y in zip(speed(fw, w)[0], speed(fw, base)[0], strict=True)]
                 for fw in (first, second)
-            ]
+            )
             out.append(Line(
                 f"{model} {mode}, {w} workers: scaling efficiency", first, second,
-                paired_ratio(*speedups, level=bench.level), higher_is_better=True,
+                paired_ratio(first_speedups, second_speedups, level=bench.level),
+                higher_is_better=True,
                 extra={**tag, "kind": "efficiency", "workers": w, "base": base},
             ))  # fmt: skip
     return out

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +245,7 @@ def run_serving_bench(
                 runtime = TorchFramework.loaders[info.format](path, local.serving_threads or None)
                 for concurrency in concurrencies:
                     n, p50, p99, rps = measure(
-                        lambda r=runtime: r.infer(*inputs.values()), concurrency, seconds
+                        partial(runtime.infer, *inputs.values()), concurrency, seconds
                     )
                     out.append(Figures(PATHS["a"], name, concurrency, n, p50, p99, rps))
                     report(out[-1])

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.experiments.report import environment
@@ -139,7 +140,7 @@ def run_training_bench(
                             else f"{tpb.JobState.Name(job.state).lower()}: {job.error}"
                         )
                     )
-            row = {
+            row: dict[str, Any] = {
                 "model": model, "mode": mode, "precision": precision, "unit": unit_of(model),
                 "runs": runs, "published": PUBLISHED.get(model),
             }  # fmt: skip

@@ -264,8 +264,8 @@ def load_test(
         versions = sorted({s["version"] for s in per_round}, key=int)
         # The exports' own time on their trainer (Triton's ModelStatistics), whatever the load
         # generator's CPU was doing: the mean over the versions the rounds served.
-        compute = [server_compute_ms(address, settings, last.model_name, v) for v in versions]
-        compute = [c for c in compute if c is not None]
+        reported = [server_compute_ms(address, settings, last.model_name, v) for v in versions]
+        compute = [c for c in reported if c is not None]
         out.append(
             {
                 "model_name": last.model_name,

@@ -112,9 +112,10 @@ def check_parity(
     with torch.no_grad():  # batch norm starts at the identity: make its mapping visible
         for module in weighted_modules(torch_model):
             if isinstance(module, torch.nn.BatchNorm2d):
-                for tensor in (module.weight, module.bias, module.running_mean):
+                mean, var = _running_statistics(module)
+                for tensor in (module.weight, module.bias, mean):
                     tensor.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 1.5)
+                var.uniform_(0.5, 1.5)
     keras_model = build_keras(spec)
     set_weights(keras_model, spec, model_weights(torch_model))
 
@@ -137,7 +138,7 @@ def check_parity(
         )
         if isinstance(declared, BatchNorm)
     ]
-    before = [(m.running_mean.clone().numpy(), m.running_var.clone().numpy()) for m in torch_bn]
+    before = [tuple(s.clone().numpy() for s in _running_statistics(m)) for m in torch_bn]
     if torch_bn:  # without batch norm, train mode differs from eval only by dropout
         torch_model.train()
         with torch.no_grad():
@@ -145,12 +146,9 @@ def check_parity(
         keras_train = np.asarray(keras_model(nhwc, training=True))
     stats = []
     for module, layer, (mean, var) in zip(torch_bn, keras_bn, before, strict=True):
-        stats.append(
-            _relative(module.running_mean.numpy() - mean, np.asarray(layer.moving_mean) - mean)
-        )
-        stats.append(
-            _relative(module.running_var.numpy() - var, np.asarray(layer.moving_variance) - var)
-        )
+        running_mean, running_var = (s.numpy() for s in _running_statistics(module))
+        stats.append(_relative(running_mean - mean, np.asarray(layer.moving_mean) - mean))
+        stats.append(_relative(running_var - var, np.asarray(layer.moving_variance) - var))
     has_dropout = any(isinstance(layer, Dropout) for layer, _, _ in spec.walk())
     return Parity(
         model=model_name,
@@ -284,3 +282,9 @@ def trajectory(model_name: str, epochs: int, seed: int = 0) -> list[Divergence]:
             if step in (1, 10, 100) or b == batches - 1:
                 out.append(measure(step))
     return out
+
+
+def _running_statistics(module):
+    """A batch norm's running mean and variance (always kept here: track_running_stats is on)."""
+    assert module.running_mean is not None and module.running_var is not None
+    return module.running_mean, module.running_var

@@ -256,8 +256,9 @@ class Sweep:
         seed = self.options.seed + point
         specs = [self._spec(params, f, seed) for f in FRAMEWORKS]  # one seed: one shared init
         trial.set_user_attr("epochs trained", specs[0].epochs)
-        jobs = self._train(trial, specs, lambda *_: False)
-        if any(job is None for job in jobs):
+        followed = self._train(trial, specs, lambda *_: False)
+        jobs = [job for job in followed if job is not None]
+        if len(jobs) < len(followed):
             self._fail(PAIRED, trial, "interrupted")
             return
         failed = [j for j in jobs if j.state != tpb.SUCCEEDED]
@@ -306,7 +307,7 @@ class Sweep:
         on_epoch: Callable[[str, tpb.EpochMetrics], bool],
     ) -> list[tpb.Job | None]:
         """Starts one job per spec at once and follows each to its end (None: interrupted)."""
-        jobs = []
+        jobs: list[tpb.Job] = []
         for spec in specs:
             job = self._create(spec)
             if job is None:
@@ -393,21 +394,24 @@ class Sweep:
 
     def cross_check(self, best: dict[str, dict]) -> list[dict]:
         """Each framework's best settings trained in both, `cross_repeats` times, both at once."""
-        out = []
+        out: list[dict] = []
         for source, found in best.items():
-            entry = {"settings_of": source, "params": found["params"], "repeats": []}
+            repeats: list[dict] = []
+            entry = {"settings_of": source, "params": found["params"], "repeats": repeats}
             for r in range(self.options.cross_repeats):
                 seed = self.options.seed + 10_000 + r  # apart from every trial's seed
                 specs = [self._spec(found["params"], f, seed) for f in FRAMEWORKS]
-                jobs = [self._create(s) for s in specs]
-                if any(j is None for j in jobs):
+                created = [self._create(s) for s in specs]
+                jobs = [j for j in created if j is not None]
+                if len(jobs) < len(created):
                     return out
-                done = [self._follow(j.id, lambda *_: False) for j in jobs]
-                if any(j is None for j in done):
+                followed = [self._follow(j.id, lambda *_: False) for j in jobs]
+                done = [j for j in followed if j is not None]
+                if len(done) < len(followed):
                     return out
                 losses = {j.spec.framework: _final_loss(j) if j.state == tpb.SUCCEEDED else None
                           for j in done}  # fmt: skip
-                entry["repeats"].append({"seed": seed, "val_loss": losses,
+                repeats.append({"seed": seed, "val_loss": losses,
                                          "jobs": {j.spec.framework: j.id for j in done}})  # fmt: skip
                 self.say(
                     f"[cross-check] {source}'s best, repeat {r + 1}/{self.options.cross_repeats}:"

@@ -8,6 +8,7 @@ import math
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -75,21 +76,24 @@ def importances(study: optuna.Study) -> dict[str, float]:
     """fANOVA importances over the completed trials (diverged ones at the worst finite loss);
     empty while too few trials have completed."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    finite = [t.value for t in done if math.isfinite(t.value)]
+    finite = [t.value for t in done if t.value is not None and math.isfinite(t.value)]
     if len(finite) < 2:
         return {}
     worst = max(finite)
+
+    def objective(trial: FrozenTrial) -> float:
+        value = trial.value
+        return value if value is not None and math.isfinite(value) else worst
+
     with warnings.catch_warnings(), contextlib.suppress(Exception):
         warnings.simplefilter("ignore")
-        found = optuna.importance.get_param_importances(
-            study, target=lambda t: t.value if math.isfinite(t.value) else worst
-        )
+        found = optuna.importance.get_param_importances(study, target=objective)
         return {k: float(v) for k, v in found.items()}
     return {}
 
 
 def space_record(space: dict[str, Range]) -> dict:
-    out = {}
+    out: dict[str, dict] = {}
     for name, r in space.items():
         if isinstance(r, Choice):
             out[name] = {"choice": list(r.values)}
@@ -195,7 +199,7 @@ def plots(results: dict) -> dict[str, bytes]:
             pruned = [t for t in study["trials"] if t["state"] == "pruned" and t.get("value")]
             color, name = COLORS[framework], LABELS[framework]
             # PyTorch filled, TensorFlow hollow and larger: both show where they coincide.
-            look = {"color": color, "s": 16} if framework == "torch" else {
+            look: dict[str, Any] = {"color": color, "s": 16} if framework == "torch" else {
                 "facecolors": "none", "edgecolors": color, "s": 46}  # fmt: skip
             ax.scatter([t["number"] for t in done], [t["value"] for t in done], **look,
                        label=f"{name} completed")  # fmt: skip

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from twinbench.api import trainer_pb2 as tpb
@@ -72,7 +73,7 @@ def open_storage(settings: Settings, storage: str | None) -> optuna.storages.Bas
     if "://" in url:
         return optuna.storages.RDBStorage(url)
     Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    return optuna.storages.JournalStorage(JournalFileBackend(url))
 
 
 def public_url(url: str) -> str:
@@ -234,6 +235,8 @@ def best_of(settings: Settings, storage: str | None, study_name: str) -> tuple[d
     except ValueError:
         raise SweepError(f"study {study_name!r} has no completed trial yet") from None
     epochs = best.user_attrs.get("epochs trained") or best.params.get("epochs")
+    if epochs is None:
+        raise SweepError(f"study {study_name!r}: its best trial records no epochs")
     return dict(best.params), int(epochs)
 
 

@@ -55,7 +55,7 @@ class Front:
     def start(self, listen: str) -> int:
         """Starts the front on `listen` and returns its port once it listens."""
         env = {**os.environ, "TWINBENCH_TOKEN": self.settings.token}  # never on its command line
-        self._proc = subprocess.Popen(
+        self._proc = proc = subprocess.Popen(
             self._args(listen),
             env=env,
             stdin=subprocess.PIPE,  # held open: when this process ends, the front sees EOF
@@ -64,17 +64,20 @@ class Front:
             # after its own calls have drained, not both at once.
             start_new_session=True,
         )
-        line = self._proc.stdout.readline().split()  # its one line: its port, its metrics port
+        assert proc.stdout is not None  # stdout=PIPE
+        line = proc.stdout.readline().split()  # its one line: its port, its metrics port
         if len(line) != 2 or not all(p.isdigit() for p in line):
-            self._proc.wait()
-            raise SystemExit(f"the gateway front did not start (exit code {self._proc.returncode})")
-        threading.Thread(target=self._watch, name="gateway-front-watch", daemon=True).start()
+            proc.wait()
+            raise SystemExit(f"the gateway front did not start (exit code {proc.returncode})")
+        threading.Thread(
+            target=self._watch, args=(proc,), name="gateway-front-watch", daemon=True
+        ).start()
         self.metrics_url = f"http://127.0.0.1:{int(line[1])}/metrics"
         return int(line[0])
 
-    def _watch(self) -> None:
+    def _watch(self, proc: subprocess.Popen) -> None:
         """A front that dies on its own takes the gateway down, so that it is restarted whole."""
-        code = self._proc.wait()
+        code = proc.wait()
         if not self._stopping.is_set():
             self.died = True
             log.error("the gateway front exited with code %s; stopping the gateway", code)

@@ -35,7 +35,7 @@ def main() -> None:
     )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SystemExit("set both TWINBENCH_TLS_CERT and TWINBENCH_TLS_KEY, or neither")
-    tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+    tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     front_binary = settings.gateway_front_program()
     public = settings.listen_address("gateway")
     # With the front, this process is reached only through it, on loopback; TLS is the front's.

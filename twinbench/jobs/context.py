@@ -17,6 +17,7 @@ class JobContext(Protocol):
     """What a running job's training loop may do: report, and learn that it was cancelled."""
 
     job: pb.Job  # the live record: change it only through update()
+    shutting_down: bool  # a cancel came from the trainer stopping, not from a user
 
     def check_cancelled(self) -> None:
         """Raises JobCancelled once the job was asked to stop."""

@@ -305,7 +305,9 @@ class ModelSpec:
 
     @property
     def num_classes(self) -> int:
-        return self.layers[-1].units
+        last = self.layers[-1]
+        assert isinstance(last, Dense)  # every declaration ends in its output layer
+        return last.units
 
     @property
     def kind(self) -> str:

@@ -307,7 +307,9 @@ class InferenceCore:
                 self.stats.execution(
                     *key, at, sum(input_ns[i] for i, _, _ in chunk), inferred - began, output_total
                 )
-        return replies
+        answered = [reply for reply in replies if reply is not None]
+        assert len(answered) == len(replies)  # every request got its reply or its error above
+        return answered
 
     def _prepare(
         self, request: pb.ModelInferRequest

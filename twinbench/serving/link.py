@@ -222,7 +222,7 @@ class LinkClient:
             sock = self._idle.pop() if self._idle else None
         while True:
             fresh = sock is None
-            if fresh:
+            if sock is None:
                 sock = self._connect(max(0.0, deadline - time.monotonic()))
             try:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -301,6 +301,7 @@ class BatchingCaller:
             self._send_batch()  # our turn: our request is at the head of the queue
         if me.error is not None:
             raise me.error
+        assert me.reply is not None  # a frame's sender sets a reply or an error for each request
         return me.reply
 
     def _take(self) -> list[_Waiting]:

@@ -136,7 +136,7 @@ class ServingStats:
         return response
 
 
-def summarize(response: pb.ModelStatisticsResponse) -> dict[str, float | int]:
+def summarize(response: pb.ModelStatisticsResponse) -> dict[str, float | int | None]:
     """Per-request means over every version in `response`, in ms: what a report shows.
 
     compute_infer is the runtime's time per request (a batch's time is shared by its requests,
@@ -170,7 +170,7 @@ def summarize(response: pb.ModelStatisticsResponse) -> dict[str, float | int]:
 
 def server_statistics(
     stub, model: str, timeout_s: float = 10.0, version: str = ""
-) -> dict[str, float | int]:
+) -> dict[str, float | int | None]:
     """The server-side time of `model` (one version, or every version), from its ModelStatistics.
 
     `stub` is a GRPCInferenceServiceStub (the gateway's or a trainer's); the dict is
@@ -181,7 +181,8 @@ def server_statistics(
     response = stub.ModelStatistics(request, timeout=timeout_s)
     summary = summarize(response)
     parts = [summary[f"compute_{p}_ms"] for p in ("input", "infer", "output")]
-    summary["server_compute_ms"] = None if None in parts else sum(parts)
+    known = [p for p in parts if p is not None]
+    summary["server_compute_ms"] = sum(known) if len(known) == len(parts) else None
     return summary
 
 

@@ -115,6 +115,9 @@ def output_array(response: pb.ModelInferResponse, name: str) -> np.ndarray:
             if response.raw_output_contents:
                 data = np.frombuffer(response.raw_output_contents[i], dtype=dtype)
             else:
-                data = np.asarray(getattr(out.contents, DATATYPES[out.datatype][1]), dtype=dtype)
+                field = DATATYPES[out.datatype][1]
+                if field is None:
+                    raise TensorError(f"output {name!r}: {out.datatype} comes only as raw contents")
+                data = np.asarray(getattr(out.contents, field), dtype=dtype)
             return data.reshape(tuple(out.shape))
     raise KeyError(name)

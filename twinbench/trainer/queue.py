@@ -255,7 +255,7 @@ class JobManager:
         else:
             self._finish(job, pb.SUCCEEDED, "")
 
-    def _finish(self, job: pb.Job, state: int, error: str) -> None:
+    def _finish(self, job: pb.Job, state: pb.JobState, error: str) -> None:
         """Ends the job's run: in a final state, or QUEUED again when it will resume later."""
         with self._lock:
             job.state = state

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 from multiprocessing.connection import Connection
 
 from twinbench.api import trainer_pb2 as pb
@@ -72,7 +73,7 @@ def relay_message(message: tuple, ctx: ServiceJobContext) -> tuple[str, str] | N
     kind = message[0]
     if kind == "job":
         record = pb.Job.FromString(message[1])
-        ctx.update(lambda j, r=record: _merge(j, r))
+        ctx.update(partial(_merge, reported=record))
     elif kind == "epoch":
         ctx.epoch_done(pb.EpochMetrics.FromString(message[1]))
     elif kind == "progress":

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
@@ -26,7 +28,13 @@ from twinbench.serving.repository import ModelRepository
 from twinbench.training.events import EventWriter
 from twinbench.training.parallel import DataParallel
 from twinbench.training.resources import ActiveJobs, NoMarker, PeakRss, current_rss_bytes
-from twinbench.training.session import SHARED_FAIRNESS, Framework, Session, export_checked
+from twinbench.training.session import (
+    SHARED_FAIRNESS,
+    Framework,
+    Session,
+    export_checked,
+    record_export,
+)
 
 # Steps timed apart at the start of a job. Measured on 2 CPU cores with LeNet-5 at batch 32, the
 # first step carries TensorFlow's tracing (seconds) and PyTorch's first allocations (2 to 5 times
@@ -164,7 +172,7 @@ def run_training(
         # One marker per job: rank 0's (the others would remove it under it as they finish).
         marker = ActiveJobs(settings.active_jobs, job.id) if parallel.writer else NoMarker()
         with PeakRss() as rss, marker as beside:
-            _train_andexport_checked(
+            _train_and_export(
                 framework, repository, settings, job, ctx, rss, beside, checkpoints, parallel
             )
     finally:
@@ -172,14 +180,14 @@ def run_training(
             checkpoints.remove()  # only a job that will resume needs them
 
 
-def _train_andexport_checked(
+def _train_and_export(
     framework: Framework,
     repository: ModelRepository,
     settings: Settings,
     job: pb.Job,
     ctx: JobContext,
     rss: PeakRss,
-    beside: ActiveJobs,
+    beside: ActiveJobs | NoMarker,
     checkpoints: Checkpoints,
     parallel: DataParallel,
 ) -> None:
@@ -259,7 +267,7 @@ def _train_andexport_checked(
             # ends; only there are the steps' losses read, which waits for the device. Reading
             # them every step would keep a GPU from running ahead of the host, as it does in
             # real training.
-            pending: list[tuple[object, object, int]] = []  # (loss, hits, units) unread
+            pending: list[tuple[Any, Any, int]] = []  # (loss, hits, units) unread
             segment_units = 0
             segment_start = time.perf_counter()
             for b in range(batches):
@@ -352,7 +360,7 @@ def _train_andexport_checked(
             export = export_checked(
                 framework, session, repository, job, data, task, fmt, settings.max_batch_size
             )
-            ctx.update(lambda j, e=export: j.exports.append(e))
+            ctx.update(partial(record_export, export=export))
     parallel.close()  # the other workers wait here until rank 0 has exported
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
@@ -55,7 +56,7 @@ class Topology:
     local_world_size: int = 1
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Topology:
+    def from_env(cls, env: MutableMapping[str, str] | None = None) -> Topology:
         env = os.environ if env is None else env
         world = int(env.get("WORLD_SIZE", "1"))
         return cls(
@@ -265,7 +266,7 @@ def leave(topology: Topology) -> None:
         (Path(folder) / f"rank-{topology.rank}.done").write_text("")
 
 
-def tf_config_from_pod_index(env: dict[str, str] | None = None) -> None:
+def tf_config_from_pod_index(env: MutableMapping[str, str] | None = None) -> None:
     """TF_CONFIG and the rank variables for a TensorFlow worker run by Kubernetes as one pod of an
     indexed Job inside a JobSet (what a TrainJob of the twinbench-tensorflow runtime creates).
 

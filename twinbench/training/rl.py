@@ -15,6 +15,7 @@ optimizer step on the Huber loss between Q(s, a) and the given targets, and the 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -25,7 +26,7 @@ from twinbench.data.datasets import Dataset, Split
 from twinbench.errors import InvalidArgument
 from twinbench.jobs.context import JobContext
 from twinbench.jobs.request import job_model
-from twinbench.models.declarations import DQN
+from twinbench.models.declarations import DQN, ModelSpec
 from twinbench.serving.repository import ModelRepository
 
 # Huber (smooth L1) with delta 1, mean over the batch: PyTorch's smooth_l1_loss and Keras's
@@ -174,10 +175,12 @@ def run_reinforcement(
     `rss` and `beside` are the training loop's PeakRss and ActiveJobs (twinbench.training.loop)."""
     from twinbench.models.tasks import task_for
     from twinbench.training.resources import current_rss_bytes
-    from twinbench.training.session import SHARED_FAIRNESS, export_checked
+    from twinbench.training.session import SHARED_FAIRNESS, export_checked, record_export
 
     spec = job.spec
     model = job_model(spec)
+    if not isinstance(model, ModelSpec):
+        raise InvalidArgument(f"{spec.model} is not a Q-network: it cannot train by reinforcement")
     rl = model.reinforcement
     assert rl is not None
     env = make_env(rl)
@@ -236,7 +239,7 @@ def run_reinforcement(
         export = export_checked(
             framework, session, repository, job, data, task, fmt, settings.max_batch_size
         )
-        ctx.update(lambda j, e=export: j.exports.append(e))
+        ctx.update(partial(record_export, export=export))
 
 
 class LoopResult:

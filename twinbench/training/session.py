@@ -138,3 +138,8 @@ def export_checked(
         sha256=info.sha256,
         max_abs_diff=diff,
     )
+
+
+def record_export(job: pb.Job, export: pb.ModelExport) -> None:
+    """Adds a published export to the job's record (a change for JobContext.update)."""
+    job.exports.append(export)

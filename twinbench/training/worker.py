@@ -232,9 +232,9 @@ def _job_and_context(args: argparse.Namespace, topology: Topology) -> WorkerCont
     if args.fd is not None:
         conn = Connection(args.fd)
         return WorkerContext(conn, pb.Job.FromString(conn.recv()))
-    conn = connect_to_service() if topology.writer else None
-    if conn is not None:
-        return WorkerContext(conn, pb.Job.FromString(conn.recv()))
+    reports = connect_to_service() if topology.writer else None
+    if reports is not None:
+        return WorkerContext(reports, pb.Job.FromString(reports.recv()))
     return SilentContext(pb.Job.FromString(Path(os.environ[JOB_FILE_ENV]).read_bytes()))
 
 
