@@ -50,6 +50,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy  # the package and services/, as [tool.mypy] in pyproject.toml says
 	@if command -v go >/dev/null && [ -d $(GO_SOURCES) ]; then \
 		test -z "$$(gofmt -l services loadtests)" || { gofmt -l services loadtests; exit 1; }; \
 		$(GO_ENV) go vet ./services/gateway/front ./loadtests/loadgen; fi
