@@ -52,7 +52,7 @@ def report(stack, tmp_path_factory):
 
 def run_compare(stack, reports, args: list[str]) -> Path:
     done = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli.main", "--gateway", stack.gateway_address, *args,
+        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, *args,
          "--reports", str(reports)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip

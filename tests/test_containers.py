@@ -280,7 +280,7 @@ def report(stack, tmp_path_factory):
             "--reports", str(reports)]  # fmt: skip
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli.main", *args],
+        [sys.executable, "-m", "twinbench.cli", *args],
         capture_output=True,
         text=True,
         timeout=1800,

@@ -168,7 +168,8 @@ def test_specs_a_data_parallel_job_cannot_run_are_refused(fields, message):
 
 
 def test_id_models_are_refused_and_the_cli_sets_the_workers():
-    from twinbench.cli.main import parser, spec_from_args
+    from twinbench.cli.jobs import spec_from_args
+    from twinbench.cli.main import parser
     from twinbench.jobs.request import check_distributed_spec
 
     with pytest.raises(InvalidArgument, match="does not train data-parallel"):

@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.cli.main import sample_input
+from twinbench.client.inference import sample_input
 from twinbench.data.datasets import NEGATIVES_PER_POSITIVE, load_dataset
 from twinbench.data.download import SOURCES
 from twinbench.errors import InvalidArgument

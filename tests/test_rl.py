@@ -197,7 +197,7 @@ def test_a_dqn_job_runs_end_to_end_through_the_services(client, stack):
     import subprocess
     import sys
 
-    from twinbench.cli.main import infer_one
+    from twinbench.client.inference import infer_one
 
     budget = 1_300  # learning starts at step 1,000: two bursts of 128 optimizer steps
     spec = tpb.JobSpec(framework="both", model="dqn_cartpole", env_steps=budget, seed=1)
@@ -220,7 +220,7 @@ def test_a_dqn_job_runs_end_to_end_through_the_services(client, stack):
             q = infer_one(client, export.model_name, state)
             assert q.shape == (2,) and np.all(np.isfinite(q))
     listed = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli.main", "--gateway", stack.gateway_address, "jobs"],
+        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, "jobs"],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     for created in jobs:  # a DQN job's result is whether it solved, not a test accuracy
@@ -320,7 +320,7 @@ def test_rl_compare_runs_seeds_through_the_services(stack, tmp_path):
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "twinbench.cli.main", "--gateway", stack.gateway_address, "compare",
+        [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, "compare",
          "--model", "dqn_cartpole", "--repeats", "2", "--env-steps", "300",
          "--reports", str(tmp_path)],
         capture_output=True, text=True, timeout=900,

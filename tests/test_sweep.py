@@ -60,7 +60,7 @@ def test_a_sweep_survives_a_killed_trainer_and_its_own_crash_and_resumes(
 ):
     storage = tmp_path / "journal.log"
     reports = tmp_path / "reports"
-    args = [sys.executable, "-m", "twinbench.cli.main", "--gateway", stack.gateway_address, "sweep",
+    args = [sys.executable, "-m", "twinbench.cli", "--gateway", stack.gateway_address, "sweep",
             "--model", "mlp", "--trials", str(TRIALS), "--paired", str(PAIRED), "--epochs", "2",
             "--train-samples", "256", "--cross-repeats", "0", "--storage", str(storage),
             "--reports", str(reports), "--heartbeat", "1"]  # fmt: skip
@@ -223,7 +223,8 @@ def _finished_study(settings, storage: Path, name: str, value: float, **params) 
 
 
 def test_compare_takes_a_studys_best_settings_epochs_as_trained(settings, tmp_path, capsys):
-    from twinbench.cli.main import apply_study_params, parser
+    from twinbench.cli.experiments import apply_study_params
+    from twinbench.cli.main import parser
 
     storage = tmp_path / "journal.log"
     params = {"learning_rate": 0.0123, "momentum": 0.5, "batch_size": 128, "epochs": 150,

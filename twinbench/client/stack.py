@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from twinbench.config import DEFAULT_LINK_PORTS, DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Settings
@@ -160,3 +162,16 @@ class LocalStack:
     def stop(self) -> None:
         for service in ("gateway", *TRAINERS):
             self.stop_service(service)
+
+
+@contextlib.contextmanager
+def services(settings: Settings, address: str) -> Iterator[tuple[str, LocalStack | None]]:
+    """The gateway's address and the stack behind it: the running one (no stack), or a local
+    stack started now and stopped after."""
+    if is_serving(address, tls_ca=settings.tls_ca):
+        yield address, None
+        return
+    print(f"no gateway at {address}; starting the services (state in {settings.home})")
+    with LocalStack(settings) as stack:
+        yield stack.gateway_address, stack
+    print("stopped the services it started")

@@ -20,7 +20,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +28,14 @@ import numpy as np
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client.console import table, watch_all
-from twinbench.client.stack import LocalStack
+from twinbench.client.inference import infer_sample
+from twinbench.client.stack import LocalStack, services
 from twinbench.config import Settings
 from twinbench.experiments.report import build_results, cpu_name, write_report
 from twinbench.experiments.verdicts import Line, accuracy_ratio, decide, describe, paired_ratio
 from twinbench.jobs.request import state_name
-from twinbench.rpc.channel import Client, is_serving
-from twinbench.serving.tensors import infer_request, output_array
+from twinbench.rpc.channel import Client
+from twinbench.serving.tensors import infer_request
 
 NATIVE_FORMATS = ("torchscript", "savedmodel")
 
@@ -81,19 +81,6 @@ def run_order(repeats: int) -> list[tuple[int, int]]:
     return [(i, k) for i in range(repeats) for k in ((0, 1) if i % 2 == 0 else (1, 0))]
 
 
-@contextlib.contextmanager
-def services(settings: Settings, address: str) -> Iterator[tuple[str, LocalStack | None]]:
-    """The gateway's address and the stack behind it: the running one (no stack), or a local
-    stack started now and stopped after."""
-    if is_serving(address, tls_ca=settings.tls_ca):
-        yield address, None
-        return
-    print(f"no gateway at {address}; starting the services (state in {settings.home})")
-    with LocalStack(settings) as stack:
-        yield stack.gateway_address, stack
-    print("stopped the services it started")
-
-
 def run_compare(
     settings: Settings, gateway: str, base_spec: tpb.JobSpec, options: CompareOptions
 ) -> int:
@@ -108,7 +95,9 @@ def run_compare(
         train_arms(client, arms, base_spec, options.repeats, export_all=options.users > 0)
         served = served_exports(arms)
         for _, export in served:  # one inference to each export through the gateway
-            predictions[_served_label(export)] = _infer_sample(client, export, options.sample)
+            predictions[_served_label(export)] = infer_sample(
+                client, export.model_name, options.sample, export.version
+            )
         client.close()
         if options.users > 0 and served:
             serving = load_test(address, settings, arms, options, report_dir)
@@ -188,21 +177,6 @@ def served_exports(arms: list[Arm]) -> list[tuple[Arm, tpb.ModelExport]]:
 
 def _served_label(export: tpb.ModelExport) -> str:
     return f"{export.model_name} v{export.version}"
-
-
-def _infer_sample(client: Client, export: tpb.ModelExport, sample: int) -> np.ndarray:
-    """One row of what the served model takes (twinbench.client.inputs), through the gateway."""
-    from twinbench.api import inference_pb2 as ipb
-    from twinbench.client.inputs import model_inputs, served_inputs
-
-    if sample < 0:
-        raise SystemExit(f"--sample must be 0 or more, got {sample}")
-    name, version = export.model_name, export.version
-    metadata = client.inference.ModelMetadata(ipb.ModelMetadataRequest(name=name, version=version))
-    config = client.inference.ModelConfig(ipb.ModelConfigRequest(name=name, version=version))
-    inputs, _ = model_inputs(served_inputs(metadata, config), rows=1, start=sample)
-    request = infer_request(name, inputs, version=version)
-    return output_array(client.inference.ModelInfer(request), "logits")[0]
 
 
 # --- serving ---

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from twinbench.api import trainer_pb2 as tpb
+from twinbench.client.stack import services
 from twinbench.config import Settings
 from twinbench.experiments.code_size import compare_task
 from twinbench.experiments.compare import (
@@ -26,7 +27,6 @@ from twinbench.experiments.compare import (
     hardware_of,
     plan_arms,
     run_order,
-    services,
     train_arms,
 )
 from twinbench.experiments.report import (

@@ -1,0 +1,284 @@
+"""`twinbench compare`, `sweep`, `parity`, `code` and `bench`: the comparisons, from their options."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.cli.jobs import spec_from_args
+from twinbench.client.console import table
+from twinbench.config import FRAMEWORKS, Settings
+from twinbench.jobs.precision import PRECISIONS
+from twinbench.models.declarations import ARCHITECTURES, FINE_TUNING, ID_MODELS, MODELS
+from twinbench.rpc.channel import Client
+
+
+def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.experiments.compare import CompareOptions, run_compare
+
+    frameworks = tuple(f.strip() for f in args.frameworks.split(","))
+    if len(frameworks) != 2 or not set(frameworks) <= set(FRAMEWORKS):
+        raise SystemExit(
+            f"--frameworks takes two of {', '.join(FRAMEWORKS)}, e.g. torch,tf or torch,torch;"
+            f" got {args.frameworks!r}"
+        )
+    declared = MODELS.get(args.model)  # None for the id models (ncf, gnmt)
+    reinforcement = declared is not None and declared.reinforcement is not None
+    if args.repeats is None:
+        args.repeats = 10 if reinforcement else 3
+    if args.rounds is None:
+        args.rounds = args.repeats
+    if args.repeats < 1 or args.rounds < 1:
+        raise SystemExit("--repeats and --rounds must be 1 or more")
+    if not 0.5 <= args.confidence < 1:
+        raise SystemExit(f"--confidence must be in [0.5, 1), got {args.confidence}")
+    spec = spec_from_args(args, "")
+    if args.params:
+        apply_study_params(settings, args, spec)
+    options = CompareOptions(
+        frameworks=frameworks,
+        repeats=args.repeats,
+        users=args.users,
+        duration=args.duration,
+        rounds=args.rounds,
+        serving_batch_size=args.serving_batch_size,
+        reports=Path(args.reports),
+        sample=args.sample,
+        bench_seconds=args.bench_seconds,
+        command="twinbench " + " ".join(args.argv),
+        level=args.confidence,
+    )
+    if reinforcement:
+        from twinbench.experiments.rl_compare import run_rl_compare
+
+        return run_rl_compare(settings, args.gateway, spec, options)
+    return run_compare(settings, args.gateway, spec, options)
+
+
+def apply_study_params(settings: Settings, args: argparse.Namespace, spec: tpb.JobSpec) -> None:
+    """`--params best-of:STUDY`: a tuned study's best settings, the epochs its best trial trained."""
+    from twinbench.experiments.sweep_studies import apply_params, best_of, format_params
+
+    kind, _, study = args.params.partition(":")
+    if kind != "best-of" or not study:
+        raise SystemExit(f"--params takes best-of:STUDY (e.g. best-of:mlp/tf), got {args.params!r}")
+    params, epochs = best_of(settings, args.storage, study)
+    apply_params(spec, {**params, "epochs": epochs})
+    print(f"settings of {study}'s best trial: {format_params({**params, 'epochs': epochs})}")
+
+
+def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.experiments.sweep import run_sweep
+    from twinbench.experiments.sweep_studies import SweepOptions
+
+    for flag, value, least in (("--trials", args.trials, 1), ("--paired", args.paired, 0),
+                               ("--cross-repeats", args.cross_repeats, 0),
+                               ("--prune-after", args.prune_after, 0),
+                               ("--epochs", args.epochs, 1)):  # fmt: skip
+        if value is not None and value < least:
+            raise SystemExit(f"{flag} must be {least} or more, got {value}")
+    if not args.heartbeat > 0:
+        raise SystemExit(f"--heartbeat must be more than 0 seconds, got {args.heartbeat}")
+    options = SweepOptions(
+        name=args.name or args.model,
+        model=args.model,
+        trials=args.trials,
+        paired=args.trials if args.paired is None else args.paired,
+        epochs=args.epochs,
+        cross_repeats=args.cross_repeats,
+        seed=args.seed,
+        storage=args.storage,
+        resume=args.resume,
+        reports=Path(args.reports),
+        command="twinbench " + " ".join(args.argv),
+        dataset=args.dataset or "",
+        train_samples=args.train_samples,
+        heartbeat_s=args.heartbeat,
+        prune_after=args.prune_after,
+    )
+    return run_sweep(settings, args.gateway, options)
+
+
+def cmd_parity(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.experiments.parity import (
+        PARITY_TOLERANCE,
+        TRAIN_TOLERANCE,
+        check_id_parity,
+        check_parity,
+        trajectory,
+    )
+
+    failed = 0
+    for name in args.model or [*sorted(MODELS), *ID_MODELS]:
+        if name in ID_MODELS:
+            result = check_id_parity(name, args.seed, args.rows, args.scale)
+        else:
+            sized = name in ARCHITECTURES or name in FINE_TUNING
+            knobs = (args.width, args.image_size) if sized else (None, None)
+            result = check_parity(name, args.seed, args.rows, *knobs)
+        failed += not result.ok
+        parts = [f"{result.parameters:,} trainable parameters"]
+        if result.keras_parameters != result.parameters:
+            parts[0] += f" (Keras, with one LSTM bias vector: {result.keras_parameters:,})"
+        parts.append(
+            f"{result.rows} inputs; eval: max |torch - keras| logits {result.max_abs_diff:.2e}"
+            f" = {result.relative:.2e} of their scale {result.scale:.3g}"
+        )
+        if result.train_stats is not None:
+            parts.append(f"train mode: batch-norm statistics' moves {result.train_stats:.2e}")
+        if result.train_logits is not None:
+            parts.append(f"train-mode logits {result.train_logits:.2e}")
+        if result.weights_file:
+            parts.append(f"pretrained base from {result.weights_file}")
+        verdict = "ok" if result.ok else "FAILED"
+        print(
+            f"{name}: {'; '.join(parts)} ({verdict}; relative tolerances:"
+            f" eval {PARITY_TOLERANCE:g}, train mode {TRAIN_TOLERANCE:g})"
+        )
+        if args.trajectory:
+            print(f"  {name} trained side by side from one init on the same batches:")
+            rows = [
+                [str(d.step), f"{d.max_abs_diff:.2e}", f"{d.disagreement:.1%}",
+                 f"{d.torch_accuracy:.4f}", f"{d.keras_accuracy:.4f}"]
+                for d in trajectory(name, args.trajectory, seed=args.seed)
+            ]  # fmt: skip
+            headers = ["step", "max |logit diff|", "predictions differ", "torch acc", "keras acc"]
+            print("  " + table(headers, rows).replace("\n", "\n  "))
+    return 1 if failed else 0
+
+
+def cmd_code(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.experiments.code_size import compare_task, example_tasks, size_rows
+
+    tasks = example_tasks()
+    if not tasks:
+        raise SystemExit("no example scripts here: `twinbench code` runs from a checkout")
+    for task in args.task or tasks:
+        code = compare_task(task)
+        if code is None:
+            raise SystemExit(f"no examples/{task}/; tasks: {', '.join(tasks)}")
+        print(f"{task} ({', '.join(s['path'] for s in code['scripts'].values())}):")
+        headers = ["measure", "PyTorch", "Keras", "PyTorch / Keras"]
+        print("  " + table(headers, size_rows(code)).replace("\n", "\n  "))
+    return 0
+
+
+def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
+    from twinbench.experiments.bench_training import (
+        BenchOptions,
+        run_training_bench,
+        table_rows,
+        write_bench_report,
+    )
+
+    frameworks = tuple(f.strip() for f in args.frameworks.split(","))
+    modes = tuple(m.strip() for m in args.modes.split(","))
+    if len(set(frameworks)) != 2 or not set(frameworks) <= set(FRAMEWORKS):
+        raise SystemExit(f"--frameworks takes two different ones of {', '.join(FRAMEWORKS)}")
+    if not set(modes) <= {"default", "compiled"}:
+        raise SystemExit("--modes takes default and/or compiled")
+    precisions = tuple(p.strip() for p in args.precision.split(","))
+    if not set(precisions) <= set(PRECISIONS):
+        raise SystemExit(f"--precision takes {' and/or '.join(PRECISIONS)}")
+    if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
+        raise SystemExit("--repeats, --steps, --warmup-steps and --batch-size must be 1 or more")
+    options = BenchOptions(
+        # The PyTorch paper's table has VGG-19, not VGG-16.
+        models=tuple(args.model or (*(a for a in ARCHITECTURES if a != "vgg16"), *ID_MODELS)),
+        frameworks=frameworks,
+        modes=modes,
+        precisions=precisions,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        warmup_steps=args.warmup_steps,
+        steps=args.steps,
+        width=args.width,
+        image_size=args.image_size,
+        channels_last=args.channels_last,
+    )
+    if args.workers:
+        return cmd_bench_scaling(client, args, options)
+    results = run_training_bench(client, options)
+    results["options"]["command"] = "twinbench " + " ".join(args.argv)
+    headers, rows = table_rows(results)
+    print(table(headers, rows))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in write_bench_report(Path(args.reports) / f"{stamp}-bench-training", results):
+        print(f"wrote {path}")
+    failed = any(r["state"] != "succeeded" for row in results["rows"]
+                 for runs in row["runs"].values() for r in runs)  # fmt: skip
+    return 1 if failed else 0
+
+
+def cmd_bench_scaling(client: Client, args: argparse.Namespace, options) -> int:
+    """`bench training --workers 1,2,...`: throughput and scaling efficiency per worker count."""
+    from twinbench.experiments.bench_scaling import (
+        ScalingOptions,
+        run_scaling_bench,
+        table_rows,
+        write_scaling_report,
+    )
+
+    try:
+        workers = tuple(sorted({int(w) for w in args.workers.split(",") if w.strip()}))
+    except ValueError:
+        raise SystemExit("--workers takes worker counts, e.g. 1,2") from None
+    if not workers or min(workers) < 1:
+        raise SystemExit("--workers takes worker counts of 1 or more, e.g. 1,2")
+    if tuple(options.precisions) != ("fp32",):
+        raise SystemExit("--workers measures fp32 only (data-parallel jobs refuse mixed precision)")
+    results = run_scaling_bench(client, ScalingOptions(options, workers))
+    results["options"]["command"] = "twinbench " + " ".join(args.argv)
+    headers, rows = table_rows(results)
+    print(table(headers, rows))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in write_scaling_report(Path(args.reports) / f"{stamp}-bench-scaling", results):
+        print(f"wrote {path}")
+    failed = any(r["state"] != "succeeded" for row in results["rows"]
+                 for by in row["runs"].values() for rs in by.values() for r in rs)  # fmt: skip
+    return 1 if failed else 0
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from twinbench.experiments.bench_serving import (
+        capacity_lines,
+        perf_analyzer_command,
+        run_serving_bench,
+        setup,
+        summary,
+    )
+
+    use_perf_analyzer = args.perf_analyzer == "on" or (
+        args.perf_analyzer == "auto" and perf_analyzer_command() is not None
+    )
+    how = setup(settings)
+    print(f"gateway front: {how['gateway_front']}; load generator: {how['load_generator']}")
+    print(
+        f"{'path':<24} {'model':<26} {'conc':>4} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'req/s':>9} {'client cpu':>10}"
+    )
+
+    def report(f) -> None:
+        cpu = "" if f.client_cpu is None else f"{f.client_cpu:.0%}"
+        print(
+            f"{f.path:<24} {f.model:<26} {f.concurrency:>4} {f.requests:>9,} {f.p50_ms:>8.3f}"
+            f" {f.p99_ms:>8.3f} {f.rps:>9,.0f} {cpu:>10}",
+            flush=True,
+        )
+
+    figures = run_serving_bench(
+        settings,
+        model=args.model,
+        formats=tuple(args.formats.split(",")),
+        concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
+        seconds=args.seconds,
+        rounds=args.rounds,
+        report=report,
+        perf_analyzer=use_perf_analyzer,
+        width=args.width,
+    )
+    for line in summary(figures) + capacity_lines(figures, args.p99_target_ms):
+        print(line)
+    return 0
