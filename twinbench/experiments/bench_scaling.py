@@ -15,7 +15,6 @@ is corrected together (Holm).
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +24,13 @@ from typing import Any
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.experiments.bench_training import BenchOptions, _geomean, _record, _run_job, job_spec
-from twinbench.experiments.report import environment
+from twinbench.experiments.report_kit import (
+    Made,
+    environment,
+    render_html,
+    render_markdown,
+    write_files,
+)
 from twinbench.experiments.verdicts import Line, decide, describe, paired_ratio
 from twinbench.rpc.channel import Client
 
@@ -215,43 +220,32 @@ def _threads(runs: list[dict]) -> str:
     return "/".join(str(t) for t in sorted(per)) or "-"
 
 
-def markdown(results: dict) -> str:
+def report_pages(results: dict) -> tuple[str, str]:
+    """The scaling bench's report as Markdown and as HTML, from the report kit."""
     headers, rows = table_rows(results)
     env = results["environment"]
-    lines = [
-        f"# twinbench bench training --workers, {results['created']}",
-        "",
-        f"Command: `{results['options'].get('command', '')}`; {env['cpu']},"
-        f" {env['cpu_count']} CPUs.",
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *("| " + " | ".join(r) + " |" for r in rows),
-        "",
+    made = Made(results["created"], results["options"].get("command", ""))
+    notes = [
+        f"Machine: {env['cpu']}, {env['cpu_count']} CPUs.",
         "Efficiency at N workers: throughput(N) / (N x throughput(baseline)), with the interval"
         " of the paired ratio divided by N.",
-        "",
         *(f"- {describe(v)}" for v in results["verdicts"]),
     ]
-    return "\n".join(lines) + "\n"
+    sections = [("Throughput and scaling", headers, rows)]
+    title = "bench training --workers"
+    return (
+        render_markdown(title, made, sections, {}, notes),
+        render_html(title, made, sections, {}, notes),
+    )
 
 
 def write_scaling_report(directory: Path, results: dict) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    headers, rows = table_rows(results)
-    cells = lambda tag, row: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
-    page = (
-        "<!doctype html><meta charset=utf-8><title>twinbench scaling</title>"
-        f"<h1>twinbench bench training --workers, {html.escape(results['created'])}</h1>"
-        f"<table border=1><tr>{cells('th', headers)}</tr>"
-        + "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
-        + "</table><ul>"
-        + "".join(f"<li>{html.escape(describe(v))}</li>" for v in results["verdicts"])
-        + "</ul>"
+    markdown, page = report_pages(results)
+    return write_files(
+        directory,
+        {
+            "bench-scaling.json": json.dumps(results, indent=1).encode(),
+            "bench-scaling.md": markdown.encode(),
+            "bench-scaling.html": page.encode(),
+        },
     )
-    paths = [directory / "bench-scaling.json", directory / "bench-scaling.md",
-             directory / "bench-scaling.html"]  # fmt: skip
-    paths[0].write_text(json.dumps(results, indent=1))
-    paths[1].write_text(markdown(results))
-    paths[2].write_text(page)
-    return paths

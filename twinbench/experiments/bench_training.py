@@ -11,7 +11,6 @@ hardware, another year: compare the ratios, not the numbers) and writes JSON, Ma
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import time
@@ -21,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.experiments.report import environment
+from twinbench.experiments.report_kit import (
+    Made,
+    environment,
+    render_html,
+    render_markdown,
+    write_files,
+)
 from twinbench.experiments.verdicts import LEVEL, Line, decide, describe, paired_ratio
 from twinbench.rpc.channel import Client
 
@@ -232,42 +237,31 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return headers, out
 
 
-def markdown(results: dict) -> str:
+def report_pages(results: dict) -> tuple[str, str]:
+    """The bench's report as Markdown and as HTML, from the report kit."""
     headers, rows = table_rows(results)
-    lines = [
-        f"# twinbench bench training, {results['created']}",
-        "",
-        f"Command: `{results['options'].get('command', '')}`; "
-        f"{results['environment']['cpu']}, {results['environment']['cpu_count']} CPUs.",
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *("| " + " | ".join(r) + " |" for r in rows),
-        "",
+    env = results["environment"]
+    made = Made(results["created"], results["options"].get("command", ""))
+    notes = [
+        f"Machine: {env['cpu']}, {env['cpu_count']} CPUs.",
         f"Published figures: {results['published_hardware']}; other hardware and versions,"
         " so compare ratios, not absolute numbers.",
-        "",
         *(f"- {describe(v)}" for v in results["verdicts"]),
     ]
-    return "\n".join(lines) + "\n"
+    sections = [("Training throughput", headers, rows)]
+    return (
+        render_markdown("bench training", made, sections, {}, notes),
+        render_html("bench training", made, sections, {}, notes),
+    )
 
 
 def write_bench_report(directory: Path, results: dict) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    text = markdown(results)
-    headers, rows = table_rows(results)
-    cells = lambda tag, row: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)  # noqa: E731
-    page = (
-        "<!doctype html><meta charset=utf-8><title>twinbench bench training</title>"
-        f"<h1>twinbench bench training, {html.escape(results['created'])}</h1>"
-        f"<table border=1><tr>{cells('th', headers)}</tr>"
-        + "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
-        + "</table><ul>"
-        + "".join(f"<li>{html.escape(describe(v))}</li>" for v in results["verdicts"])
-        + f"</ul><p>Published figures: {html.escape(results['published_hardware'])}.</p>"
+    markdown, page = report_pages(results)
+    return write_files(
+        directory,
+        {
+            "bench-training.json": json.dumps(results, indent=1).encode(),
+            "bench-training.md": markdown.encode(),
+            "bench-training.html": page.encode(),
+        },
     )
-    paths = [directory / "bench-training.json", directory / "bench-training.md"]
-    paths[0].write_text(json.dumps(results, indent=1))
-    paths[1].write_text(text)
-    (directory / "bench-training.html").write_text(page)
-    return [*paths, directory / "bench-training.html"]

@@ -31,7 +31,8 @@ from twinbench.client.console import table, watch_all
 from twinbench.client.inference import infer_sample
 from twinbench.client.stack import LocalStack, services
 from twinbench.config import Settings
-from twinbench.experiments.report import build_results, cpu_name, write_report
+from twinbench.experiments.report import build_results, write_report
+from twinbench.experiments.report_kit import cpu_name
 from twinbench.experiments.verdicts import Line, accuracy_ratio, decide, describe, paired_ratio
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client

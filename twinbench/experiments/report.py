@@ -2,51 +2,34 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import io
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from twinbench.api import trainer_pb2 as tpb
+from twinbench.experiments.report_kit import (
+    COLORS,
+    LABELS,
+    SECOND_ARM_COLOR,
+    environment,
+    made,
+    png,
+    render_html,
+    render_markdown,
+    write_files,
+)
 from twinbench.jobs.request import state_name
 
 SCHEMA = "twinbench.results/v2"
 SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "results-v2.schema.json"
-# PyTorch's red; TensorFlow's own orange is too near it to tell twenty thin lines apart.
-COLORS = {"torch": "#ee4c2c", "tf": "#1f6fb4"}
-SECOND_ARM_COLOR = "#5e3c99"  # the second arm of an A/A run, whose framework is the first's
-LABELS = {"torch": "PyTorch", "tf": "TensorFlow"}
 PERCENTILES = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%")
 
 
 # --- gathering ---
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict:
-    return {
-        "host": platform.node(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count() or 0,
-    }
 
 
 def training_record(job: tpb.Job) -> dict:
@@ -227,15 +210,6 @@ def _code_of(arms: dict[str, tuple[str, list[tpb.Job]]]) -> dict:
 # --- plots ---
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def arm_colors(results: dict) -> dict[str, str]:
     """A colour per arm: its framework's, or for the second arm of an A/A run one of its own."""
     colors: dict[str, str] = {}
@@ -287,7 +261,7 @@ def plots(results: dict) -> dict[str, bytes]:
             ax.set(xlabel="epoch", ylabel=key, title=f"{key.capitalize()}, one line per repeat")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        images["curves.png"] = _png(fig)
+        images["curves.png"] = png(fig)
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for k, (label, runs) in enumerate(training.items()):
@@ -310,7 +284,7 @@ def plots(results: dict) -> dict[str, bytes]:
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3, axis="y")
         axes[0].set_ylabel("samples/s (faint: windows within each job)")
-        images["speed.png"] = _png(fig)
+        images["speed.png"] = png(fig)
 
         with_matrix = {
             label: runs[-1] for label, runs in training.items() if runs[-1]["confusion_matrix"]
@@ -333,7 +307,7 @@ def plots(results: dict) -> dict[str, bytes]:
                     xticks=range(len(matrix)),
                     yticks=range(len(matrix)),
                 )
-            images["confusion.png"] = _png(fig)
+            images["confusion.png"] = png(fig)
 
     served = [s for s in results["serving"]["models"] if s["requests"]]
     if served:
@@ -359,7 +333,7 @@ def plots(results: dict) -> dict[str, bytes]:
             axes[1].scatter(rounds, [i] * len(rounds), color="black", s=10, zorder=3)
         axes[1].set(xlabel="requests per second (bar: median; dots: rounds)", title="Throughput")
         axes[1].grid(alpha=0.3, axis="x")
-        images["serving.png"] = _png(fig)
+        images["serving.png"] = png(fig)
     return images
 
 
@@ -714,33 +688,8 @@ IMAGE_TITLES = {
 
 def markdown(results: dict, images: dict[str, bytes]) -> str:
     titled = {name: (IMAGE_TITLES[name], png) for name, png in images.items()}
-    page = render_markdown(_title(results), results, tables(results), titled)
+    page = render_markdown(_title(results), made(results), tables(results), titled)
     return page + code_markdown(results)
-
-
-def render_markdown(
-    title: str, results: dict, sections: list[tuple[str, list[str], list[list[str]]]],
-    images: dict[str, tuple[str, bytes]],
-) -> str:  # fmt: skip
-    """A report as Markdown: its tables, then its plots (PNG files beside it)."""
-    lines = [
-        f"# twinbench: {title}",
-        "",
-        f"Made {results['created_at']} by `{results['command']}`.",
-        "",
-    ]
-    for heading, headers, rows in sections:
-        lines += [
-            f"## {heading}",
-            "",
-            "| " + " | ".join(headers) + " |",
-            "|" + "---|" * len(headers),
-        ]
-        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
-        lines.append("")
-    for name, (image_title, _) in images.items():
-        lines += [f"## {image_title}", "", f"![{image_title}]({name})", ""]
-    return "\n".join(lines)
 
 
 def _title(results: dict) -> str:
@@ -754,43 +703,8 @@ def _title(results: dict) -> str:
 
 def html_page(results: dict, images: dict[str, bytes]) -> str:
     titled = {name: (IMAGE_TITLES[name], png) for name, png in images.items()}
-    page = render_html(_title(results), results, tables(results), titled)
+    page = render_html(_title(results), made(results), tables(results), titled)
     return page.replace("</body></html>", code_html(results) + "</body></html>")
-
-
-def render_html(
-    title: str, results: dict, sections: list[tuple[str, list[str], list[list[str]]]],
-    images: dict[str, tuple[str, bytes]],
-) -> str:  # fmt: skip
-    """One self-contained page: the tables, with the plots embedded after the verdict."""
-    esc = html.escape
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>twinbench: {esc(title)}</title>",
-        "<style>body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ddd;padding:4px 10px;text-align:left}"
-        "th{background:#f4f4f4}img{max-width:100%}code{background:#f4f4f4;padding:1px 4px}</style>",
-        "</head><body>",
-        f"<h1>twinbench: {esc(title)}</h1>",
-        f"<p>Made {esc(results['created_at'])} by <code>{esc(results['command'])}</code>.</p>",
-    ]
-    for heading, headers, rows in sections:
-        parts.append(
-            f"<h2>{esc(heading)}</h2><table><tr>"
-            + "".join(f"<th>{esc(h)}</th>" for h in headers)
-            + "</tr>"
-        )
-        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
-        parts.append("</table>")
-        if heading.startswith("Verdict"):
-            for image_title, png in images.values():
-                data = base64.b64encode(png).decode()
-                parts.append(
-                    f"<h2>{esc(image_title)}</h2>"
-                    f"<img alt='{esc(image_title)}' src='data:image/png;base64,{data}'>"
-                )
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def write_report(directory: Path, results: dict) -> None:
@@ -804,12 +718,3 @@ def write_report(directory: Path, results: dict) -> None:
             "report.html": html_page(results, images).encode(),
         },
     )
-
-
-def write_files(directory: Path, files: dict[str, bytes]) -> None:
-    """Writes every file of a report; each appears whole (written aside, then renamed)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        tmp = directory / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(directory / name)

@@ -30,13 +30,16 @@ from twinbench.experiments.compare import (
     train_arms,
 )
 from twinbench.experiments.report import (
-    COLORS,
-    LABELS,
-    _png,
     code_html,
     code_markdown,
     code_tables,
+)
+from twinbench.experiments.report_kit import (
+    COLORS,
+    LABELS,
     environment,
+    made,
+    png,
     render_html,
     render_markdown,
     write_files,
@@ -322,7 +325,7 @@ def reward_curves(results: dict) -> bytes:
     ax.set_ylabel("reward, 20-episode moving mean")
     ax.set_title("Reward per training episode, one line per seed; a dot: solved")
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def write_rl_report(directory: Path, results: dict) -> None:
@@ -335,9 +338,10 @@ def write_rl_report(directory: Path, results: dict) -> None:
             "rewards.png": png,
             "results.json": json.dumps(results, indent=2).encode(),
             "report.md": (
-                render_markdown(title, results, tables(results), images) + code_markdown(results)
+                render_markdown(title, made(results), tables(results), images)
+                + code_markdown(results)
             ).encode(),
-            "report.html": render_html(title, results, tables(results), images)
+            "report.html": render_html(title, made(results), tables(results), images)
             .replace("</body></html>", code_html(results) + "</body></html>")
             .encode(),
         },

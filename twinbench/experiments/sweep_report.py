@@ -15,11 +15,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from twinbench.client.console import table
 from twinbench.config import FRAMEWORKS
-from twinbench.experiments.report import (
+from twinbench.experiments.report_kit import (
     COLORS,
     LABELS,
-    _png,
     environment,
+    made,
+    png,
     render_html,
     render_markdown,
     write_files,
@@ -218,7 +219,7 @@ def plots(results: dict) -> dict[str, bytes]:
             ax.set_yscale("log")
         ax.set(xlabel="trial", ylabel="validation loss")
         ax.legend(fontsize=8)
-        images["history.png"] = _png(fig)
+        images["history.png"] = png(fig)
     names = sorted({k for t in tuned.values() for k in t["importances"]})
     if names:
         fig, ax = plt.subplots(figsize=(9, 3.5))
@@ -230,7 +231,7 @@ def plots(results: dict) -> dict[str, bytes]:
         ax.set_yticks(range(len(names)), names)
         ax.set(xlabel="importance (fANOVA, share of the loss's variance)")
         ax.legend(fontsize=8)
-        images["importances.png"] = _png(fig)
+        images["importances.png"] = png(fig)
     points = [p for p in results["paired"]["points"] if p["ratio"] is not None]
     if points:
         fig, ax = plt.subplots(figsize=(5, 5))
@@ -241,7 +242,7 @@ def plots(results: dict) -> dict[str, bytes]:
         ax.plot([low, high], [low, high], color="#999", linewidth=1)
         ax.set(xlabel="TensorFlow validation loss", ylabel="PyTorch validation loss",
                xscale="log", yscale="log", title="each point: the same settings and seed")  # fmt: skip
-        images["paired.png"] = _png(fig)
+        images["paired.png"] = png(fig)
     return images
 
 
@@ -345,8 +346,8 @@ def write_sweep_report(directory: Path, results: dict) -> None:
         {
             **images,
             "results.json": json.dumps(results, indent=2).encode(),
-            "report.md": render_markdown(_title(results), results, sections, titled).encode(),
-            "report.html": render_html(_title(results), results, sections, titled).encode(),
+            "report.md": render_markdown(_title(results), made(results), sections, titled).encode(),
+            "report.html": render_html(_title(results), made(results), sections, titled).encode(),
         },
     )
 
