@@ -55,7 +55,7 @@ import pytest  # noqa: E402
 from tally import TALLY  # noqa: E402
 from twinbench.data.datasets import DatasetError, check_dataset_name, read_idx  # noqa: E402
 from twinbench.errors import InvalidArgument  # noqa: E402
-from twinbench.models.declarations import MODELS  # noqa: E402
+from twinbench.models.catalogue import MODELS  # noqa: E402
 
 
 def write_idx(path, array, magic=None, cut=0):

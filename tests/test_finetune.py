@@ -22,7 +22,7 @@ from twinbench.data.pretrained import (
 )
 from twinbench.errors import InvalidArgument
 from twinbench.jobs.request import resolve_spec
-from twinbench.models.declarations import get_model_spec
+from twinbench.models.catalogue import get_model_spec
 
 SMALL = dict(width=0.125, image_size=32)
 

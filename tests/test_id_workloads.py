@@ -14,7 +14,7 @@ from twinbench.client.inference import sample_input
 from twinbench.data.datasets import NEGATIVES_PER_POSITIVE, load_dataset
 from twinbench.data.download import SOURCES
 from twinbench.errors import InvalidArgument
-from twinbench.models.declarations import id_model
+from twinbench.models.id_models import id_model
 from twinbench.models.tasks import PAD_ID, task_for
 from twinbench.serving.tensors import infer_request, output_array
 

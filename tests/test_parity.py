@@ -12,7 +12,8 @@ from twinbench.experiments.parity import (
     check_parity,
 )
 from twinbench.jobs.request import resolve_spec
-from twinbench.models.declarations import ARCHITECTURES, FINE_TUNING, MODELS, get_model_spec
+from twinbench.models.catalogue import MODELS, get_model_spec
+from twinbench.models.imagenet import ARCHITECTURES, FINE_TUNING
 
 SEQUENTIAL = sorted(set(MODELS) - set(ARCHITECTURES) - set(FINE_TUNING))
 

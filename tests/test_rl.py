@@ -13,7 +13,7 @@ from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
 from twinbench.experiments.verdicts import bootstrap_interval, iqm, paired_iqm_ratio
 from twinbench.jobs.request import job_model, resolve_spec
-from twinbench.models.declarations import DQN
+from twinbench.models.spec import DQN
 from twinbench.training.rl import (
     ReplayBuffer,
     dqn_loop,

@@ -10,7 +10,7 @@ from tests_support import in_process_logits, until
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.datasets import load_dataset
-from twinbench.models.declarations import MODELS
+from twinbench.models.catalogue import MODELS
 from twinbench.rpc.channel import is_serving
 from twinbench.serving.tensors import infer_request, output_array
 

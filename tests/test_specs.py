@@ -3,14 +3,9 @@
 import pytest
 
 from twinbench.errors import InvalidArgument
-from twinbench.models.declarations import (
-    ARCHITECTURES,
-    ID_MODELS,
-    MODELS,
-    architecture,
-    get_model_spec,
-    id_model,
-)
+from twinbench.models.catalogue import MODELS, get_model_spec
+from twinbench.models.id_models import ID_MODELS, id_model
+from twinbench.models.imagenet import ARCHITECTURES, architecture
 
 # The ImageNet architectures small enough for a test on a CPU: every kind of layer, few weights.
 SMALL = {name: architecture(name, width=0.125, image_size=64) for name in ARCHITECTURES}

@@ -24,7 +24,7 @@ from twinbench.experiments.sweep_studies import (
     paired_point,
     search_space,
 )
-from twinbench.models.declarations import IntRange
+from twinbench.models.spec import IntRange
 from twinbench.rpc.channel import Client
 
 TRIALS, PAIRED = 2, 1

@@ -8,7 +8,7 @@ from conftest import wait_for
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client.console import describe_job
 from twinbench.client.inference import infer_sample
-from twinbench.models.declarations import get_model_spec
+from twinbench.models.catalogue import get_model_spec
 
 # A few steps each: this proves the plumbing of every workload, not its accuracy.
 WORKLOADS = {

@@ -11,7 +11,9 @@ from twinbench.cli.jobs import spec_from_args
 from twinbench.client.console import table
 from twinbench.config import FRAMEWORKS, Settings
 from twinbench.jobs.precision import PRECISIONS
-from twinbench.models.declarations import ARCHITECTURES, FINE_TUNING, ID_MODELS, MODELS
+from twinbench.models.catalogue import MODELS
+from twinbench.models.id_models import ID_MODELS
+from twinbench.models.imagenet import ARCHITECTURES, FINE_TUNING
 from twinbench.rpc.channel import Client
 
 

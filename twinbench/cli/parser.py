@@ -6,7 +6,8 @@ import argparse
 
 from twinbench.config import load_settings
 from twinbench.jobs.precision import PRECISIONS
-from twinbench.models.declarations import ID_MODELS, MODELS
+from twinbench.models.catalogue import MODELS
+from twinbench.models.id_models import ID_MODELS
 
 
 def add_architecture_options(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ def model_inputs(
     """`rows` rows of inputs from row `start` on (wrapping around), and their labels when the
     data has them (a class, NCF's interaction, GNMT's target tokens); None for random inputs."""
     from twinbench.data.datasets import load_dataset
-    from twinbench.models.declarations import GNMT, ID_MODELS, NeuMF
+    from twinbench.models.id_models import GNMT, ID_MODELS, NeuMF
     from twinbench.models.tasks import task_for
 
     names = [s.name for s in specs]

@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from twinbench.errors import InvalidArgument
-from twinbench.models.declarations import GNMT, ModelSpec, NeuMF
+from twinbench.models.id_models import GNMT, NeuMF
+from twinbench.models.spec import ModelSpec
 from twinbench.models.tasks import BOS_ID, FIRST_TOKEN, PAD_ID
 
 # The split never depends on a job's seed: every job, in either framework, is tested on the same rows.
@@ -408,12 +409,32 @@ def check_dataset_name(name: str) -> None:
         raise InvalidArgument(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
 
 
+# The image sizes of the datasets whose images are not made or resized for the model (the loaders
+# above refuse the others with _require_shape; digits is upscaled for 28x28 models).
+FIXED_SHAPES = {
+    "mnist-5k": ((1, 28, 28),),
+    "mnist": ((1, 28, 28),),
+    "fashion-mnist": ((1, 28, 28),),
+    "digits": ((1, 28, 28), (1, 8, 8)),
+}
+
+
+def check_dataset_fits(name: str, spec: ModelSpec) -> None:
+    """Refuses, before queuing, an image model on a dataset it cannot take, which loading it
+    would refuse only once the job runs."""
+    if name in MOVIELENS:
+        raise DatasetError(f"dataset {name} holds user-item interactions, for model ncf only")
+    shapes = FIXED_SHAPES.get(name)
+    if shapes and spec.input_shape not in shapes:
+        _require_shape(name, spec, shapes[-1])
+
+
 @functools.lru_cache(maxsize=4)
 def load_dataset(
     name: str, spec: ModelSpec | NeuMF | GNMT | None = None, data_root: Path | None = None
 ) -> Dataset:
     """The dataset for `spec`'s input (LeNet-5's 1x28x28 when no spec is given)."""
-    from twinbench.models.declarations import MODELS
+    from twinbench.models.catalogue import MODELS
 
     spec = spec or MODELS["lenet5"]
     data_root = data_root or Path(".")

@@ -21,8 +21,9 @@ import numpy as np
 
 from twinbench.api import trainer_pb2 as pb
 from twinbench.errors import InvalidArgument
-from twinbench.models.declarations import Conv, ModelSpec, Pool, Pretrained, weight_shapes
 from twinbench.models.initial_weights import Weights, shared_initial_weights
+from twinbench.models.layers import Conv, Pool, weight_shapes
+from twinbench.models.spec import ModelSpec, Pretrained
 
 _DTYPES = {
     "FloatStorage": np.float32,

@@ -14,14 +14,10 @@ import numpy as np
 
 from twinbench.data.datasets import load_dataset
 from twinbench.data.pretrained import base_weights
-from twinbench.models.declarations import (
-    ARCHITECTURES,
-    BatchNorm,
-    Dropout,
-    NeuMF,
-    get_model_spec,
-    id_model,
-)
+from twinbench.models.catalogue import get_model_spec
+from twinbench.models.id_models import NeuMF, id_model
+from twinbench.models.imagenet import ARCHITECTURES
+from twinbench.models.layers import BatchNorm, Dropout
 
 PARITY_TOLERANCE = 1e-5  # eval mode, relative to the largest |value| compared (the logits' scale)
 # Train mode normalises each batch norm by the batch's own statistics, so float differences

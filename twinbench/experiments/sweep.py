@@ -60,7 +60,7 @@ from twinbench.experiments.sweep_studies import (
     verdict,
 )
 from twinbench.jobs.request import TERMINAL, state_name
-from twinbench.models.declarations import Range
+from twinbench.models.spec import Range
 from twinbench.rpc.channel import Client
 
 # --- trials ---

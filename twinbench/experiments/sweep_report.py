@@ -27,7 +27,7 @@ from twinbench.experiments.report_kit import (
 )
 from twinbench.experiments.sweep_studies import PAIRED, format_params, paired_values
 from twinbench.experiments.verdicts import describe
-from twinbench.models.declarations import Choice, FloatRange, Range
+from twinbench.models.spec import Choice, FloatRange, Range
 
 SCHEMA = "twinbench.experiments.sweep/v1"
 SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "sweep-v1.schema.json"

@@ -19,7 +19,8 @@ from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import FRAMEWORKS, Settings
 from twinbench.errors import InvalidArgument
 from twinbench.experiments.verdicts import Line, decide, paired_ratio
-from twinbench.models.declarations import FloatRange, IntRange, Range, get_model_spec
+from twinbench.models.catalogue import get_model_spec
+from twinbench.models.spec import FloatRange, IntRange, Range
 
 PAIRED = "paired"
 

@@ -15,15 +15,10 @@ from twinbench.errors import (
     InvalidArgument,
 )
 from twinbench.jobs.precision import PRECISIONS
-from twinbench.models.declarations import (
-    GNMT,
-    ID_MODELS,
-    ModelSpec,
-    NeuMF,
-    get_model_spec,
-    id_model,
-)
+from twinbench.models.catalogue import get_model_spec
+from twinbench.models.id_models import GNMT, ID_MODELS, NeuMF, id_model
 from twinbench.models.initial_weights import INIT_MODES
+from twinbench.models.spec import ModelSpec
 from twinbench.serving.repository import FRAMEWORK_FORMATS
 
 log = logging.getLogger(__name__)
@@ -216,7 +211,7 @@ def check_distributed_spec(spec: pb.JobSpec) -> None:
         raise InvalidArgument("devices_per_worker > 1 needs GPUs; this job asked for the CPU")
     world = workers * devices
     if world > 1:
-        from twinbench.models.declarations import ID_MODELS
+        from twinbench.models.id_models import ID_MODELS
 
         if spec.model in ID_MODELS:
             raise InvalidArgument(

@@ -13,17 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from twinbench.models.declarations import (
-    GNMT,
-    BatchNorm,
-    Conv,
-    Dense,
-    DepthwiseConv,
-    Flatten,
-    ModelSpec,
-    NeuMF,
-    weight_shapes,
-)
+from twinbench.models.id_models import GNMT, NeuMF
+from twinbench.models.layers import BatchNorm, Conv, Dense, DepthwiseConv, Flatten, weight_shapes
+from twinbench.models.spec import ModelSpec
 
 INIT_MODES = ("shared", "framework")
 SHARED_INIT = (

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from twinbench.errors import InvalidArgument
-from twinbench.models.declarations import GNMT, ModelSpec, NeuMF
+from twinbench.models.id_models import GNMT, NeuMF
+from twinbench.models.spec import ModelSpec
 from twinbench.serving.repository import INPUT_NAME, InputSpec
 
 PAD_ID = 0  # the padding token of GNMT's sequences; the loss and the metrics skip it

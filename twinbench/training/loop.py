@@ -22,7 +22,7 @@ from twinbench.config import Settings
 from twinbench.data.datasets import Split, epoch_order, load_dataset
 from twinbench.jobs.context import JobContext
 from twinbench.jobs.request import job_model
-from twinbench.models.declarations import ModelSpec
+from twinbench.models.spec import ModelSpec
 from twinbench.models.tasks import Task, check_inputs, task_for
 from twinbench.serving.repository import ModelRepository
 from twinbench.training.events import EventWriter

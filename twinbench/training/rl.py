@@ -26,7 +26,7 @@ from twinbench.data.datasets import Dataset, Split
 from twinbench.errors import InvalidArgument
 from twinbench.jobs.context import JobContext
 from twinbench.jobs.request import job_model
-from twinbench.models.declarations import DQN, ModelSpec
+from twinbench.models.spec import DQN, ModelSpec
 from twinbench.serving.repository import ModelRepository
 
 # Huber (smooth L1) with delta 1, mean over the batch: PyTorch's smooth_l1_loss and Keras's

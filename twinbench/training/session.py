@@ -13,7 +13,7 @@ import numpy as np
 from twinbench.api import trainer_pb2 as pb
 from twinbench.data.datasets import Dataset
 from twinbench.errors import TwinbenchError
-from twinbench.models.declarations import ModelSpec
+from twinbench.models.spec import ModelSpec
 from twinbench.models.tasks import Task
 from twinbench.serving.dataplane import Loader, Runtime
 from twinbench.serving.repository import ModelRepository, model_name

@@ -9,11 +9,8 @@ from twinbench.api import trainer_pb2 as pb
 from twinbench.data.datasets import Dataset
 from twinbench.frameworks.tf.q_session import TFQSession
 from twinbench.frameworks.tf.session import SavedModelRuntime, TFIdSession, TFSession
-from twinbench.models.declarations import (
-    GNMT,
-    ModelSpec,
-    NeuMF,
-)
+from twinbench.models.id_models import GNMT, NeuMF
+from twinbench.models.spec import ModelSpec
 from twinbench.serving.dataplane import OnnxRuntime
 
 

@@ -17,8 +17,8 @@ from twinbench.frameworks.tf.session import (
     set_weights,
     trainable_count,
 )
-from twinbench.models.declarations import ModelSpec
 from twinbench.models.initial_weights import SHARED_INIT, shared_initial_weights
+from twinbench.models.spec import ModelSpec
 
 
 class TFQSession(TFSession):

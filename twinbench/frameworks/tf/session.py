@@ -15,23 +15,7 @@ from twinbench.data.pretrained import pretrained_base
 from twinbench.errors import InvalidArgument
 from twinbench.jobs.precision import GROWTH_STEPS, INITIAL_LOSS_SCALE, compute_dtype, recorded
 from twinbench.jobs.precision import describe as describe_precision
-from twinbench.models.declarations import (
-    GNMT,
-    Augment,
-    BatchNorm,
-    Conv,
-    Dense,
-    DepthwiseConv,
-    Dropout,
-    Flatten,
-    GlobalAvgPool,
-    Layer,
-    ModelSpec,
-    NeuMF,
-    Pool,
-    Residual,
-    conv_padding,
-)
+from twinbench.models.id_models import GNMT, NeuMF
 from twinbench.models.initial_weights import (
     SHARED_ID_INIT,
     SHARED_INIT,
@@ -41,6 +25,20 @@ from twinbench.models.initial_weights import (
     shared_id_weights,
     shared_initial_weights,
 )
+from twinbench.models.layers import (
+    BatchNorm,
+    Conv,
+    Dense,
+    DepthwiseConv,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    Pool,
+    Residual,
+    conv_padding,
+)
+from twinbench.models.spec import Augment, ModelSpec
 from twinbench.models.tasks import PAD_ID, Task, task_for
 
 PREDICT_BATCH = 1024

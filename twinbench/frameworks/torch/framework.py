@@ -11,11 +11,8 @@ from twinbench.api import trainer_pb2 as pb
 from twinbench.data.datasets import Dataset
 from twinbench.frameworks.torch.q_session import TorchQSession
 from twinbench.frameworks.torch.session import TorchIdSession, TorchScriptRuntime, TorchSession
-from twinbench.models.declarations import (
-    GNMT,
-    ModelSpec,
-    NeuMF,
-)
+from twinbench.models.id_models import GNMT, NeuMF
+from twinbench.models.spec import ModelSpec
 from twinbench.serving.dataplane import OnnxRuntime
 
 # Request tensors are read-only views over the request bytes; the models never write to them.

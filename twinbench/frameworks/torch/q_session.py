@@ -18,8 +18,8 @@ from twinbench.frameworks.torch.session import (
     optimizer_fairness,
     pick_device,
 )
-from twinbench.models.declarations import ModelSpec
 from twinbench.models.initial_weights import SHARED_INIT, shared_initial_weights
+from twinbench.models.spec import ModelSpec
 
 
 class TorchQSession(TorchSession):

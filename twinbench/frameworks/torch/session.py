@@ -17,9 +17,15 @@ from twinbench.data.pretrained import pretrained_base
 from twinbench.errors import InvalidArgument
 from twinbench.jobs.precision import GROWTH_STEPS, INITIAL_LOSS_SCALE, compute_dtype, recorded
 from twinbench.jobs.precision import describe as describe_precision
-from twinbench.models.declarations import (
-    GNMT,
-    Augment,
+from twinbench.models.id_models import GNMT, NeuMF
+from twinbench.models.initial_weights import (
+    SHARED_ID_INIT,
+    SHARED_INIT,
+    Weights,
+    shared_id_weights,
+    shared_initial_weights,
+)
+from twinbench.models.layers import (
     BatchNorm,
     Conv,
     Dense,
@@ -28,20 +34,12 @@ from twinbench.models.declarations import (
     Flatten,
     GlobalAvgPool,
     Layer,
-    ModelSpec,
-    NeuMF,
     Pool,
     Residual,
     conv_padding,
     output_shape,
 )
-from twinbench.models.initial_weights import (
-    SHARED_ID_INIT,
-    SHARED_INIT,
-    Weights,
-    shared_id_weights,
-    shared_initial_weights,
-)
+from twinbench.models.spec import Augment, ModelSpec
 from twinbench.models.tasks import PAD_ID, Task, task_for
 
 # Request tensors are read-only views over the request bytes; the models never write to them.
