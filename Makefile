@@ -20,23 +20,51 @@ $(STAMP): requirements/*.txt pyproject.toml
 		open('$(VENV)/share/compose_spec.json', 'wb').write(z.read('compose/config/compose_spec.json'))"
 	touch $@
 
-# The two Go programs (the gateway's front and the bench's load generator), built against Debian's
-# Go packages (golang-go, golang-google-grpc-dev) with no network. Without them, the Python gateway
-# serves the public port itself and the bench's load comes from Python: the same API, slower.
-GO_SOURCES := /usr/share/gocode/src/google.golang.org/grpc
-GO_ENV := GO111MODULE=off GOPATH=$(CURDIR)/build/gopath:/usr/share/gocode GOCACHE=$(CURDIR)/build/gocache
+# The two Go programs (the gateway's front and the bench's load generator): Go modules with their
+# dependencies vendored, so that building and testing them needs Go and nothing from the network.
+# The machine's Go only (GOTOOLCHAIN=local: no toolchain is downloaded behind your back); their
+# go.mod says which (1.26 or later). Without it, the Python gateway serves the public port itself
+# and the bench's load comes from Python: the same API, slower.
+GO ?= $(shell command -v go || ls /usr/local/go/bin/go 2>/dev/null)
+GO_ENV := GOTOOLCHAIN=local
+GO_MODULES := services/gateway/front loadtests/loadgen
+GO_BIN := $(CURDIR)/build/go-bin
+# staticcheck, pinned; `make lint` installs it into $(GO_BIN) from the Go module proxy.
+STATICCHECK_VERSION := v0.8.2
 NATIVE := $(BIN)/twinbench-front $(BIN)/twinbench-loadgen
+# Empty when Go can build the modules, else why not (worked out once, when first asked).
+GO_MISSING = $(eval GO_MISSING := $(if $(GO),$(shell cd services/gateway/front \
+	&& $(GO_ENV) $(GO) list -m 2>&1 >/dev/null | head -n 1 | tr -d '"$$'),no Go toolchain \
+	(Go 1.26 or later: https://go.dev/dl/)))$(GO_MISSING)
 
 native: $(STAMP)
-	@if command -v go >/dev/null && [ -d $(GO_SOURCES) ]; then $(MAKE) --no-print-directory $(NATIVE); \
-	else echo "note: no Go toolchain with gRPC (Debian: golang-go golang-google-grpc-dev);" \
-		"the gateway front and the Go load generator are not built"; fi
+	@if [ -n "$(GO_MISSING)" ]; then echo "note: $(GO_MISSING);" \
+		"the gateway front and the Go load generator are not built"; \
+	else $(MAKE) --no-print-directory $(NATIVE); fi
 
-$(BIN)/twinbench-front: services/gateway/front/*.go
-	$(GO_ENV) go build -o $@ ./services/gateway/front
+# Static binaries (no cgo), with no build paths in them.
+$(BIN)/twinbench-front: $(wildcard services/gateway/front/*.go) services/gateway/front/go.mod services/gateway/front/vendor/modules.txt
+	cd services/gateway/front && $(GO_ENV) CGO_ENABLED=0 $(GO) build -trimpath -o $(CURDIR)/$@ .
 
-$(BIN)/twinbench-loadgen: loadtests/loadgen/*.go
-	$(GO_ENV) go build -o $@ ./loadtests/loadgen
+$(BIN)/twinbench-loadgen: $(wildcard loadtests/loadgen/*.go) loadtests/loadgen/go.mod loadtests/loadgen/vendor/modules.txt
+	cd loadtests/loadgen && $(GO_ENV) CGO_ENABLED=0 $(GO) build -trimpath -o $(CURDIR)/$@ .
+
+# Both modules' tests under the race detector (it needs cgo: a C compiler), the fuzz tests' seed
+# corpora with them.
+.PHONY: go-test fuzz
+go-test:
+	@if [ -n "$(GO_MISSING)" ]; then echo "note: $(GO_MISSING); the Go tests are not run"; else \
+		for m in $(GO_MODULES); do echo "go test -race ./... in $$m"; \
+			(cd $$m && $(GO_ENV) CGO_ENABLED=1 $(GO) test -race ./...) || exit 1; done; fi
+
+# Each fuzz test beyond its seeds, FUZZTIME each (the model-name one asks .venv's Python too).
+FUZZTIME ?= 30s
+fuzz:
+	cd services/gateway/front && for f in $$($(GO_ENV) $(GO) test -list '^Fuzz' . | grep '^Fuzz'); do \
+		$(GO_ENV) $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) . || exit 1; done
+
+$(GO_BIN)/staticcheck:
+	GOBIN=$(GO_BIN) $(GO_ENV) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 demo: venv
 	$(BIN)/twinbench compare
@@ -44,16 +72,18 @@ demo: venv
 up: venv
 	$(BIN)/twinbench up
 
-test: venv
+test: venv go-test
 	$(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy  # the package and services/, as [tool.mypy] in pyproject.toml says
-	@if command -v go >/dev/null && [ -d $(GO_SOURCES) ]; then \
-		test -z "$$(gofmt -l services loadtests)" || { gofmt -l services loadtests; exit 1; }; \
-		$(GO_ENV) go vet ./services/gateway/front ./loadtests/loadgen; fi
+	@if [ -n "$(GO_MISSING)" ]; then echo "note: $(GO_MISSING); the Go code is not linted"; else \
+		$(MAKE) --no-print-directory $(GO_BIN)/staticcheck || exit 1; \
+		unformatted=$$(find $(GO_MODULES) -path '*/vendor' -prune -o -name '*.go' -print | xargs $$(dirname $(GO))/gofmt -l); \
+		test -z "$$unformatted" || { echo "not gofmt'd: $$unformatted"; exit 1; }; \
+		for m in $(GO_MODULES); do (cd $$m && $(GO_ENV) $(GO) vet ./... && $(GO_ENV) $(GO_BIN)/staticcheck ./...) || exit 1; done; fi
 
 # The one command that makes the committed gRPC stubs.
 protos: venv

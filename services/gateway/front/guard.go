@@ -1,33 +1,33 @@
-// The front's defences against HTTP/2 abuse, beyond the server options set in main.go.
+// The front's defences against HTTP/2 abuse beyond what gRPC-go does itself.
 //
-// gRPC-go 1.33 (Debian's) predates the fix for HTTP/2 rapid reset (CVE-2023-44487, fixed in
-// 1.56.3): a stream that the client resets stops counting against MaxConcurrentStreams at once,
-// while its handler goroutine runs on, so a client that opens and resets streams in a loop gets
-// unbounded goroutines and work. The guard restores the bound the fix brought: a stream counts
-// against its connection's limit from its HEADERS until its handler has returned (the tap handle
-// counts it in, the stats handler's End counts it out), and over the limit it is refused with
-// REFUSED_STREAM before any goroutine is started for it. New streams are also rate-limited per
-// connection, a connection that goes on opening streams it is refused is closed, and the number
-// of connections is bounded.
+// gRPC-go bounds, by the server options in main.go: concurrent handlers per connection (a reset
+// stream counts until its handler returns, the rapid-reset fix of CVE-2023-44487), header list
+// size (CONTINUATION floods end at the limit, in x/net's framer), queued control frames (a
+// client that floods PINGs or SETTINGS and never reads stops being read), and pings (more often
+// than the keepalive policy allows: GOAWAY too_many_pings). What it does not bound, the guard
+// does: the rate of new streams per connection (a client may open and finish cheap calls as fast
+// as its link allows), a connection that goes on opening streams it is refused is closed, and the
+// number of open connections, so that the per-connection bounds add up to a bound for the
+// process (docs/security.md has the sum).
 package main
 
 import (
 	"context"
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 )
 
-var errRefused = errors.New("too many streams on this connection")
+var errRefused = status.Error(codes.ResourceExhausted, "too many new streams on this connection")
 
 type guardConfig struct {
-	maxStreams     int     // streams per connection, counted until their handlers return
+	maxStreams     int     // concurrent streams per connection (gRPC enforces it)
 	streamRate     float64 // new streams per second per connection, sustained
 	streamBurst    float64 // ... and in a burst
 	refusalsPerSec float64 // refused streams a connection may go on opening before it is closed
@@ -36,7 +36,6 @@ type guardConfig struct {
 
 type connGuard struct {
 	conn           net.Conn
-	inFlight       int
 	tokens         float64 // new streams it may open now
 	refusalTokens  float64 // refusals it may still earn before it is closed
 	last           time.Time
@@ -45,15 +44,16 @@ type connGuard struct {
 
 type guard struct {
 	cfg     guardConfig
+	now     func() time.Time
 	mu      sync.Mutex
 	conns   map[string]*connGuard // remote address -> its connection
-	refused uint64                // streams refused (atomic)
-	closed  uint64                // connections closed for abuse (atomic)
-	turned  uint64                // connections turned away at accept (atomic)
+	refused atomic.Uint64         // streams refused
+	closed  atomic.Uint64         // connections closed for abuse
+	turned  atomic.Uint64         // connections turned away at accept
 }
 
 func newGuard(cfg guardConfig) *guard {
-	return &guard{cfg: cfg, conns: map[string]*connGuard{}}
+	return &guard{cfg: cfg, now: time.Now, conns: map[string]*connGuard{}}
 }
 
 // listen wraps the public listener: each connection is known to the guard while it is open.
@@ -70,23 +70,26 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		key := c.RemoteAddr().String()
-		l.g.mu.Lock()
-		full := len(l.g.conns) >= l.g.cfg.maxConnections
-		if !full {
-			l.g.conns[key] = &connGuard{
-				conn: c, tokens: l.g.cfg.streamBurst, refusalTokens: l.g.cfg.refusalsPerSec,
-				last: time.Now(),
-			}
+		if gc := l.g.admit(c); gc != nil {
+			return gc, nil
 		}
-		l.g.mu.Unlock()
-		if full {
-			atomic.AddUint64(&l.g.turned, 1)
-			c.Close()
-			continue
-		}
-		return &guardedConn{Conn: c, g: l.g, key: key}, nil
+		c.Close()
 	}
+}
+
+// admit registers a new connection, or returns nil when the process holds its limit already.
+func (g *guard) admit(c net.Conn) net.Conn {
+	key := c.RemoteAddr().String()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.conns) >= g.cfg.maxConnections {
+		g.turned.Add(1)
+		return nil
+	}
+	g.conns[key] = &connGuard{
+		conn: c, tokens: g.cfg.streamBurst, refusalTokens: g.cfg.refusalsPerSec, last: g.now(),
+	}
+	return &guardedConn{Conn: c, g: g, key: key}
 }
 
 type guardedConn struct {
@@ -114,7 +117,7 @@ func peerKey(ctx context.Context) (string, bool) {
 }
 
 // tap runs on the connection's reading goroutine for every new stream, before gRPC starts a
-// goroutine for it: a refusal here costs one RST_STREAM frame and nothing else.
+// goroutine for it: a refusal here costs one HEADERS frame and nothing else.
 func (g *guard) tap(ctx context.Context, _ *tap.Info) (context.Context, error) {
 	key, ok := peerKey(ctx)
 	if !ok {
@@ -126,14 +129,13 @@ func (g *guard) tap(ctx context.Context, _ *tap.Info) (context.Context, error) {
 		g.mu.Unlock()
 		return ctx, nil
 	}
-	now := time.Now()
+	now := g.now()
 	elapsed := now.Sub(c.last).Seconds()
 	c.last = now
-	c.tokens = minFloat(g.cfg.streamBurst, c.tokens+elapsed*g.cfg.streamRate)
-	c.refusalTokens = minFloat(g.cfg.refusalsPerSec, c.refusalTokens+elapsed*g.cfg.refusalsPerSec)
-	if c.tokens >= 1 && c.inFlight < g.cfg.maxStreams {
+	c.tokens = min(g.cfg.streamBurst, c.tokens+elapsed*g.cfg.streamRate)
+	c.refusalTokens = min(g.cfg.refusalsPerSec, c.refusalTokens+elapsed*g.cfg.refusalsPerSec)
+	if c.tokens >= 1 {
 		c.tokens--
-		c.inFlight++
 		g.mu.Unlock()
 		return ctx, nil
 	}
@@ -143,51 +145,17 @@ func (g *guard) tap(ctx context.Context, _ *tap.Info) (context.Context, error) {
 		c.closedForAbuse = true
 	}
 	g.mu.Unlock()
-	atomic.AddUint64(&g.refused, 1)
+	g.refused.Add(1)
 	if abusive {
 		// It goes on opening streams it is refused: it is not a client that backs off.
-		atomic.AddUint64(&g.closed, 1)
+		g.closed.Add(1)
 		c.conn.Close()
 	}
 	return nil, errRefused
-}
-
-// done counts a stream out when its handler has returned (stats.End comes after that).
-func (g *guard) done(ctx context.Context) {
-	key, ok := peerKey(ctx)
-	if !ok {
-		return
-	}
-	g.mu.Lock()
-	if c := g.conns[key]; c != nil && c.inFlight > 0 {
-		c.inFlight--
-	}
-	g.mu.Unlock()
 }
 
 func (g *guard) connections() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return len(g.conns)
-}
-
-// guardStats is the stats handler that tells the guard when a stream's handler has returned.
-type guardStats struct{ g *guard }
-
-func (s guardStats) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (s guardStats) HandleRPC(ctx context.Context, rs stats.RPCStats) {
-	if _, ok := rs.(*stats.End); ok {
-		s.g.done(ctx)
-	}
-}
-func (s guardStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return ctx
-}
-func (s guardStats) HandleConn(context.Context, stats.ConnStats) {}
-
-func minFloat(a, b float64) float64 {
-	if a < b {
-		return a
-	}
-	return b
 }

@@ -10,11 +10,11 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -29,18 +29,18 @@ type modelMetrics struct {
 	frames              map[int]uint64 // requests in a frame -> frames sent
 }
 
-type metrics struct {
+type frontMetrics struct {
 	mu     sync.Mutex
 	models map[string]*modelMetrics
 	served map[string]bool
 	guard  *guard
 }
 
-func newMetrics(g *guard) *metrics {
-	return &metrics{models: map[string]*modelMetrics{}, served: map[string]bool{}, guard: g}
+func newMetrics(g *guard) *frontMetrics {
+	return &frontMetrics{models: map[string]*modelMetrics{}, served: map[string]bool{}, guard: g}
 }
 
-func (m *metrics) of(name string) *modelMetrics {
+func (m *frontMetrics) of(name string) *modelMetrics {
 	mm := m.models[name]
 	if mm == nil {
 		mm = &modelMetrics{frames: map[int]uint64{}}
@@ -50,7 +50,7 @@ func (m *metrics) of(name string) *modelMetrics {
 }
 
 // request counts one ModelInfer served here.
-func (m *metrics) request(name string, ok bool, duration, queued time.Duration) {
+func (m *frontMetrics) request(name string, ok bool, duration, queued time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if ok {
@@ -70,7 +70,7 @@ func (m *metrics) request(name string, ok bool, duration, queued time.Duration) 
 }
 
 // frame counts one frame of `size` requests sent to a trainer for the model.
-func (m *metrics) frame(name string, size int) {
+func (m *frontMetrics) frame(name string, size int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.of(name).frames[size]++
@@ -80,7 +80,7 @@ func family(w io.Writer, name, kind, help string) {
 	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
 }
 
-func (m *metrics) write(w io.Writer) {
+func (m *frontMetrics) write(w io.Writer) {
 	m.mu.Lock()
 	names := make([]string, 0, len(m.models))
 	for n := range m.models {
@@ -140,17 +140,20 @@ func (m *metrics) write(w io.Writer) {
 
 	family(w, "twinbench_front_streams_refused_total", "counter",
 		"Streams refused (REFUSED_STREAM): over a connection's stream limit or rate")
-	fmt.Fprintf(w, "twinbench_front_streams_refused_total %d\n", atomic.LoadUint64(&m.guard.refused))
+	fmt.Fprintf(w, "twinbench_front_streams_refused_total %d\n", m.guard.refused.Load())
 	family(w, "twinbench_front_connections_closed_total", "counter",
 		"Connections closed for opening streams after being refused")
-	fmt.Fprintf(w, "twinbench_front_connections_closed_total %d\n", atomic.LoadUint64(&m.guard.closed))
+	fmt.Fprintf(w, "twinbench_front_connections_closed_total %d\n", m.guard.closed.Load())
 	family(w, "twinbench_front_connections_rejected_total", "counter",
 		"Connections turned away over the connection limit")
-	fmt.Fprintf(w, "twinbench_front_connections_rejected_total %d\n", atomic.LoadUint64(&m.guard.turned))
+	fmt.Fprintf(w, "twinbench_front_connections_rejected_total %d\n", m.guard.turned.Load())
 	family(w, "twinbench_front_connections", "gauge", "Open client connections")
 	fmt.Fprintf(w, "twinbench_front_connections %d\n", m.guard.connections())
 	family(w, "go_goroutines", "gauge", "Number of goroutines that currently exist")
 	fmt.Fprintf(w, "go_goroutines %d\n", runtime.NumGoroutine())
+	family(w, "twinbench_front_heap_live_bytes", "gauge",
+		"Heap memory the last garbage collection found live (bytes)")
+	fmt.Fprintf(w, "twinbench_front_heap_live_bytes %d\n", heapLiveBytes())
 	if rss, ok := residentBytes(); ok {
 		family(w, "twinbench_front_resident_memory_bytes", "gauge", "The front's resident memory (bytes)")
 		fmt.Fprintf(w, "twinbench_front_resident_memory_bytes %d\n", rss)
@@ -176,11 +179,22 @@ func residentBytes() (uint64, bool) {
 	return pages * uint64(os.Getpagesize()), true
 }
 
-// serveMetrics serves /metrics on `address` and returns the port it took.
-func (m *metrics) serve(address string) int {
+// heapLiveBytes is what the last GC marked live: unlike RSS, it does not wait for the runtime to
+// hand memory back to the system, so it says at once whether something is still held.
+func heapLiveBytes() uint64 {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(sample)
+	if sample[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return sample[0].Value.Uint64()
+}
+
+// serve serves /metrics on `address` and returns the port it took.
+func (m *frontMetrics) serve(address string) (int, error) {
 	listener, err := net.Listen("tcp", address)
 	if err != nil {
-		panic(fmt.Sprintf("cannot listen on %s for metrics: %v", address, err))
+		return 0, fmt.Errorf("cannot listen on %s for metrics: %w", address, err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
@@ -189,5 +203,5 @@ func (m *metrics) serve(address string) int {
 	})
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go server.Serve(listener)
-	return listener.Addr().(*net.TCPAddr).Port
+	return listener.Addr().(*net.TCPAddr).Port, nil
 }
