@@ -87,6 +87,16 @@ func TestMetricsAreServedOverHTTP(t *testing.T) {
 		!strings.Contains(string(body), "# TYPE twinbench_front_heap_live_bytes gauge") {
 		t.Fatalf("%s\n%s", reply.Header, body)
 	}
+	collected, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/metrics?gc=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	collected.Body.Close()
+	var stats runtime.MemStats
+	runtime.ReadMemStats(&stats)
+	if stats.NumGC < 2 || collected.StatusCode != http.StatusOK {
+		t.Fatalf("%d collections, status %d", stats.NumGC, collected.StatusCode)
+	}
 	if _, err := m.serve("127.0.0.1:" + strconv.Itoa(port)); err == nil {
 		t.Fatal("a second listener on a taken port")
 	}
