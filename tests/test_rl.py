@@ -269,7 +269,7 @@ def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
     assert torch_summary["iqm_episodes_to_solve"][0] == pytest.approx(154.5, abs=1)
     assert torch_summary["iqm_minutes_to_solve"] == pytest.approx([1.5, 1.5, 1.5])  # 90 s each
     results = {
-        "schema": "twinbench.training.rl-results/v1",
+        "schema": "twinbench.rl-results/v1",
         "created_at": "2026-01-01T00:00:00Z",
         "command": "twinbench compare --model dqn_cartpole",
         "environment": {"cpu": "test"},

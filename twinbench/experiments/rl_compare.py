@@ -48,7 +48,7 @@ from twinbench.experiments.verdicts import Line, bootstrap_interval, decide, iqm
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client
 
-SCHEMA = "twinbench.training.rl-results/v1"
+SCHEMA = "twinbench.rl-results/v1"
 
 
 def episodes_to_solve(job: tpb.Job) -> float:

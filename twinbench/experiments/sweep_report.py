@@ -1,4 +1,4 @@
-"""The sweep report: results.json (schema twinbench.experiments.sweep/v1), report.md and a self-contained report.html."""
+"""The sweep report: results.json (schema twinbench.sweep/v1), report.md and a self-contained report.html."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from twinbench.experiments.sweep_studies import PAIRED, format_params, paired_va
 from twinbench.experiments.verdicts import describe
 from twinbench.models.spec import Choice, FloatRange, Range
 
-SCHEMA = "twinbench.experiments.sweep/v1"
+SCHEMA = "twinbench.sweep/v1"
 SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "sweep-v1.schema.json"
 IMAGE_TITLES = {
     "history.png": "Optimisation history",
