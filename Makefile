@@ -44,10 +44,10 @@ native: $(STAMP)
 
 # Static binaries (no cgo), with no build paths in them.
 $(BIN)/twinbench-front: $(wildcard services/gateway/front/*.go) services/gateway/front/go.mod services/gateway/front/vendor/modules.txt
-	cd services/gateway/front && $(GO_ENV) CGO_ENABLED=0 $(GO) build -trimpath -o $(CURDIR)/$@ .
+	cd services/gateway/front && $(GO_ENV) CGO_ENABLED=0 $(GO) build -trimpath -o $(abspath $@) .
 
 $(BIN)/twinbench-loadgen: $(wildcard loadtests/loadgen/*.go) loadtests/loadgen/go.mod loadtests/loadgen/vendor/modules.txt
-	cd loadtests/loadgen && $(GO_ENV) CGO_ENABLED=0 $(GO) build -trimpath -o $(CURDIR)/$@ .
+	cd loadtests/loadgen && $(GO_ENV) CGO_ENABLED=0 $(GO) build -trimpath -o $(abspath $@) .
 
 # Both modules' tests under the race detector (it needs cgo: a C compiler), the fuzz tests' seed
 # corpora with them.

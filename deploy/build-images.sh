@@ -10,8 +10,9 @@
 #   BASE_IMAGE         the Python image to build on (default python:3.11.7-slim-bookworm). Left
 #                      unset and with no registry answering, the local stand-in of
 #                      deploy/base-image/make-base-image.sh is used (and made, if missing: root)
-#   GO_BASE_IMAGE      the bookworm image the gateway's Go front is built in (default
-#                      debian:bookworm-slim, or the stand-in with it)
+#   GO_BASE_IMAGE      the image the gateway's Go front is built in (default the official
+#                      golang image of the Dockerfile's GO_VERSION; with the stand-in, the
+#                      stand-in, which fetches that Go from the Go module proxy: GOPROXY)
 #   PIP_CERT           a CA bundle pip needs inside the build (a proxy that re-signs TLS), handed
 #                      to the build as a secret, never written into an image
 #   IMAGE_TAG          the images' tag (default 0.1.0, as in deploy/docker-compose.yml)
@@ -19,7 +20,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OFFICIAL_BASE=python:3.11.7-slim-bookworm
-OFFICIAL_GO_BASE=debian:bookworm-slim
+# The pinned Go of the gateway's Dockerfile, and its official image.
+GO_VERSION=$(sed -n 's/^ARG GO_VERSION=//p' services/gateway/Dockerfile)
+OFFICIAL_GO_BASE=golang:$GO_VERSION-bookworm
 LOCAL_BASE=localhost/twinbench-base:bookworm-python3.11
 DEVICE=${DEVICE:-cuda}
 IMAGE_TAG=${IMAGE_TAG:-0.1.0}
@@ -65,7 +68,7 @@ suffix=$([ "$DEVICE" = cuda ] && echo -cuda || true)
 
 # name, Dockerfile, extra build arguments
 images=(
-  "gateway services/gateway/Dockerfile --build-arg GO_BASE_IMAGE=$GO_BASE_IMAGE"
+  "gateway services/gateway/Dockerfile --build-arg GO_BASE_IMAGE=$GO_BASE_IMAGE${GOPROXY:+ --build-arg GOPROXY=$GOPROXY}"
   "torch_trainer services/torch_trainer/Dockerfile --build-arg REQUIREMENTS=requirements/torch_trainer$suffix.txt"
   "tf_trainer services/tf_trainer/Dockerfile --build-arg REQUIREMENTS=requirements/tf_trainer$suffix.txt"
   "locust loadtests/Dockerfile"
