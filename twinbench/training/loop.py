@@ -26,6 +26,7 @@ from twinbench.models.spec import ModelSpec
 from twinbench.models.tasks import Task, check_inputs, task_for
 from twinbench.serving.repository import ModelRepository
 from twinbench.training.events import EventWriter
+from twinbench.training.lockstep import Pacer
 from twinbench.training.parallel import DataParallel
 from twinbench.training.resources import ActiveJobs, NoMarker, PeakRss, current_rss_bytes
 from twinbench.training.session import (
@@ -163,18 +164,22 @@ def run_training(
     job: pb.Job,
     ctx: JobContext,
     parallel: DataParallel | None = None,
+    pacer: Pacer | None = None,
 ) -> None:
     """Trains, evaluates and exports one job. With `parallel` (a data-parallel job's worker),
-    every worker runs this same loop on its shard of each batch; only rank 0 writes."""
+    every worker runs this same loop on its shard of each batch; only rank 0 writes. With a
+    lockstep `pacer` (twinbench.training.lockstep), it trains in blocks and parks between them."""
     parallel = parallel or DataParallel()
+    pacer = pacer or Pacer()
     checkpoints = checkpoints_for(settings, job.id)
     try:
         # One marker per job: rank 0's (the others would remove it under it as they finish).
         marker = ActiveJobs(settings.active_jobs, job.id) if parallel.writer else NoMarker()
         with PeakRss() as rss, marker as beside:
             _train_and_export(
-                framework, repository, settings, job, ctx, rss, beside, checkpoints, parallel
-            )
+                framework, repository, settings, job, ctx, rss, beside, checkpoints, parallel,
+                pacer,
+            )  # fmt: skip
     finally:
         if parallel.writer and not (ctx.shutting_down and job.spec.resume):
             checkpoints.remove()  # only a job that will resume needs them
@@ -190,6 +195,7 @@ def _train_and_export(
     beside: ActiveJobs | NoMarker,
     checkpoints: Checkpoints,
     parallel: DataParallel,
+    pacer: Pacer,
 ) -> None:
     spec = job.spec
     model = job_model(spec)
@@ -262,7 +268,7 @@ def _train_and_export(
         for epoch in range(first_epoch + 1, spec.epochs + 1):
             order = epoch_order(n, spec.seed, epoch)
             loss_sum, correct, seen = 0.0, 0, 0
-            start = time.perf_counter()
+            start, parked = time.perf_counter(), pacer.parked_seconds
             # Steps are timed in segments that end where the warm-up, a window or the epoch
             # ends; only there are the steps' losses read, which waits for the device. Reading
             # them every step would keep a GPU from running ahead of the host, as it does in
@@ -278,7 +284,9 @@ def _train_and_export(
                 loss, hits = session.train_batch(train_x[mine], labels)
                 pending.append((loss, hits, task.units(labels)))  # units: GNMT's are tokens
                 segment_units += task.units(train.y[rows])  # the job's: every worker's rows
-                if timer.edge_after(len(pending)) or b == batches - 1:
+                # A lockstep block (and its first step) ends a segment too.
+                edge = timer.edge_after(len(pending)) or pacer.edge_after(len(pending))
+                if edge or b == batches - 1:
                     for loss, hits, units in pending:  # synced here
                         loss_sum += float(loss) * units
                         correct += int(hits)
@@ -286,11 +294,13 @@ def _train_and_export(
                     elapsed = time.perf_counter() - segment_start
                     timer.add(elapsed, segment_units, len(pending))
                     parallel.step_done(elapsed, sum(u for _, _, u in pending), len(pending))
+                    pacer.add(elapsed, segment_units, len(pending))  # may park until resumed
                     pending, segment_units = [], 0
                     ctx.progress(epoch, b + 1, batches, loss_sum / max(seen, 1))
                     segment_start = time.perf_counter()
                 beside.check(every_s=1.0)
-            seconds = time.perf_counter() - start
+            # Wall-clock figures exclude the time a lockstep worker spent parked.
+            seconds = time.perf_counter() - start - (pacer.parked_seconds - parked)
             train_seconds += seconds
             loss_sum, correct = parallel.epoch_sums(loss_sum, correct)
             val_loss, val_accuracy, _ = _evaluate(task, session, val_x, data.val.y)

@@ -14,6 +14,7 @@ thread too), and a job's memory peak should be its own. So the service starts
 
 A worker whose service goes away (its end of the socket closes) exits at once, so no job trains
 on unwatched; a worker that dies fails its job with the reason, never leaves it running.
+With `--lockstep FD` the job trains in blocks, parked between them (twinbench.training.lockstep).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings, load_settings
 from twinbench.errors import InvalidArgument, JobCancelled, TwinbenchError
 from twinbench.jobs.context import ProgressGate
+from twinbench.training.lockstep import pacer_for
 from twinbench.training.parallel import (
     JOB_FILE_ENV,
     DataParallel,
@@ -242,7 +244,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="one training job (started by a trainer)")
     parser.add_argument("--framework", required=True, help="module:class of the framework")
     parser.add_argument("--fd", type=int, help="the socket to the trainer (one-process jobs)")
+    parser.add_argument(
+        "--lockstep", type=int, help="the control socket of a lockstep pair (training.lockstep)"
+    )
     args = parser.parse_args(argv)
+    pacer = pacer_for(args.lockstep)
     tf_config_from_pod_index()
     topology = Topology.from_env()
     logging.basicConfig(
@@ -280,7 +286,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
         parallel = DataParallel(collective, threads=threads, cpus=cpus)
         repository = ModelRepository(settings.model_repository)
-        run_training(framework, repository, settings, job, ctx, parallel)
+        run_training(framework, repository, settings, job, ctx, parallel, pacer)
         outcome, message = "ok", ""
     except JobCancelled:
         outcome, message = "cancelled", ""
