@@ -1,12 +1,13 @@
 """Mixed precision: which 16-bit type a device gets, the refusal where it would be emulated, and
 the bfloat16 step of both trainers."""
 
+import grpc
 import numpy as np
 import pytest
 
 from conftest import TINY, wait_for
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.errors import InvalidArgument
+from twinbench.errors import FailedPrecondition, InvalidArgument
 from twinbench.jobs import precision
 from twinbench.jobs.request import job_model, resolve_spec
 
@@ -24,7 +25,7 @@ def test_each_device_gets_its_type_and_a_cpu_never_float16(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert precision.compute_dtype("mixed", on_gpu=False) == "bfloat16"
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
-    with pytest.raises(InvalidArgument, match="no bfloat16 instructions"):
+    with pytest.raises(FailedPrecondition, match="no bfloat16 instructions"):
         precision.compute_dtype("mixed", on_gpu=False)
     with pytest.raises(InvalidArgument, match="precision must be"):
         resolve_spec(tpb.JobSpec(framework="torch", model="mlp", precision="fp16"))
@@ -34,18 +35,22 @@ def test_each_device_gets_its_type_and_a_cpu_never_float16(monkeypatch):
 @pytest.mark.integration
 def test_a_mixed_job_runs_in_bfloat16_or_is_refused_on_this_cpu(client):
     """Through the services: on a CPU with bfloat16 instructions the job trains in bfloat16 and
-    says so; on one without, it fails saying why, rather than timing an emulation."""
+    says so; on one without, the job is refused at creation saying why (FAILED_PRECONDITION),
+    rather than accepted to time an emulation."""
     spec = tpb.JobSpec(framework="both", model="mlp", precision="mixed", skip_export=True, **TINY)
+    if not precision.cpu_has_bf16():
+        with pytest.raises(grpc.RpcError) as refused:
+            client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no bfloat16 instructions" in refused.value.details()
+        assert "fp32" in refused.value.details()
+        return
     jobs = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
     for job in jobs:
         done, _ = wait_for(client, job.id)
-        if precision.cpu_has_bf16():
-            assert done.state == tpb.SUCCEEDED, done.error
-            assert done.precision == "mixed bfloat16"
-            assert "bfloat16" in done.fairness["precision"]
-        else:
-            assert done.state == tpb.FAILED
-            assert "no bfloat16 instructions" in done.error and "fp32" in done.error
+        assert done.state == tpb.SUCCEEDED, done.error
+        assert done.precision == "mixed bfloat16"
+        assert "bfloat16" in done.fairness["precision"]
 
 
 def _sessions(monkeypatch, model: str, precision_name: str):

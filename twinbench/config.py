@@ -52,6 +52,10 @@ class Settings:
     train_cpus: str
     train_threads: int
     train_interop_threads: int
+    # The most workers (JobSpec.workers) one data-parallel job may ask of this trainer; 0: as
+    # many as its training CPUs. More are refused with FAILED_PRECONDITION at creation
+    # (docs/job-requests.md).
+    max_workers: int = 0
 
     @property
     def model_repository(self) -> Path:
@@ -158,6 +162,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         train_cpus=get("TRAIN_CPUS", ""),
         train_threads=int(get("TRAIN_THREADS", "0")),
         train_interop_threads=int(get("TRAIN_INTEROP_THREADS", "0")),
+        max_workers=int(get("MAX_WORKERS", "0")),
     )
 
 

@@ -25,6 +25,13 @@ class ResourceExhausted(TwinbenchError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class FailedPrecondition(TwinbenchError):
+    """A valid request that this service cannot carry out as it is (its hardware, its settings):
+    the same request may succeed elsewhere, or here once that changes; retrying here will not."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class DeadlineExceeded(TwinbenchError):
     code = "DEADLINE_EXCEEDED"
 

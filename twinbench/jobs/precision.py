@@ -15,13 +15,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twinbench.errors import InvalidArgument
+from twinbench.errors import FailedPrecondition, InvalidArgument
 
 PRECISIONS = ("fp32", "mixed")
 INITIAL_LOSS_SCALE = 2.0**15
 GROWTH_STEPS = 2000  # both frameworks' default
 # CPU flags (Linux's names) of the instruction sets that compute in bfloat16.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# Why a CPU without them refuses mixed precision.
+NO_BF16 = (
+    "mixed precision on a CPU computes in bfloat16, and this CPU has no bfloat16 instructions"
+    f" ({' or '.join(BF16_CPU_FLAGS)}): emulated, it would measure the emulation; use fp32 here,"
+    " or a GPU"
+)
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
@@ -42,7 +48,9 @@ def cpu_has_bf16() -> bool:
 def compute_dtype(precision: str, on_gpu: bool) -> str | None:
     """The 16-bit type a job of `precision` computes in ("float16", "bfloat16"), or None for fp32.
 
-    InvalidArgument when the device cannot run it honestly (a CPU without bfloat16)."""
+    FailedPrecondition when the device cannot run it honestly (a CPU without bfloat16): a
+    trainer refuses such a job at creation (twinbench.jobs.request.check_runnable); this is the
+    last guard, where a session is made."""
     if precision in ("", "fp32"):
         return None
     if precision != "mixed":
@@ -53,11 +61,7 @@ def compute_dtype(precision: str, on_gpu: bool) -> str | None:
         return "float16"
     if cpu_has_bf16():
         return "bfloat16"
-    raise InvalidArgument(
-        "mixed precision on a CPU computes in bfloat16, and this CPU has no bfloat16 instructions"
-        f" ({' or '.join(BF16_CPU_FLAGS)}): emulated, it would measure the emulation; use fp32"
-        " here, or a GPU"
-    )
+    raise FailedPrecondition(NO_BF16)
 
 
 def recorded(dtype: str | None) -> str:

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from twinbench import __version__
 from twinbench.api import trainer_pb2 as pb
-from twinbench.data.datasets import check_dataset_name, check_id_dataset
-from twinbench.errors import (
-    InvalidArgument,
-)
-from twinbench.jobs.precision import PRECISIONS
+from twinbench.data.datasets import check_dataset_fits, check_dataset_name, check_id_dataset
+from twinbench.errors import FailedPrecondition, InvalidArgument
+from twinbench.jobs.hardware import Hardware
+from twinbench.jobs.precision import NO_BF16, PRECISIONS
 from twinbench.models.catalogue import get_model_spec
 from twinbench.models.id_models import GNMT, ID_MODELS, NeuMF, id_model
+from twinbench.models.imagenet import FINE_TUNING
 from twinbench.models.initial_weights import INIT_MODES
 from twinbench.models.spec import ModelSpec
+from twinbench.models.tasks import FIRST_TOKEN
 from twinbench.serving.repository import FRAMEWORK_FORMATS
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,100 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 JOB_ID = re.compile(r"^(torch|tf)-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field may take: closed, or open at either end. Its text is how the
+    range is written in messages, in trainer.proto and in docs/job-requests.md."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    real: bool = False  # a double, written as an interval; an integer is written low..high
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, (int, float)):
+            return False
+        above = self.low < value if self.low_open else self.low <= value
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below  # NaN is in no range
+
+    def __str__(self) -> str:
+        if not self.real:
+            return f"{int(self.low)}..{int(self.high)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"{left}{self.low:g}, {self.high:g}{right}"
+
+
+def _real(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Range:
+    return Range(low, high, low_open, high_open, real=True)
+
+
+# Every numeric field of a job request and its range: the one place in code that says them. A
+# field that is set is checked against it before the job is accepted (unset fields take their
+# defaults, which hold to it too); trainer.proto states the same ranges (a test holds the two
+# equal). Repeated fields (hidden_units): each value.
+RANGES: dict[str, Range] = {
+    "epochs": Range(1, 10_000),
+    "batch_size": Range(1, 65_536),
+    # Keras seeds NumPy's global generator with it, which takes 32 bits.
+    "seed": Range(0, 2**32 - 1),
+    "train_samples": Range(1, 2**31 - 1),
+    "target_accuracy": _real(0, 1, low_open=True),
+    "warmup_steps": Range(0, 1_000_000),
+    "width": _real(0, 4, low_open=True),
+    "image_size": Range(16, 1024),
+    "hidden_units": Range(1, 65_536),
+    "workers": Range(1, 64),
+    "devices_per_worker": Range(1, 16),
+    "env_steps": Range(1, 10_000_000),
+    "optimizer.learning_rate": _real(0, 10, low_open=True),
+    "optimizer.momentum": _real(0, 1, high_open=True),
+    "optimizer.epsilon": _real(0, 1, low_open=True, high_open=True),
+}
+# Knobs that some models take in a narrower range: a fine-tuned base and the id models scale only
+# down, and the fine-tuned VGG needs 32 pixels for its five pools.
+MODEL_RANGES: dict[tuple[str, str], Range] = {
+    **{("width", name): _real(0, 1, low_open=True) for name in (*FINE_TUNING, *ID_MODELS)},
+    **{("image_size", name): Range(32, 1024) for name in FINE_TUNING},
+}
+
+
+def range_of(name: str, model: str = "") -> Range:
+    """The range of the field `name` (a key of RANGES) for jobs of `model`."""
+    return MODEL_RANGES.get((name, model), RANGES[name])
+
+
+def _set_numbers(spec: pb.JobSpec) -> Iterator[tuple[str, list[float]]]:
+    """(name, values) of every numeric field the request sets, in RANGES' order."""
+    for name in RANGES:
+        owner: Message = spec
+        field = name
+        if name.startswith("optimizer."):
+            owner, field = spec.optimizer, name.split(".", 1)[1]
+        if owner.DESCRIPTOR.fields_by_name[field].is_repeated:
+            values = list(getattr(owner, field))
+        else:
+            values = [getattr(owner, field)] if owner.HasField(field) else []
+        if values:
+            yield name, values
+
+
+def check_ranges(spec: pb.JobSpec) -> None:
+    """InvalidArgument naming the first field set outside its range, and that range."""
+    for name, values in _set_numbers(spec):
+        allowed = range_of(name, spec.model)
+        bad = [v for v in values if v not in allowed]
+        if not bad:
+            continue
+        narrower = f" for {spec.model}" if (name, spec.model) in MODEL_RANGES else ""
+        if name == "hidden_units":
+            raise InvalidArgument(f"{name} must each be {allowed}{narrower}, got {values}")
+        if allowed.real:
+            raise InvalidArgument(f"{name} must be in {allowed}{narrower}, got {bad[0]:g}")
+        raise InvalidArgument(f"{name} must be {allowed}{narrower}, got {bad[0]}")
 
 
 def check_job_id(job_id: str) -> None:
@@ -78,6 +176,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         raise InvalidArgument(
             f"unknown framework {spec.framework!r}; use one of {', '.join(FRAMEWORK_FORMATS)}"
         )
+    check_ranges(spec)
     model = job_model(spec)
     defaults = model.defaults
     out = pb.JobSpec()
@@ -87,9 +186,15 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         check_dataset_name(out.dataset)
         check_id_dataset(out.dataset, model)
         for name, set_ in (("env_steps", out.HasField("env_steps")),
-                           ("pretrained_weights", bool(out.pretrained_weights))):  # fmt: skip
+                           ("pretrained_weights", bool(out.pretrained_weights)),
+                           ("channels_last", out.channels_last)):  # fmt: skip
             if set_:
                 raise InvalidArgument(f"{name} is not for {model.name}")
+        if isinstance(model, GNMT) and model.vocab <= FIRST_TOKEN:
+            raise InvalidArgument(
+                f"width {spec.width:g} leaves {model.name} a vocabulary of {model.vocab} tokens,"
+                " too small to hold any but the reserved ones; use a larger width"
+            )
     else:
         _resolve_kind(model, out)
     out.epochs = spec.epochs if spec.HasField("epochs") else defaults.epochs
@@ -111,9 +216,6 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         out.export_formats.extend(formats)
 
     checks = [
-        (1 <= out.epochs <= 10_000, f"epochs must be 1..10000, got {out.epochs}"),
-        (1 <= out.batch_size <= 65_536, f"batch_size must be 1..65536, got {out.batch_size}"),
-        (out.seed >= 0, f"seed must be 0 or more, got {out.seed}"),
         (out.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {out.device!r}"),
         (out.init in INIT_MODES, f"init must be one of {', '.join(INIT_MODES)}, got {out.init!r}"),
         (
@@ -126,20 +228,6 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
         ),
         (opt.name in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (
-            0 < opt.learning_rate <= 10,
-            f"learning_rate must be in (0, 10], got {opt.learning_rate}",
-        ),
-        (0 <= opt.momentum < 1, f"momentum must be in [0, 1), got {opt.momentum}"),
-        (0 < opt.epsilon < 1, f"epsilon must be in (0, 1), got {opt.epsilon}"),
-        (
-            not spec.HasField("warmup_steps") or spec.warmup_steps >= 0,
-            f"warmup_steps must be 0 or more, got {spec.warmup_steps}",
-        ),
-        (
-            not spec.HasField("train_samples") or spec.train_samples >= 1,
-            f"train_samples must be 1 or more, got {spec.train_samples}",
-        ),
-        (
             set(out.export_formats) <= set(formats),
             f"{spec.framework} exports {', '.join(formats)}; got {', '.join(out.export_formats)}",
         ),
@@ -147,6 +235,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     for ok, message in checks:
         if not ok:
             raise InvalidArgument(message)
+    check_ranges(out)  # the defaults filled in hold to the table too
     check_distributed_spec(out)
     return out
 
@@ -156,6 +245,7 @@ def _resolve_kind(model: ModelSpec, out: pb.JobSpec) -> None:
     rl = model.reinforcement
     if rl is None:
         check_dataset_name(out.dataset)
+        check_dataset_fits(out.dataset, model)
         if out.HasField("env_steps"):
             raise InvalidArgument(
                 f"env_steps is for reinforcement-learning models, not {model.name}"
@@ -168,8 +258,6 @@ def _resolve_kind(model: ModelSpec, out: pb.JobSpec) -> None:
             )
         if not out.HasField("env_steps"):
             out.env_steps = rl.env_steps
-        if not 1 <= out.env_steps <= 10_000_000:
-            raise InvalidArgument(f"env_steps must be 1..10000000, got {out.env_steps}")
         # What only a supervised job can honour: refused rather than silently ignored.
         for name, set_ in (("train_samples", out.HasField("train_samples")),
                            ("target_accuracy", out.HasField("target_accuracy")),
@@ -202,11 +290,10 @@ def is_distributed(spec: pb.JobSpec) -> bool:
 
 def check_distributed_spec(spec: pb.JobSpec) -> None:
     """Refuses what a data-parallel job cannot do; called from resolve_spec."""
+    for name in ("workers", "devices_per_worker"):
+        if spec.HasField(name) and getattr(spec, name) not in RANGES[name]:
+            raise InvalidArgument(f"{name} must be {RANGES[name]}, got {getattr(spec, name)}")
     workers, devices = workers_of(spec), devices_of(spec)
-    if not 1 <= workers <= 64:
-        raise InvalidArgument(f"workers must be 1..64, got {spec.workers}")
-    if not 1 <= devices <= 16:
-        raise InvalidArgument(f"devices_per_worker must be 1..16, got {spec.devices_per_worker}")
     if devices > 1 and spec.device == "cpu":
         raise InvalidArgument("devices_per_worker > 1 needs GPUs; this job asked for the CPU")
     world = workers * devices
@@ -226,4 +313,55 @@ def check_distributed_spec(spec: pb.JobSpec) -> None:
         raise InvalidArgument(
             f"batch_size {spec.batch_size} is the global batch: it must give each of the"
             f" {world} replicas a row at least"
+        )
+
+
+def check_runnable(spec: pb.JobSpec, hardware: Hardware, all_workers_here: bool = True) -> None:
+    """FailedPrecondition when `hardware` cannot run the job (a spec resolve_spec returned) as it
+    asks: what a job's worker process and its training loop would otherwise refuse only once the
+    job had started.
+
+    A trainer calls it before it accepts a job, for its own host, where it starts every worker of
+    the job. Each worker process calls it again as it starts; one worker of several (its
+    processes placed by the trainer or by a cluster) passes `all_workers_here=False` and is held
+    only to what it needs itself.
+    """
+    if hardware.problem:
+        raise FailedPrecondition(hardware.problem)
+    device = spec.device or "auto"
+    on_gpu = device != "cpu" and hardware.gpus > 0
+    where = f"this trainer has {hardware.describe()}"
+    if device == "cuda" and not hardware.gpus:
+        raise FailedPrecondition(
+            f"device 'cuda' was asked for, but {where} (no /dev/nvidia* device, or"
+            " CUDA_VISIBLE_DEVICES hides them); use device auto or cpu"
+        )
+    if spec.precision == "mixed" and not on_gpu and not hardware.cpu_bf16:
+        raise FailedPrecondition(NO_BF16)
+    workers, devices = workers_of(spec), devices_of(spec)
+    if devices > 1 and not on_gpu:
+        raise FailedPrecondition(
+            f"devices_per_worker {devices} trains each worker on {devices} GPUs, but {where}; use 1"
+        )
+    # Every replica on a GPU of its own: two on one GPU fail in NCCL.
+    replicas = workers * devices if all_workers_here else devices
+    if on_gpu and replicas > 1 and replicas > hardware.gpus:
+        raise FailedPrecondition(
+            f"the job trains {replicas} replicas (workers x devices_per_worker), each on a GPU of"
+            f" its own, but {where}; ask for fewer, or device cpu"
+        )
+    if not all_workers_here:
+        return
+    # PyTorch starts a process per replica, TensorFlow one per worker.
+    processes = workers * (devices if spec.framework == "torch" else 1)
+    if processes > hardware.cpus:
+        raise FailedPrecondition(
+            f"the job starts {processes} worker processes, more than the {hardware.cpus} CPU(s)"
+            " this trainer trains on (TWINBENCH_TRAIN_CPUS, within its CPU affinity); ask for"
+            f" {hardware.cpus} or fewer"
+        )
+    if hardware.max_workers and workers > hardware.max_workers:
+        raise FailedPrecondition(
+            f"workers {workers} is more than this trainer allows"
+            f" (TWINBENCH_MAX_WORKERS={hardware.max_workers})"
         )

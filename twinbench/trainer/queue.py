@@ -20,7 +20,8 @@ from twinbench.errors import (
     TwinbenchError,
 )
 from twinbench.jobs.context import ProgressGate
-from twinbench.jobs.request import TERMINAL, check_job_id, resolve_spec
+from twinbench.jobs.hardware import Hardware, probe_hardware
+from twinbench.jobs.request import TERMINAL, check_job_id, check_runnable, resolve_spec
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,17 @@ class JobManager:
     """Queues jobs for one trainer and runs them one at a time on a worker thread."""
 
     def __init__(
-        self, framework: str, store: JobStore, run_job: RunJob, max_queued: int = 16
+        self,
+        framework: str,
+        store: JobStore,
+        run_job: RunJob,
+        max_queued: int = 16,
+        hardware: Hardware | None = None,
     ) -> None:
         self.framework = framework
         self.max_queued = max_queued
+        # What jobs here can run on (None: this machine, probed with the default settings).
+        self.hardware = hardware or probe_hardware()
         self.store = store
         self.run_job = run_job
         self._lock = threading.RLock()
@@ -152,6 +160,7 @@ class JobManager:
         spec = resolve_spec(spec)
         if spec.framework != self.framework:
             raise InvalidArgument(f"this is the {self.framework} trainer; got {spec.framework!r}")
+        check_runnable(spec, self.hardware)  # FailedPrecondition: not on this trainer's hardware
         queued = len(self.store.list(states=(pb.QUEUED,)))
         if queued >= self.max_queued:
             raise ResourceExhausted(

@@ -7,6 +7,7 @@ import logging
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api.trainer_pb2 import QUEUED, RUNNING, Job
 from twinbench.config import Settings, load_settings
+from twinbench.jobs.hardware import probe_hardware
 from twinbench.jobs.request import is_distributed
 from twinbench.rpc.server import (
     configure_logging,
@@ -54,7 +55,9 @@ def serve_trainer(framework: Framework) -> None:
         finally:
             core.refresh()  # serve what the job published, even if a later export failed
 
-    manager = JobManager(framework.name, store, run_job, settings.max_queued_jobs)
+    hardware = probe_hardware(settings)
+    log.info("%s: jobs train on %s", service, hardware.describe())
+    manager = JobManager(framework.name, store, run_job, settings.max_queued_jobs, hardware)
     for staging in repository.remove_staging(framework.name):
         log.warning("removed %s, left by an export that did not finish", staging)
 

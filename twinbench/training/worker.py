@@ -36,6 +36,8 @@ from twinbench.api import trainer_pb2 as pb
 from twinbench.config import Settings, load_settings
 from twinbench.errors import InvalidArgument, JobCancelled, TwinbenchError
 from twinbench.jobs.context import ProgressGate
+from twinbench.jobs.hardware import probe_hardware, training_cpus
+from twinbench.jobs.request import check_runnable
 from twinbench.training.lockstep import pacer_for
 from twinbench.training.parallel import (
     JOB_FILE_ENV,
@@ -53,34 +55,6 @@ from twinbench.training.parallel import (
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
-
-
-def parse_cpus(text: str) -> set[int]:
-    """ "0-3,8" -> {0, 1, 2, 3, 8}."""
-    cpus: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        low, _, high = part.partition("-")
-        try:
-            cpus.update(range(int(low), int(high or low) + 1))
-        except ValueError:
-            raise InvalidArgument(
-                f"TWINBENCH_TRAIN_CPUS: {part!r} is not a CPU or a range"
-            ) from None
-    return cpus
-
-
-def training_cpus(settings: Settings) -> list[int]:
-    """The CPUs a job trains on: TWINBENCH_TRAIN_CPUS within what this process may use."""
-    allowed = os.sched_getaffinity(0)
-    if not settings.train_cpus:
-        return sorted(allowed)
-    chosen = parse_cpus(settings.train_cpus) & allowed
-    if not chosen:
-        raise InvalidArgument(
-            f"TWINBENCH_TRAIN_CPUS={settings.train_cpus} names none of the CPUs this trainer may"
-            f" use ({','.join(map(str, sorted(allowed)))})"
-        )
-    return sorted(chosen)
 
 
 def training_threads(settings: Settings, cpus: list[int]) -> tuple[int, int]:
@@ -264,6 +238,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     cache: Path | None = None
     try:
+        # What the trainer checked before it accepted the job, checked again on this process's
+        # own view of the machine (before _isolate narrows its CPUs).
+        check_runnable(
+            job.spec, probe_hardware(settings), all_workers_here=topology.world_size == 1
+        )
         cpus, (intra, inter), cache = _isolate(settings, job.id, topology)
         module, _, name = args.framework.partition(":")
         framework = getattr(importlib.import_module(module), name)()
