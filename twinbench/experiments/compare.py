@@ -33,7 +33,16 @@ from twinbench.client.stack import LocalStack, services
 from twinbench.config import Settings
 from twinbench.experiments.report import build_results, write_report
 from twinbench.experiments.report_kit import cpu_name
-from twinbench.experiments.verdicts import Line, accuracy_ratio, decide, describe, paired_ratio
+from twinbench.experiments.verdicts import (
+    Line,
+    accuracy_ratio,
+    decide,
+    describe,
+    failed_runs,
+    family_note,
+    paired_ratio,
+    paired_with_failures,
+)
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client
 from twinbench.serving.tensors import infer_request
@@ -326,10 +335,33 @@ def _pairs(arms: list[Arm]) -> list[tuple[tpb.Job, tpb.Job]]:
 
 
 def training_lines(arms: list[Arm], settings: Settings, level: float) -> list[Line]:
+    first, second = arms[0].label, arms[1].label
+    # Jobs that failed are a result with a line of their own, beside the lines of the repeats
+    # in which both arms' jobs finished.
+    crashed = [
+        (a.state != tpb.SUCCEEDED, b.state != tpb.SUCCEEDED)
+        for a, b in zip(arms[0].jobs, arms[1].jobs, strict=False)
+    ]
+    failures: list[Line] = []
+    if any(x or y for x, y in crashed):
+        failures.append(
+            Line(
+                "finishes its training jobs (share of jobs that did not fail)",
+                first,
+                second,
+                failed_runs([x for x, _ in crashed], [y for _, y in crashed], level),
+                higher_is_better=True,
+                detail="; ".join(
+                    f"{j.id} {state_name(j.state)}: {j.error}"
+                    for arm in arms
+                    for j in arm.jobs
+                    if j.state != tpb.SUCCEEDED
+                ),
+            )
+        )
     pairs = [(a, b) for a, b in _pairs(arms) if a.steady_seconds and b.steady_seconds]
     if not pairs:
-        return []
-    first, second = arms[0].label, arms[1].label
+        return failures
     lines = [
         Line(
             "faster to train (steady samples/s)",
@@ -375,32 +407,47 @@ def training_lines(arms: list[Arm], settings: Settings, level: float) -> list[Li
         )
     spec = pairs[0][0].spec
     if spec.HasField("target_accuracy"):
-        reached = [(a, b) for a, b in pairs if a.target_epoch and b.target_epoch]
+        # Every repeat counts: a run that never reached the target is censored at its end (its
+        # training time), a failed one is the worst; mixed pairs go to an exact sign test.
+        everyone = list(zip(arms[0].jobs, arms[1].jobs, strict=False))
+        reached = [(a, b) for a, b in everyone if a.target_epoch and b.target_epoch]
         question = f"faster to {spec.target_accuracy:g} validation accuracy (seconds, warm-up in)"
-        note = f"reached by both in {len(reached)} of {len(pairs)} repeats" + "".join(
+        note = f"reached by both in {len(reached)} of {len(everyone)} repeats" + "".join(
             f"; {arm.label} alone in {n}"
             for arm, n in (
-                (arms[0], sum(bool(a.target_epoch and not b.target_epoch) for a, b in pairs)),
-                (arms[1], sum(bool(b.target_epoch and not a.target_epoch) for a, b in pairs)),
+                (arms[0], sum(bool(a.target_epoch and not b.target_epoch) for a, b in everyone)),
+                (arms[1], sum(bool(b.target_epoch and not a.target_epoch) for a, b in everyone)),
             )
             if n
         )
-        if reached:
-            lines.append(
-                Line(
-                    question,
-                    first,
-                    second,
-                    paired_ratio(
-                        [a.time_to_target_seconds for a, _ in reached],
-                        [b.time_to_target_seconds for _, b in reached],
-                        level=level,
-                    ),
-                    higher_is_better=False,
-                    detail=note,
-                )
+        times = [(_to_target(a), _to_target(b)) for a, b in everyone]
+        lines.append(
+            Line(
+                question,
+                first,
+                second,
+                paired_with_failures(
+                    [t for (t, _), _ in times],
+                    [t for _, (t, _) in times],
+                    [c for (_, c), _ in times],
+                    [c for _, (_, c) in times],
+                    level=level,
+                ),
+                higher_is_better=False,
+                detail=note,
             )
-    return lines
+        )
+    return lines + failures
+
+
+def _to_target(job: tpb.Job) -> tuple[float, bool]:
+    """(seconds, censored): the time to the target; a run that never reached it at its end,
+    censored; a failed run, the worst."""
+    if job.state != tpb.SUCCEEDED:
+        return float("inf"), False
+    if job.target_epoch:
+        return max(job.time_to_target_seconds, 1e-9), False
+    return max(job.train_seconds, 1e-9), True
 
 
 def _test_labels(job: tpb.Job, settings: Settings) -> np.ndarray:
@@ -523,7 +570,7 @@ def print_summary(
             )
         )  # fmt: skip
     if verdict:
-        print(f"verdicts ({verdict[0]['hardware']}; Holm-corrected over {len(verdict)} lines):")
+        print(f"verdicts ({verdict[0]['hardware']}; {family_note(verdict)}):")
     for v in verdict:
         print("  " + describe(v))
 

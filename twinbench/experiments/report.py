@@ -22,6 +22,7 @@ from twinbench.experiments.report_kit import (
     render_markdown,
     write_files,
 )
+from twinbench.experiments.verdicts import family_note
 from twinbench.jobs.request import state_name
 
 SCHEMA = "twinbench.results/v2"
@@ -373,13 +374,18 @@ def _interval(v: dict) -> str:
 
 def _verdict_detail(v: dict) -> str:
     parts = [v["detail"]] if v["detail"] else []
+    # "detectable": at the stated power, at the level Holm asks of the line (docs/verdicts.md)
+    power = f" at {v.get('power') or 0.8:.0%} power"
     if v.get("difference_points"):
         d, low, high = v["difference_points"]
         parts.append(f"{d:+.2f} points ({low:+.2f} to {high:+.2f})")
-        parts.append(f"detectable {v['detectable_points']:.2f} points")
+        if v.get("detectable_points") is not None:
+            parts.append(f"detectable {v['detectable_points']:.2f} points{power}")
     elif v["detectable"] is not None:
-        parts.append(f"detectable {v['detectable']:.1%}")
-    parts.append(f"equivalence margin {v['margin']}; Holm p {v['p_holm']:.3g}; {v['method']}")
+        parts.append(f"detectable {v['detectable']:.1%}{power}")
+    tost = f"two one-sided tests, {(1 - v['level']) / 2:.1%} each"
+    holm = f"Holm p {v['p_holm']:.3g}" if v.get("family", True) else "outside Holm's family"
+    parts.append(f"equivalence margin {v['margin']} ({tost}); {holm}; {v['method']}")
     return "; ".join(parts)
 
 
@@ -391,7 +397,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     last = {label: arm["repeats"][-1] for label, arm in training.items() if arm["repeats"]}
     verdict_title = (
         f"Verdict ({design['hardware']}; {design['repeats']} repeats;"
-        f" {len(results['verdict'])} lines, Holm-corrected)"
+        f" {family_note(results['verdict'])})"
     )
     if design["a_a"]:
         verdict_title += ": an A/A run, one framework against itself: no line may name a winner"

@@ -4,8 +4,11 @@ environment steps, judged by solve rate and the interquartile mean of episodes t
 Reinforcement learning's results vary far more from seed to seed than supervised training's,
 so one run says nothing: each framework runs the same seeds (each seed the same environment
 resets, exploration draws and replay samples in both, twinbench/training/rl.py), in the order
-A B B A ..., on the same budget; a run that does not solve within it counts as unsolved, not
-as missing. Intervals come from twinbench/experiments/verdicts.py: percentile bootstraps over seeds.
+A B B A ..., on the same budget; a run that does not solve within it counts as unsolved (censored
+at the budget), not as missing, and a run that failed counts as unsolved too, with a line of its
+own. The verdicts are paired permutation tests over seeds (twinbench/experiments/verdicts.py),
+exact up to 12 seeds, each saying its smallest attainable p; each arm's own summary gives
+percentile bootstrap intervals over its seeds.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from twinbench.client.stack import services
 from twinbench.config import Settings
 from twinbench.experiments.code_size import compare_task
 from twinbench.experiments.compare import (
+    Arm,
     CompareOptions,
     hardware_of,
     plan_arms,
@@ -44,7 +48,15 @@ from twinbench.experiments.report_kit import (
     render_markdown,
     write_files,
 )
-from twinbench.experiments.verdicts import Line, bootstrap_interval, decide, iqm, paired_iqm_ratio
+from twinbench.experiments.verdicts import (
+    Line,
+    bootstrap_interval,
+    decide,
+    failed_runs,
+    family_note,
+    iqm,
+    paired_iqm_ratio,
+)
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client
 
@@ -85,6 +97,11 @@ def run_record(job: tpb.Job) -> dict:
     }
 
 
+def failed(job: tpb.Job) -> bool:
+    """A run that did not finish (crashed or cancelled): a result, counted as unsolved."""
+    return job.state != tpb.SUCCEEDED
+
+
 def summarize(jobs: list[tpb.Job], level: float) -> dict:
     solved = [1.0 if j.reinforcement.episodes_to_solve else 0.0 for j in jobs]
     episodes = [episodes_to_solve(j) for j in jobs]
@@ -94,6 +111,7 @@ def summarize(jobs: list[tpb.Job], level: float) -> dict:
     speed = bootstrap_interval([j.reinforcement.steps_per_second for j in jobs], np.mean, level)
     return {
         "seeds": len(jobs),
+        "failed": sum(failed(j) for j in jobs),
         "solve_rate": list(rate),
         "iqm_episodes_to_solve": [x if math.isfinite(x) else None for x in middle],
         "iqm_minutes_to_solve": [x if math.isfinite(x) else None for x in minutes],
@@ -114,34 +132,9 @@ def run_rl_compare(
         client = Client(address, settings)
         train_arms(client, arms, base_spec, options.repeats)
         client.close()
-    first, second = arms
+    first = arms[0]
     budget = first.jobs[0].spec.env_steps if first.jobs else 0
-    estimate = paired_iqm_ratio(
-        [episodes_to_solve(j) for j in first.jobs],
-        [episodes_to_solve(j) for j in second.jobs],
-        options.level,
-    )
-    sooner = paired_iqm_ratio(
-        [minutes_to_solve(j) for j in first.jobs],
-        [minutes_to_solve(j) for j in second.jobs],
-        options.level,
-    )
-    lines = [
-        Line(
-            "solves in fewer episodes (IQM of episodes to solve)",
-            first.label,
-            second.label,
-            estimate,
-            higher_is_better=False,
-        ),
-        Line(
-            "solves sooner (IQM of minutes to solve)",
-            first.label,
-            second.label,
-            sooner,
-            higher_is_better=False,
-        ),
-    ]
+    lines = verdict_lines(arms, options.level)
     results = {
         "schema": SCHEMA,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -177,6 +170,48 @@ def run_rl_compare(
         if job.state != tpb.SUCCEEDED:
             print(f"{job.id} {state_name(job.state)}: {job.error}", file=sys.stderr)
     return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
+
+
+def verdict_lines(arms: list[Arm], level: float) -> list[Line]:
+    """Episodes and minutes to solve, seeds paired; every run counts. An unsolved run is
+    censored at the budget (inf, tied at the top of the ranks); a failed run is unsolved too,
+    as the detail says, and failures get a line of their own (an exact sign test over the
+    seeds where one side alone failed), so a crash is never read silently as "unsolved"."""
+    first, second = arms
+    pairs = list(zip(first.jobs, second.jobs, strict=False))
+    unsolved = sum(not j.reinforcement.episodes_to_solve for pair in pairs for j in pair)
+    crashed = [j for pair in pairs for j in pair if failed(j)]
+    detail = f"{unsolved} of {2 * len(pairs)} runs unsolved, censored at the budget"
+    if crashed:
+        detail += f" ({len(crashed)} of them failed, counted as unsolved: the worst)"
+    lines = [
+        Line(
+            question,
+            first.label,
+            second.label,
+            paired_iqm_ratio([figure(a) for a, _ in pairs], [figure(b) for _, b in pairs], level),
+            higher_is_better=False,
+            detail=detail,
+        )
+        for question, figure in (
+            ("solves in fewer episodes (IQM of episodes to solve)", episodes_to_solve),
+            ("solves sooner (IQM of minutes to solve)", minutes_to_solve),
+        )
+    ]
+    if crashed:
+        lines.append(
+            Line(
+                "finishes its runs (share of runs that did not fail)",
+                first.label,
+                second.label,
+                failed_runs([failed(a) for a, _ in pairs], [failed(b) for _, b in pairs], level),
+                higher_is_better=True,
+                detail="; ".join(
+                    f"{j.spec.framework} seed {j.spec.seed}: {j.error}" for j in crashed
+                ),
+            )
+        )
+    return lines
 
 
 def _interval(values: list, fmt: str) -> str:
@@ -236,7 +271,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         [v["question"], f"{v['first']} / {v['second']}",
          "-" if not math.isfinite(v["ratio"]) else f"{v['ratio']:.3f}",
          "-" if v["interval"][1] is None else f"{v['interval'][0]:.3f} to {v['interval'][1]:.3f}",
-         v["outcome"], v["winner"] or "-", v["method"]]
+         v["outcome"], v["winner"] or "-", "; ".join(x for x in (v["detail"], v["method"]) if x)]
         for v in results["verdict"]
     ]  # fmt: skip
     runs = [
@@ -257,7 +292,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             rows,
         ),
         (
-            f"Verdict ({level}; paired by seed)",
+            f"Verdict ({level}; paired by seed; {family_note(results['verdict'])})",
             ["question", "first / second", "ratio", "interval", "outcome", "winner", "method"],
             verdict,
         ),

@@ -26,7 +26,7 @@ from twinbench.experiments.report_kit import (
     write_files,
 )
 from twinbench.experiments.sweep_studies import PAIRED, format_params, paired_values
-from twinbench.experiments.verdicts import describe
+from twinbench.experiments.verdicts import describe, family_note
 from twinbench.models.spec import Choice, FloatRange, Range
 
 SCHEMA = "twinbench.sweep/v1"
@@ -262,7 +262,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     verdict = results["verdict"]
     if verdict:
         out.append((
-            f"Verdicts (validation loss, lower is better; Holm-corrected over {len(verdict)} lines)",
+            f"Verdicts (validation loss, lower is better; {family_note(verdict)})",
             ["question", "outcome", "torch/tf", "interval", "pairs", "detail"],
             [[v["question"], v["winner"] or v["outcome"], f"{v['ratio']:.3f}",
               "none" if v["interval"][1] is None
@@ -365,7 +365,7 @@ def print_sweep_summary(results: dict) -> None:
                 [trial_counts(n, t) for n, t in _all_trials(results)]))  # fmt: skip
     verdict = results["verdict"]
     if verdict:
-        print(f"verdicts ({verdict[0]['hardware']}; Holm-corrected over {len(verdict)} lines):")
+        print(f"verdicts ({verdict[0]['hardware']}; {family_note(verdict)}):")
     for v in verdict:
         print("  " + describe(v))
     print(f"took {results['sweep']['seconds'] / 60:.1f} min")

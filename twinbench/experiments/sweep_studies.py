@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import FRAMEWORKS, Settings
 from twinbench.errors import InvalidArgument
-from twinbench.experiments.verdicts import Line, decide, paired_ratio
+from twinbench.experiments.verdicts import Line, decide, paired_with_failures
 from twinbench.models.catalogue import get_model_spec
 from twinbench.models.spec import FloatRange, IntRange, Range
 
@@ -282,30 +282,41 @@ def verdict(
     corrected together (Holm): lower is better."""
     first, second = FRAMEWORKS
     lines = []
-    pairs = [t.values for t in paired_values(studies[PAIRED])]
-    finite = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b) and a > 0 < b]
-    if finite:
+    # Every point and repeat counts: where a side diverged or failed, it is the worst there,
+    # and an exact sign test then orders every pair (none is left out).
+    pairs = [[_loss(v) for v in t.values] for t in paired_values(studies[PAIRED])]
+    if pairs:
+        worst = sum(math.isinf(v) for pair in pairs for v in pair)
         lines.append(
             Line(
                 "lower validation loss at the same settings (paired points)",
                 first, second,
-                paired_ratio([a for a, _ in finite], [b for _, b in finite], level=level),
+                paired_with_failures([a for a, _ in pairs], [b for _, b in pairs], level=level),
                 higher_is_better=False,
-                detail=f"{len(finite)} points; {len(pairs) - len(finite)} left out (diverged)",
+                detail=f"{len(pairs)} points; {worst} diverged runs counted as the worst",
             )
         )  # fmt: skip
     for entry in cross:
-        done = [r["val_loss"] for r in entry["repeats"]]
-        ok = [(d[first], d[second]) for d in done if d[first] and d[second]
-              and math.isfinite(d[first]) and math.isfinite(d[second])]  # fmt: skip
-        if ok:
+        done = [(_loss(r["val_loss"].get(first)), _loss(r["val_loss"].get(second)))
+                for r in entry["repeats"]]  # fmt: skip
+        if done:
+            worst = sum(math.isinf(v) for pair in done for v in pair)
             lines.append(
                 Line(
                     f"lower validation loss with {entry['settings_of']}'s best settings",
                     first, second,
-                    paired_ratio([a for a, _ in ok], [b for _, b in ok], level=level),
+                    paired_with_failures([a for a, _ in done], [b for _, b in done], level=level),
                     higher_is_better=False,
-                    detail=f"{len(ok)} repeat(s), a new seed each, the same for both",
+                    detail=f"{len(done)} repeat(s), a new seed each, the same for both"
+                    + (f"; {worst} failed or diverged runs counted as the worst" if worst else ""),
                 )
             )  # fmt: skip
     return decide(lines, hardware, level) if lines else []
+
+
+def _loss(value: float | None) -> float:
+    """A validation loss for a verdict: a run that diverged or failed (no finite loss) is inf,
+    the worst."""
+    if value is None or not math.isfinite(value):
+        return math.inf
+    return max(value, 1e-12)
