@@ -118,3 +118,40 @@ def test_a_sweep_with_every_figure_there_is_a_paired_t_on_log_ratios():
     (paired,) = verdict(_sweep_studies(points), [], "cpu", 0.95)
     assert paired["method"].startswith("paired t on log ratios, 6 pairs")
     assert paired["detectable"] == pytest.approx(paired["detectable"]) and paired["power"] == 0.8
+
+
+@pytest.mark.parametrize("schema", ["results-v2", "sweep-v1"])
+def test_every_kind_of_verdict_entry_matches_the_results_schemas(schema):
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from twinbench.experiments.verdicts import (
+        Line,
+        accuracy_ratio,
+        failed_runs,
+        paired_iqm_ratio,
+        paired_ratio,
+        paired_with_failures,
+    )
+
+    rng = np.random.default_rng(2)
+    lines = [
+        Line("speed", "a", "b", paired_ratio([100.0, 101.0, 99.0], [90.0, 92.0, 91.0]), True),
+        Line("one", "a", "b", paired_ratio([100.0], [90.0], [[99.0, 101.0]], [[89.0, 91.0]]), True),
+        Line("acc", "a", "b", accuracy_ratio(rng.random((3, 50)) < 0.9, rng.random((3, 50)) < 0.9),
+             True),
+        Line("acc one", "a", "b", accuracy_ratio(rng.random((1, 50)) < 0.9,
+                                                 rng.random((1, 50)) < 0.9), True),
+        Line("dqn", "a", "b", paired_iqm_ratio([100.0, 120.0, 130.0], [150.0, 160.0, math.inf]),
+             False),
+        Line("loss", "a", "b", paired_with_failures([0.3, 0.4, math.inf], [0.35, 0.41, 0.5]), False),
+        Line("failed", "a", "b", failed_runs([True, False, False], [False, False, False]), True),
+    ]  # fmt: skip
+    entries = json.loads(json.dumps(decide(lines, "cpu")))
+    path = Path(__file__).parent.parent / "twinbench" / "schemas" / f"{schema}.schema.json"
+    item = json.loads(path.read_text())["properties"]["verdict"]["items"]
+    for entry in entries:
+        jsonschema.validate(entry, item)
+    assert entries[3]["detectable_points"] is None and entries[1]["min_p"] == 1.0
