@@ -280,3 +280,55 @@ def test_a_lockstep_pair_of_real_jobs_trains_in_parked_blocks(tmp_path, monkeypa
         assert block["steps"] in (4, 8) and block["samples"] == 32 * block["steps"]
     summary = pair_summary(pp, drop_first=False)
     assert summary is not None and summary["block_pairs"] == 2
+
+
+# The command.
+
+
+def test_bench_training_lockstep_runs_without_services_and_falls_back_when_it_cannot(
+    tmp_path, monkeypatch, capsys
+):
+    from twinbench.cli import experiments as cli
+    from twinbench.cli import main as cli_main
+    from twinbench.experiments import bench_training, lockstep
+
+    args = cli_main.parser().parse_args(
+        ["bench", "training", "--model", "lenet5", "--lockstep", "--repeats", "2",
+         "--modes", "default", "--reports", str(tmp_path)]
+    )  # fmt: skip
+    args.argv = ["bench", "training", "--lockstep"]
+    assert cli_main.command_name(args) == "bench training --lockstep"
+    assert cli_main.ON_THEIR_OWN["bench training --lockstep"] is cli.cmd_bench_lockstep
+    assert (args.block_pairs, args.block_seconds, args.block_steps) == (10, 0.5, None)
+
+    # Where both arms cannot run here: sequential jobs on the services, and the report says why.
+    monkeypatch.setattr(lockstep, "unavailable", lambda frameworks, models: "no room here")
+    started = []
+
+    class Services:
+        def __init__(self, settings, gateway):
+            started.append(gateway)
+
+        def __enter__(self):
+            return "127.0.0.1:1", None
+
+        def __exit__(self, *exc):
+            return False
+
+    def sequential(client, options):
+        return {"options": dict(options.__dict__), "rows": [], "verdicts": [],
+                "environment": {"cpu": "x", "cpu_count": 2}, "published_hardware": "",
+                "created": "now", "timing": "sequential",
+                "preflight": {"quiet": True, "warnings": []}}  # fmt: skip
+
+    monkeypatch.setattr(cli, "services", Services)
+    monkeypatch.setattr(
+        cli, "Client", lambda address, settings: type("C", (), {"close": lambda s: None})()
+    )
+    monkeypatch.setattr(bench_training, "run_training_bench", sequential)
+    assert cli.cmd_bench_lockstep(None, args) == 0
+    assert started == [args.gateway]
+    assert "lockstep: no room here" in capsys.readouterr().err
+    (report,) = tmp_path.glob("*-bench-training/bench-training.md")
+    text = report.read_text()
+    assert "lockstep was asked for: no room here" in text and "Preflight: quiet" in text

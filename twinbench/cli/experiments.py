@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.cli.jobs import spec_from_args
 from twinbench.client.console import table
+from twinbench.client.stack import services
 from twinbench.config import FRAMEWORKS, Settings
 from twinbench.jobs.precision import PRECISIONS
 from twinbench.models.catalogue import MODELS
@@ -167,13 +169,9 @@ def cmd_code(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
-    from twinbench.experiments.bench_training import (
-        BenchOptions,
-        run_training_bench,
-        table_rows,
-        write_bench_report,
-    )
+def bench_options(args: argparse.Namespace):
+    """`bench training`'s BenchOptions, from its arguments."""
+    from twinbench.experiments.bench_training import BenchOptions
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(","))
     modes = tuple(m.strip() for m in args.modes.split(","))
@@ -186,7 +184,7 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
         raise SystemExit(f"--precision takes {' and/or '.join(PRECISIONS)}")
     if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
         raise SystemExit("--repeats, --steps, --warmup-steps and --batch-size must be 1 or more")
-    options = BenchOptions(
+    return BenchOptions(
         # The PyTorch paper's table has VGG-19, not VGG-16.
         models=tuple(args.model or (*(a for a in ARCHITECTURES if a != "vgg16"), *ID_MODELS)),
         frameworks=frameworks,
@@ -200,12 +198,69 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
         image_size=args.image_size,
         channels_last=args.channels_last,
     )
+
+
+def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
+    from twinbench.experiments.bench_training import run_training_bench
+
+    options = bench_options(args)
     if args.workers:
         return cmd_bench_scaling(client, args, options)
-    results = run_training_bench(client, options)
+    return write_training_bench(run_training_bench(client, options), args)
+
+
+def cmd_bench_lockstep(settings: Settings, args: argparse.Namespace) -> int:
+    """`bench training --lockstep`: lockstep pairs on this host, no services; sequential jobs on
+    the trainers (started as for any command) where both arms cannot run here."""
+    from twinbench.experiments.bench_training import run_training_bench
+    from twinbench.experiments.lockstep import (
+        LockstepOptions,
+        LockstepUnavailable,
+        run_lockstep_bench,
+        unavailable,
+    )
+
+    options = bench_options(args)
+    if min(args.block_pairs, args.block_steps or 2) < 1 or args.block_seconds <= 0:
+        raise SystemExit("--block-pairs, --block-steps and --block-seconds must be positive")
+    lockstep = LockstepOptions(
+        block_pairs=args.block_pairs,
+        block_seconds=args.block_seconds,
+        block_steps=args.block_steps,
+        disturbance_limit=args.disturbance_limit,
+        max_discards=args.max_discards,
+    )
+    reason = unavailable(options.frameworks, options.models)
+    if args.workers:
+        reason = "--workers: a data-parallel job's workers are not paused in lockstep"
+    results = None
+    if reason is None:
+        try:
+            results = run_lockstep_bench(settings, options, lockstep)
+        except LockstepUnavailable as exc:
+            reason = str(exc)
+    if results is None:
+        print(f"lockstep: {reason}; timing sequential jobs instead", file=sys.stderr)
+        with services(settings, args.gateway) as (address, _):
+            client = Client(address, settings)
+            try:
+                if args.workers:
+                    return cmd_bench_scaling(client, args, options)
+                results = run_training_bench(client, options)
+            finally:
+                client.close()
+        results["fallback"] = reason
+    return write_training_bench(results, args)
+
+
+def write_training_bench(results: dict, args: argparse.Namespace) -> int:
+    from twinbench.experiments.bench_training import table_rows, write_bench_report
+
     results["options"]["command"] = "twinbench " + " ".join(args.argv)
     headers, rows = table_rows(results)
     print(table(headers, rows))
+    for note in results.get("notes", []):
+        print(note)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for path in write_bench_report(Path(args.reports) / f"{stamp}-bench-training", results):
         print(f"wrote {path}")
@@ -251,7 +306,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         setup,
         summary,
     )
+    from twinbench.experiments.preflight import preflight, warn
+    from twinbench.experiments.preflight import summary as preflight_summary
 
+    checked = preflight()  # what makes this machine noisy now: warned here, repeated at the end
+    warn(checked)
     use_perf_analyzer = args.perf_analyzer == "on" or (
         args.perf_analyzer == "auto" and perf_analyzer_command() is not None
     )
@@ -283,4 +342,5 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     )
     for line in summary(figures) + capacity_lines(figures, args.p99_target_ms):
         print(line)
+    print(f"preflight: {preflight_summary(checked)}")
     return 0

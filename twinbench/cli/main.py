@@ -33,13 +33,18 @@ ON_THEIR_OWN: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "parity": experiments.cmd_parity,
     "code": experiments.cmd_code,
     "bench serving": experiments.cmd_bench,
+    # Lockstep pairs run both arms' workers here; sequential jobs, its fallback, start services.
+    "bench training --lockstep": experiments.cmd_bench_lockstep,
 }
 
 __all__ = ["main", "parser"]
 
 
 def command_name(args: argparse.Namespace) -> str:
-    return f"bench {args.bench_command}" if args.command == "bench" else args.command
+    if args.command != "bench":
+        return args.command
+    lockstep = " --lockstep" if getattr(args, "lockstep", False) else ""
+    return f"bench {args.bench_command}{lockstep}"
 
 
 def through_the_gateway(settings: Settings, args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from twinbench.config import load_settings
+from twinbench.experiments.disturbance import DISTURBANCE_LIMIT
 from twinbench.jobs.precision import PRECISIONS
 from twinbench.models.catalogue import MODELS
 from twinbench.models.id_models import ID_MODELS
@@ -206,6 +207,43 @@ def parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=10, help="steady steps (default: %(default)s)"
     )
     training.add_argument("--reports", default="reports", help="(default: %(default)s)")
+    lockstep = training.add_argument_group(
+        "lockstep", "both arms on this host, timed in alternating short blocks (docs/lockstep.md)"
+    )
+    lockstep.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="each repeat a fresh pair of job workers here (no services), the idle one stopped;"
+        " sequential jobs on the trainers where both cannot run here",
+    )
+    lockstep.add_argument(
+        "--block-seconds",
+        type=float,
+        default=0.5,
+        help="each block's length, the faster arm's (default: %(default)s)",
+    )
+    lockstep.add_argument(
+        "--block-steps", type=int, help="steps per block (default: from --block-seconds)"
+    )
+    lockstep.add_argument(
+        "--block-pairs",
+        type=int,
+        default=10,
+        help="undisturbed block pairs per process pair (default: %(default)s)",
+    )
+    lockstep.add_argument(
+        "--disturbance-limit",
+        type=float,
+        default=DISTURBANCE_LIMIT,
+        help="a block pair is redone when, in either block, other processes and steal took more"
+        " than this share of the job's CPUs (default: %(default)s)",
+    )
+    lockstep.add_argument(
+        "--max-discards",
+        type=int,
+        help="redone block pairs per process pair before it is too disturbed (default: as many"
+        " as --block-pairs)",
+    )
     parity = sub.add_parser(
         "parity", help="copy PyTorch weights into Keras and compare logits (exit 1 above 1e-5)"
     )

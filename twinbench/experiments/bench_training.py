@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from twinbench.api import trainer_pb2 as tpb
+from twinbench.experiments.preflight import preflight, warn
+from twinbench.experiments.preflight import summary as preflight_summary
 from twinbench.experiments.report_kit import (
     Made,
     environment,
@@ -125,6 +127,8 @@ def run_training_bench(
     client: Client, options: BenchOptions, progress: Callable[[str], None] = print
 ) -> dict:
     """Runs every job and returns the results (see write_bench_report for their shape)."""
+    checked = preflight()
+    warn(checked)
     first, second = options.frameworks
     rows, lines = [], []
     for model in options.models:
@@ -180,6 +184,8 @@ def run_training_bench(
         "published_hardware": PUBLISHED_HARDWARE,
         "rows": rows,
         "verdicts": decide(lines, hardware, options.level) if lines else [],
+        "timing": "sequential",
+        "preflight": checked,
     }
 
 
@@ -247,12 +253,31 @@ def report_pages(results: dict) -> tuple[str, str]:
         f"Published figures: {results['published_hardware']}; other hardware and versions,"
         " so compare ratios, not absolute numbers.",
         *(f"- {describe(v)}" for v in results["verdicts"]),
+        *_timing_notes(results),
     ]
     sections = [("Training throughput", headers, rows)]
     return (
         render_markdown("bench training", made, sections, {}, notes),
         render_html("bench training", made, sections, {}, notes),
     )
+
+
+def _timing_notes(results: dict) -> list[str]:
+    """How the jobs were timed (sequential jobs, or lockstep pairs and what they discarded),
+    and what the preflight found."""
+    notes = []
+    if results.get("timing") == "lockstep":
+        notes.append(
+            "Timing: lockstep pairs (docs/lockstep.md): both arms' workers alive on this host,"
+            " trained in alternating short blocks, the idle one stopped; each repeat is a fresh"
+            " process pair, the unit of the interval."
+        )
+    elif results.get("fallback"):
+        notes.append(f"Timing: sequential jobs; lockstep was asked for: {results['fallback']}.")
+    notes += results.get("notes", [])
+    if "preflight" in results:
+        notes.append(f"Preflight: {preflight_summary(results['preflight'])}.")
+    return notes
 
 
 def write_bench_report(directory: Path, results: dict) -> list[Path]:

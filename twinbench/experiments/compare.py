@@ -31,6 +31,9 @@ from twinbench.client.console import table, watch_all
 from twinbench.client.inference import infer_sample
 from twinbench.client.stack import LocalStack, services
 from twinbench.config import Settings
+from twinbench.experiments.disturbance import Monitor
+from twinbench.experiments.preflight import preflight, warn
+from twinbench.experiments.preflight import summary as preflight_summary
 from twinbench.experiments.report import build_results, write_report
 from twinbench.experiments.report_kit import cpu_name
 from twinbench.experiments.verdicts import (
@@ -94,6 +97,8 @@ def run_order(repeats: int) -> list[tuple[int, int]]:
 def run_compare(
     settings: Settings, gateway: str, base_spec: tpb.JobSpec, options: CompareOptions
 ) -> int:
+    checked = preflight()  # what makes this machine noisy now: recorded, warned about
+    warn(checked)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report_dir = options.reports.resolve() / f"{stamp}-{base_spec.model}"
     arms = plan_arms(options.frameworks, options.repeats, base_spec.seed)
@@ -136,6 +141,8 @@ def run_compare(
         {arm.label: (arm.framework, arm.jobs) for arm in arms},
         serving, load, options.command, verdict, design, serving_cost,
     )  # fmt: skip
+    results["preflight"] = checked
+    results["environment"]["preflight"] = preflight_summary(checked)  # a row of the report
     write_report(report_dir, results)
     print_summary(arms, serving, verdict, predictions, options.sample)
     print(f"report: {report_dir / 'report.html'}")
@@ -224,6 +231,7 @@ def load_test(
     exports = repeat_exports(arms)
     keys = list(exports)
     rounds: dict[tuple[str, str], list[dict]] = {k: [] for k in keys}
+    monitor = Monitor()
     for r in range(options.rounds):
         for key in keys if r % 2 == 0 else reversed(keys):
             per_repeat = exports[key]
@@ -232,6 +240,7 @@ def load_test(
                 f"load test, round {r + 1}/{options.rounds}: {_served_label(export)},"
                 f" {options.users} users for {options.duration}"
             )
+            before = monitor.snapshot()
             stats = run_locust(
                 address, f"{export.model_name}:{export.version}", options.users, options.duration,
                 # Inputs from each model's metadata and dataset (twinbench.client.inputs): the same
@@ -239,7 +248,10 @@ def load_test(
                 options.serving_batch_size, None,
                 report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
             )  # fmt: skip
-            rounds[key].append({"version": export.version, **stats})
+            # What else ran during the round: all of this run's processes are its work here
+            # (the load generator and the services), so "outside_fraction" is the disturbance.
+            disturbance = monitor.between(before, monitor.snapshot())
+            rounds[key].append({"version": export.version, **stats, "disturbance": disturbance})
     out = []
     for key in keys:
         arm = next(a for a in arms if a.label == key[0])

@@ -54,6 +54,7 @@ from twinbench.experiments.disturbance import (
     disturbed,
     process_cpu_seconds,
 )
+from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.report_kit import environment
 from twinbench.experiments.verdicts import LEVEL, Estimate, Line, decide, paired_ratio
 from twinbench.jobs.request import resolve_spec
@@ -513,6 +514,8 @@ def run_lockstep_bench(
 ) -> dict:
     """`bench training --lockstep`: each repeat a lockstep process pair. The results have the
     shape of run_training_bench's, each row with its process pairs' blocks under "lockstep"."""
+    checked = preflight()
+    warn(checked)
     first, second = options.frameworks
     rows, lines, notes = [], [], []
     for model in options.models:
@@ -548,6 +551,7 @@ def run_lockstep_bench(
         "rows": rows,
         "verdicts": decide(lines, hardware, options.level) if lines else [],
         "notes": notes,
+        "preflight": checked,
     }
 
 
