@@ -82,8 +82,8 @@ def test_movielens_is_read_from_its_zip_as_implicit_feedback(tmp_path):
 def test_both_frameworks_compute_the_same_loss_on_the_same_batch(name):
     """From the shared initial weights, one batch: the same loss (before the step) in both, and
     after one Adam step from it, the same loss on the next batch."""
-    from twinbench.frameworks.tf.framework import TFIdSession
-    from twinbench.frameworks.torch.framework import TorchIdSession
+    from twinbench.frameworks.tf.id_session import TFIdSession
+    from twinbench.frameworks.torch.id_session import TorchIdSession
     from twinbench.jobs.request import job_model, resolve_spec
 
     losses = {}

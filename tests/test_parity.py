@@ -56,7 +56,7 @@ def test_keras_running_variance_is_levelled_to_pytorchs_unbiased_one():
     import keras
     import torch
 
-    from twinbench.frameworks.tf.session import LevelledBatchNorm
+    from twinbench.frameworks.tf.models import LevelledBatchNorm
 
     x = np.random.default_rng(0).random((4, 2, 3, 3), dtype=np.float32) * 3
     torch_bn = torch.nn.BatchNorm2d(2, eps=1e-5, momentum=0.1).train()

@@ -13,9 +13,9 @@ SEQUENTIAL = {name: spec for name, spec in MODELS.items() if name not in ARCHITE
 
 
 def _counts(spec) -> tuple[int, int]:
-    from twinbench.frameworks.tf.session import build_model as build_keras
-    from twinbench.frameworks.tf.session import trainable_count
-    from twinbench.frameworks.torch.session import build_model as build_torch
+    from twinbench.frameworks.tf.models import build_model as build_keras
+    from twinbench.frameworks.tf.models import trainable_count
+    from twinbench.frameworks.torch.models import build_model as build_torch
 
     torch_count = sum(p.numel() for p in build_torch(spec).parameters() if p.requires_grad)
     return torch_count, trainable_count(build_keras(spec))
@@ -80,9 +80,9 @@ def test_knobs_are_checked():
 
 
 def test_id_models_declared_counts_and_both_builders():
-    from twinbench.frameworks.tf.session import build_id_model as build_keras
-    from twinbench.frameworks.tf.session import trainable_count
-    from twinbench.frameworks.torch.session import build_id_model as build_torch
+    from twinbench.frameworks.tf.models import build_id_model as build_keras
+    from twinbench.frameworks.tf.models import trainable_count
+    from twinbench.frameworks.torch.models import build_id_model as build_torch
 
     # MLPerf's NCF (NeuMF on MovieLens-20M, factors 64, MLP 256-256-128-64): 31,832,577.
     assert ID_MODELS["ncf"].parameter_count() == 31_832_577

@@ -85,10 +85,10 @@ def check_parity(
     _import_torch_first()
     import torch
 
-    from twinbench.frameworks.tf.session import build_model as build_keras
-    from twinbench.frameworks.tf.session import set_weights, trainable_count, weighted_layers
-    from twinbench.frameworks.torch.session import build_model as build_torch
-    from twinbench.frameworks.torch.session import load_base, model_weights, weighted_modules
+    from twinbench.frameworks.tf.models import build_model as build_keras
+    from twinbench.frameworks.tf.models import set_weights, trainable_count, weighted_layers
+    from twinbench.frameworks.torch.models import build_model as build_torch
+    from twinbench.frameworks.torch.models import load_base, model_weights, weighted_modules
 
     spec = get_model_spec(model_name, width, image_size, hidden_units)
     rows = rows or (16 if model_name in ARCHITECTURES or spec.pretrained else 64)
@@ -181,10 +181,10 @@ def check_id_parity(model_name: str, seed: int = 0, rows: int | None = None, sca
     _import_torch_first()
     import torch
 
-    from twinbench.frameworks.tf.session import build_id_model as build_keras
-    from twinbench.frameworks.tf.session import set_id_weights, trainable_count
-    from twinbench.frameworks.torch.session import build_id_model as build_torch
-    from twinbench.frameworks.torch.session import id_model_weights
+    from twinbench.frameworks.tf.models import build_id_model as build_keras
+    from twinbench.frameworks.tf.models import set_id_weights, trainable_count
+    from twinbench.frameworks.torch.models import build_id_model as build_torch
+    from twinbench.frameworks.torch.models import id_model_weights
 
     declared = id_model(model_name, scale)
     torch.manual_seed(seed)

@@ -102,7 +102,7 @@ SHARED_ID_INIT = (
 
 def id_weight_shapes(model: NeuMF | GNMT) -> list[tuple[tuple[int, ...], ...]]:
     """The shapes of an id-input model's weights in PyTorch's layout and registration order
-    (twinbench/frameworks/torch/framework.py id_model_weights): an Embedding's table, a Linear's
+    (twinbench/frameworks/torch/models.py id_model_weights): an Embedding's table, a Linear's
     (weight, bias), an LSTM's (weight_ih, weight_hh, bias_ih, bias_hh)."""
     linear = lambda a, b: ((b, a), (b,))  # noqa: E731
     if isinstance(model, NeuMF):

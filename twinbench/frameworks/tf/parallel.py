@@ -11,9 +11,12 @@ import numpy as np
 import tensorflow as tf
 
 from twinbench.api import trainer_pb2 as pb
+from twinbench.data.datasets import Dataset
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.tf.session import TFSession
+from twinbench.models.spec import ModelSpec
 from twinbench.training.parallel import Topology, devices_of
+from twinbench.training.session import Framework
 
 # How long a collective may wait for a peer before it fails (a dead peer is normally seen sooner
 # by the coordination service; the trainer stops the others as soon as one dies).
@@ -24,7 +27,9 @@ class DistributedTFSession(TFSession):
     """A TFSession whose variables are mirrored by `strategy` and whose step sums the replicas'
     gradients, each weighted by its share of the global batch (see twinbench.training.parallel)."""
 
-    def __init__(self, spec: pb.JobSpec, model_spec, strategy: tf.distribute.Strategy) -> None:
+    def __init__(
+        self, spec: pb.JobSpec, model_spec: ModelSpec, strategy: tf.distribute.Strategy
+    ) -> None:
         self.strategy = strategy
         self.global_rows = 1
         with strategy.scope():  # variables and optimizer slots become mirrored ones
@@ -140,7 +145,9 @@ class TFCollective:
         summed = self.strategy.run(replica_fn, args=(values,))
         return self.strategy.experimental_local_results(summed)[0]
 
-    def new_session(self, framework, spec: pb.JobSpec, model, data) -> DistributedTFSession:
+    def new_session(
+        self, framework: Framework, spec: pb.JobSpec, model: ModelSpec, data: Dataset
+    ) -> DistributedTFSession:
         session = DistributedTFSession(spec, model, self.strategy)
         self.sessions.append(session)
         return session

@@ -11,9 +11,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from twinbench.api import trainer_pb2 as pb
+from twinbench.data.datasets import Dataset
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.torch.session import TorchSession
+from twinbench.models.spec import ModelSpec
 from twinbench.training.parallel import Topology
+from twinbench.training.session import Framework
 
 # DDP's default: gradients travel in buckets of this many MiB, all-reduced while backward runs.
 BUCKET_MB = 25
@@ -54,7 +57,9 @@ class TorchCollective:
         dist.init_process_group(self.backend, timeout=COLLECTIVE_TIMEOUT)  # torchrun's env://
         self.weight = _Weight()
 
-    def new_session(self, framework, spec: pb.JobSpec, model, data) -> TorchSession:
+    def new_session(
+        self, framework: Framework, spec: pb.JobSpec, model: ModelSpec, data: Dataset
+    ) -> TorchSession:
         session = TorchSession(spec, model)
         ddp = DistributedDataParallel(
             session.model,

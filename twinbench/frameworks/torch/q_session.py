@@ -9,48 +9,38 @@ import torch
 from torch import nn
 
 from twinbench.api import trainer_pb2 as pb
-from twinbench.frameworks.torch.session import (
-    TorchSession,
-    build_model,
-    device_name,
-    load_weights,
-    make_optimizer,
-    optimizer_fairness,
-    pick_device,
-)
-from twinbench.models.initial_weights import SHARED_INIT, shared_initial_weights
+from twinbench.errors import InvalidArgument
+from twinbench.frameworks.torch.models import build_model, load_weights
+from twinbench.frameworks.torch.session import TorchSessionBase
+from twinbench.models.initial_weights import shared_initial_weights
 from twinbench.models.spec import ModelSpec
 
 
-class TorchQSession(TorchSession):
-    """The online network is `self.model` (so exports and predict are TorchSession's)."""
+class TorchQSession(TorchSessionBase):
+    """The online network is `self.model` (so exports and predict are the base session's);
+    eager and fp32 (DQN jobs refuse compiled and mixed-precision modes)."""
 
     def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
-        self.spec, self.model_spec = spec, model_spec
-        self.device = pick_device(spec.device)
-        torch.manual_seed(spec.seed)
-        model = build_model(model_spec)
-        if spec.init == "shared":
-            load_weights(model, shared_initial_weights(model_spec, spec.seed))
-        self.model = model.to(self.device)
+        rl = model_spec.reinforcement
+        if rl is None:  # the training loop makes Q-network sessions only for DQN declarations
+            raise InvalidArgument(f"model {model_spec.name} is not a reinforcement-learning one")
+        self.model_spec = model_spec
+        self.clip_norm = rl.grad_clip_norm
+        super().__init__(spec, model_spec)
         self.target = copy.deepcopy(self.model).eval()
-        self.input_shape = model_spec.input_shape
-        self.parameter_count = sum(p.numel() for p in self.model.parameters())
-        self.device_name = device_name(self.device)
-        self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
-        self.augment = None
-        self.clip_norm = model_spec.reinforcement.grad_clip_norm
+
+    def new_model(self) -> nn.Module:
+        model = build_model(self.model_spec)
+        if self.spec.init == "shared":
+            load_weights(model, shared_initial_weights(self.model_spec, self.spec.seed))
+        return model
 
     def fairness(self) -> dict[str, str]:
         return {
-            "init": SHARED_INIT
-            if self.spec.init == "shared"
-            else "PyTorch's own: Kaiming uniform (a=sqrt 5), biases U(+-1/sqrt fan_in)",
-            "optimizer": optimizer_fairness(self.spec.optimizer),
+            **super().fairness(),
             "td step": "F.smooth_l1_loss (beta 1, mean) on Q(s, a) gathered from the online net;"
             f" clip_grad_norm_ to {self.clip_norm:g}",
             "target copy": "load_state_dict of the online network's",
-            "compilation": "eager (no torch.compile)",
         }
 
     def _run(self, net: nn.Module, states: np.ndarray) -> np.ndarray:
