@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 FLOOD_S = 5.0
 FLOODERS = 2  # processes, each with its own connection (a new one when the front closes it)
-SETTLE_S = 10.0  # the bound: this long after the flood, the front is back
+SETTLE_S = 10.0  # this long after the flood, the front is back
 RSS_SLACK_BYTES = 30 * 1024 * 1024
 METHOD = "/inference.GRPCInferenceService/ServerLive"
 

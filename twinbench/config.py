@@ -46,6 +46,12 @@ class Settings:
     tls_key: Path | None
     tls_ca: Path | None  # what clients trust to reach a TLS gateway
     gateway_front: str  # the gateway's front binary: "auto", "off" or a path
+    # The front's bounds on its clients (docs/security.md): open connections, concurrent streams
+    # per connection, and the largest header list of a call. With the largest message, they bound
+    # the memory clients can make it hold.
+    front_max_connections: int
+    front_max_streams: int
+    front_max_header_bytes: int
     # Each training job's worker process: the CPUs it may use ("" all of the trainer's, or a list
     # like "0-3,8") and its intra-op and inter-op threads (0: one per CPU of that set), the same
     # in both frameworks.
@@ -159,6 +165,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_key=_path(env.get("TWINBENCH_TLS_KEY")),
         tls_ca=_path(env.get("TWINBENCH_TLS_CA")),
         gateway_front=get("GATEWAY_FRONT", "auto"),
+        front_max_connections=int(get("FRONT_MAX_CONNECTIONS", "4096")),
+        front_max_streams=int(get("FRONT_MAX_STREAMS", "256")),
+        front_max_header_bytes=int(get("FRONT_MAX_HEADER_BYTES", str(16 * 1024))),
         train_cpus=get("TRAIN_CPUS", ""),
         train_threads=int(get("TRAIN_THREADS", "0")),
         train_interop_threads=int(get("TRAIN_INTEROP_THREADS", "0")),

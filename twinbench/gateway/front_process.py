@@ -46,6 +46,9 @@ class Front:
             f"-batch-max-rows={s.batch_max_rows}",
             f"-batch-delay-us={round(s.batch_delay_s * 1e6)}",
             f"-inference-open={str(s.inference_open).lower()}",
+            f"-max-connections={s.front_max_connections}",
+            f"-max-streams={s.front_max_streams}",
+            f"-max-header-bytes={s.front_max_header_bytes}",
             "-metrics-listen=127.0.0.1:0",
         ]
         if s.tls_cert:
