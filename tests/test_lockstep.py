@@ -250,36 +250,46 @@ def test_past_the_cap_a_process_pair_is_too_disturbed():
 
 
 @pytest.mark.integration
-def test_a_lockstep_pair_of_real_jobs_trains_in_parked_blocks(tmp_path, monkeypatch):
+def test_lockstep_speed_pairs_of_real_jobs_train_in_parked_blocks(tmp_path, monkeypatch):
+    """compare --lockstep-pairs: both frameworks' real job workers, each process pair with the
+    same CPU set and threads, every block parked, and one verdict line over the process pairs."""
     from twinbench.config import load_settings
-    from twinbench.experiments.bench_training import BenchOptions
-    from twinbench.experiments.lockstep import (
-        lockstep_spec,
-        pair_summary,
-        start_arm,
-    )
+    from twinbench.experiments.lockstep import compare_speed_pairs
 
     monkeypatch.setenv("TWINBENCH_HOME", str(tmp_path))
     monkeypatch.setenv("TWINBENCH_TRAIN_THREADS", "2")
     monkeypatch.setenv("TWINBENCH_TRAIN_INTEROP_THREADS", "2")
-    settings = load_settings()
-    bench = BenchOptions(models=("lenet5",), batch_size=32, warmup_steps=2)
-    specs = [lockstep_spec(bench, "lenet5", fw, "default", 0, "fp32") for fw in ("torch", "tf")]
-    starters = [lambda fw=fw, s=s: start_arm(settings, fw, s, fw)
-                for fw, s in zip(("torch", "tf"), specs, strict=True)]  # fmt: skip
+    spec = tpb.JobSpec(model="lenet5", dataset="synthetic", batch_size=32, warmup_steps=2)
     options = LockstepOptions(block_pairs=2, block_steps=8, calibration_steps=4,
                               disturbance_limit=math.inf)  # fmt: skip
-    pp = run_process_pair(starters, first=1, seed=0, options=options, warmup_steps=2)
-    assert pp["failed"] is None, pp["failed"]
-    torch_job, tf_job = pp["jobs"]
-    assert torch_job["cpu_set"] == tf_job["cpu_set"] and torch_job["cpu_set"]
-    assert torch_job["threads"] == tf_job["threads"] == [2, 2]
-    assert [torch_job["outcome"], tf_job["outcome"]] == ["cancelled", "cancelled"]
-    for block in all_blocks(pp):
-        assert block["parked"]["cpu_s"] == 0.0 and block["parked"]["context_switches"] == 0
-        assert block["steps"] in (4, 8) and block["samples"] == 32 * block["steps"]
-    summary = pair_summary(pp, drop_first=False)
-    assert summary is not None and summary["block_pairs"] == 2
+    record, lines = compare_speed_pairs(
+        load_settings(), ("torch", "tf"), ("torch", "tf"), spec, [(0, 0), (1, 1)], 0.95, options,
+    )  # fmt: skip
+    pps = record["process_pairs"]
+    assert [pp["failed"] for pp in pps] == [None, None]
+    assert [pp["start_order"] for pp in pps] == [[0, 1], [1, 0]]  # the starting arm alternates
+    for pp in pps:
+        torch_job, tf_job = pp["jobs"]
+        assert torch_job["cpu_set"] == tf_job["cpu_set"] and torch_job["cpu_set"]
+        assert torch_job["threads"] == tf_job["threads"] == [2, 2]
+        assert [torch_job["outcome"], tf_job["outcome"]] == ["cancelled", "cancelled"]
+        for block in all_blocks(pp):
+            assert block["parked"]["cpu_s"] == 0.0 and block["parked"]["context_switches"] == 0
+            assert block["steps"] in (4, 8) and block["samples"] == 32 * block["steps"]
+    assert record["summary"]["parked_cpu_s_max"] == 0.0
+    (line,) = lines
+    assert line.estimate.repeats == 2 and "process pairs" in line.detail
+
+
+def test_compare_speed_pairs_say_why_they_cannot_run(monkeypatch):
+    from twinbench.experiments import lockstep
+
+    monkeypatch.setattr(lockstep, "unavailable", lambda frameworks, models: "no room here")
+    record, lines = lockstep.compare_speed_pairs(
+        None, ("torch", "tf"), ("torch", "tf"), tpb.JobSpec(model="lenet5"), [(0, 0)], 0.95,
+        progress=lambda text: None,
+    )  # fmt: skip
+    assert record == {"unavailable": "no room here"} and lines == []
 
 
 # The command.

@@ -53,6 +53,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         bench_seconds=args.bench_seconds,
         command="twinbench " + " ".join(args.argv),
         level=args.confidence,
+        lockstep_pairs=args.lockstep_pairs,
     )
     if reinforcement:
         from twinbench.experiments.rl_compare import run_rl_compare

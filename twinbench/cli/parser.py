@@ -334,6 +334,14 @@ def parser() -> argparse.ArgumentParser:
         help="per serving-cost measurement, when compare starts the services; 0 skips"
         " (default: %(default)s)",
     )
+    compare.add_argument(
+        "--lockstep-pairs",
+        type=int,
+        default=0,
+        help="after the repeats, also time training speed in this many lockstep process pairs on"
+        " this host, both arms alive and trained in alternating short blocks (docs/lockstep.md);"
+        " 0: none (default: %(default)s)",
+    )
     sweep = sub.add_parser(
         "sweep",
         help="Optuna: tune each framework (TPE), compare both at the same points, cross-check",

@@ -76,6 +76,7 @@ class CompareOptions:
     bench_seconds: float  # per serving-cost measurement; 0 skips it
     command: str
     level: float = 0.95  # of every interval; Holm keeps the report's false winners under 1 - level
+    lockstep_pairs: int = 0  # speed-only lockstep process pairs after the repeats (lockstep.md)
 
 
 def plan_arms(frameworks: tuple[str, str], repeats: int, seed: int) -> list[Arm]:
@@ -120,6 +121,16 @@ def run_compare(
             serving_cost = serving_cost_of(stack, [e for _, e in served], options.bench_seconds)
     lines = training_lines(arms, settings, options.level)
     lines += serving_lines(arms, serving, options.level)
+    speed: dict | None = None
+    if options.lockstep_pairs:  # after the services stopped: nothing else of ours runs
+        from twinbench.experiments.lockstep import compare_speed_pairs
+
+        pairs = plan_arms(options.frameworks, options.lockstep_pairs, base_spec.seed)
+        speed, speed_lines = compare_speed_pairs(
+            settings, options.frameworks, [a.label for a in arms], base_spec,
+            list(zip(pairs[0].seeds, pairs[1].seeds, strict=True)), options.level,
+        )  # fmt: skip
+        lines += speed_lines
     verdict = decide(lines, hardware_of(arms), options.level)
     load = {
         "users": max(options.users, 1),
@@ -143,6 +154,8 @@ def run_compare(
     )  # fmt: skip
     results["preflight"] = checked
     results["environment"]["preflight"] = preflight_summary(checked)  # a row of the report
+    if speed is not None:
+        results["lockstep"] = speed
     write_report(report_dir, results)
     print_summary(arms, serving, verdict, predictions, options.sample)
     print(f"report: {report_dir / 'report.html'}")

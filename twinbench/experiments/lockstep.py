@@ -58,6 +58,7 @@ from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.report_kit import environment
 from twinbench.experiments.verdicts import LEVEL, Estimate, Line, decide, paired_ratio
 from twinbench.jobs.request import resolve_spec
+from twinbench.training.loop import DEFAULT_WARMUP_STEPS
 
 FRAMEWORK_CLASSES = {
     "torch": "twinbench.frameworks.torch.framework:TorchFramework",
@@ -506,6 +507,12 @@ def start_arm(settings: Settings, framework: str, spec: tpb.JobSpec, label: str)
     return ArmProcess(label, worker_command(framework), job, env, log)
 
 
+def starter(
+    settings: Settings, framework: str, spec: tpb.JobSpec, label: str
+) -> Callable[[], ArmProcess]:
+    return lambda: start_arm(settings, framework, spec, label)
+
+
 def run_lockstep_bench(
     settings: Settings,
     options: BenchOptions,
@@ -526,7 +533,7 @@ def run_lockstep_bench(
                 specs = [lockstep_spec(options, model, fw, mode, repeat, precision)
                          for fw in options.frameworks]  # fmt: skip
                 starters = [
-                    (lambda fw=fw, spec=spec: start_arm(settings, fw, spec, fw))
+                    starter(settings, fw, spec, fw)
                     for fw, spec in zip(options.frameworks, specs, strict=True)
                 ]
                 pp = run_process_pair(starters, repeat % 2, repeat, lockstep, options.warmup_steps)
@@ -569,6 +576,78 @@ def _pair_line(pp: dict, first: str, second: str) -> str:
     return text + (": too disturbed" if pp["too_disturbed"] else "")
 
 
+def speed_summary(
+    labels: Sequence[str], process_pairs: list[dict], lockstep: LockstepOptions
+) -> dict:
+    """What a run's process pairs add up to: the first-step decision, each pair's figures, the
+    discards, the parked CPU, and a note that says it all in a sentence."""
+    costs = resume_cost(process_pairs)
+    drop_first = any(c is not None and c >= RESUME_COST_LIMIT for c in costs)
+    parked = [b["parked"] for pp in process_pairs for p in pp["pairs"] for b in p["blocks"]]
+    summary: dict[str, Any] = {
+        "process_pairs": [pair_summary(pp, drop_first) for pp in process_pairs],
+        "resume_cost": dict(zip(labels, costs, strict=True)),
+        "first_step_dropped": drop_first,
+        "block_steps": [pp["block_steps"] for pp in process_pairs],
+        "discarded_block_pairs": sum(pp["discarded"] for pp in process_pairs),
+        "too_disturbed": sum(pp["too_disturbed"] for pp in process_pairs),
+        "failed": sum(bool(pp["failed"]) for pp in process_pairs),
+        "parked_cpu_s_max": max((abs(p["cpu_s"]) for p in parked), default=0.0),
+        "parked_context_switches_max": max((abs(p["context_switches"]) for p in parked),
+                                           default=0),
+        "disturbance_limit": lockstep.disturbance_limit,
+    }  # fmt: skip
+    cost_text = ", ".join(
+        f"{label} {c:+.2%}" if c is not None else f"{label} -"
+        for label, c in zip(labels, costs, strict=True)
+    )
+    summary["note"] = (
+        f"lockstep: {len(process_pairs)} process pairs, blocks of"
+        f" {', '.join(str(n) for n in summary['block_steps'])} steps;"
+        f" {summary['discarded_block_pairs']} block pairs discarded as disturbed (limit"
+        f" {lockstep.disturbance_limit:.0%} of the CPUs), {summary['too_disturbed']} process"
+        f" pairs too disturbed, {summary['failed']} failed; parked CPU at most"
+        f" {summary['parked_cpu_s_max'] * 1000:.0f} ms and"
+        f" {summary['parked_context_switches_max']} context switches per block; the first step"
+        f" after a resume costs (median share of a block) {cost_text}: "
+        + ("left out of every block" if drop_first else "kept")
+        + "."
+    )
+    return summary
+
+
+def speed_line(
+    question: str,
+    labels: Sequence[str],
+    process_pairs: list[dict],
+    summary: dict,
+    level: float,
+    extra: dict | None = None,
+) -> Line | None:
+    """The verdict line of lockstep process pairs: none when a worker failed (a failure is the
+    arm's own result, as a failed job is in the sequential bench) or no pair is left; a pair
+    too disturbed to measure is left out and the line says so."""
+    if summary["failed"]:
+        return None
+    complete = [
+        s
+        for pp, s in zip(process_pairs, summary["process_pairs"], strict=True)
+        if s is not None and not pp["too_disturbed"]
+    ]
+    if not complete:
+        return None
+    detail = "process pairs: " + "; ".join(
+        f"{s['ratio']:.3f} +- {s['log_se'] or 0:.3f} (log SE, {s['block_pairs']} block pairs)"
+        for s in complete
+    )
+    detail += f"; {summary['discarded_block_pairs']} block pairs discarded as disturbed and redone"
+    if summary["too_disturbed"]:
+        detail += f"; {summary['too_disturbed']} more too disturbed to measure, left out"
+    first, second = labels
+    return Line(question, first, second, lockstep_estimate(complete, level),
+                higher_is_better=True, detail=detail, extra=extra or {})  # fmt: skip
+
+
 def _row(
     model: str,
     mode: str,
@@ -577,15 +656,10 @@ def _row(
     process_pairs: list[dict],
     lockstep: LockstepOptions,
 ) -> tuple[dict, Line | None, str]:
-    first, second = options.frameworks
-    costs = resume_cost(process_pairs)
-    drop_first = any(c is not None and c >= RESUME_COST_LIMIT for c in costs)
-    usable = [pp for pp in process_pairs if not pp["failed"] and not pp["too_disturbed"]]
-    summaries = [pair_summary(pp, drop_first) for pp in usable]
-    complete = [s for s in summaries if s is not None]
-    runs: dict[str, list[dict]] = {first: [], second: []}
-    for pp in process_pairs:
-        s = pair_summary(pp, drop_first)
+    summary = speed_summary(options.frameworks, process_pairs, lockstep)
+    drop_first = summary["first_step_dropped"]
+    runs: dict[str, list[dict]] = {fw: [] for fw in options.frameworks}
+    for pp, s in zip(process_pairs, summary["process_pairs"], strict=True):
         state = ("failed" if pp["failed"] else "too disturbed" if pp["too_disturbed"]
                  else "succeeded")  # fmt: skip
         for k, fw in enumerate(options.frameworks):
@@ -605,53 +679,72 @@ def _row(
                 "framework_version": job.get("framework_version", ""),
                 "compilation": job.get("compilation", ""), "layout": job.get("layout", ""),
             })  # fmt: skip
-    parked = [b["parked"] for pp in process_pairs for p in pp["pairs"] for b in p["blocks"]]
-    discarded = sum(pp["discarded"] for pp in process_pairs)
     row: dict[str, Any] = {
         "model": model, "mode": mode, "precision": precision, "unit": unit_of(model),
-        "runs": runs, "published": PUBLISHED.get(model),
-        "lockstep": process_pairs,
-        "summary": {
-            "process_pairs": [s for s in summaries],
-            "resume_cost": dict(zip(options.frameworks, costs, strict=True)),
-            "first_step_dropped": drop_first,
-            "discarded_block_pairs": discarded,
-            "too_disturbed": sum(pp["too_disturbed"] for pp in process_pairs),
-            "failed": sum(bool(pp["failed"]) for pp in process_pairs),
-            "parked_cpu_s_max": max((abs(p["cpu_s"]) for p in parked), default=0.0),
-            "parked_context_switches_max": max((abs(p["context_switches"]) for p in parked),
-                                               default=0),
-        },
+        "runs": runs, "published": PUBLISHED.get(model), "lockstep": process_pairs,
+        "summary": summary,
     }  # fmt: skip
-    cost_text = ", ".join(
-        f"{fw} {c:+.2%}" if c is not None else f"{fw} -"
-        for fw, c in zip(options.frameworks, costs, strict=True)
-    )
-    note = (
-        f"{model} {mode} {precision}, lockstep: {len(process_pairs)} process pairs, blocks of"
-        f" {', '.join(str(pp['block_steps']) for pp in process_pairs)} steps;"
-        f" {discarded} block pairs discarded as disturbed (limit"
-        f" {lockstep.disturbance_limit:.0%} of the CPUs), {row['summary']['too_disturbed']}"
-        f" process pairs too disturbed, {row['summary']['failed']} failed; parked CPU at most"
-        f" {row['summary']['parked_cpu_s_max'] * 1000:.0f} ms and"
-        f" {row['summary']['parked_context_switches_max']} context switches per block; first"
-        f" step after a resume costs (median share of a block) {cost_text}: "
-        + ("left out of every block" if drop_first else "kept")
-        + "."
-    )
-    if len(complete) != len(process_pairs) or not complete:
-        return row, None, note + " No verdict: a process pair failed or was too disturbed."
-    within = "; ".join(
-        f"{s['ratio']:.3f} +- {s['log_se'] or 0:.3f} (log SE, {s['block_pairs']} block pairs)"
-        for s in complete
-    )
-    line = Line(
+    line = speed_line(
         f"{model} {mode} {precision}: steady training throughput (lockstep)",
-        first,
-        second,
-        lockstep_estimate(complete, options.level),
-        higher_is_better=True,
-        detail=f"process pairs: {within}",
-        extra={"model": model, "mode": mode, "precision": precision},
-    )
+        options.frameworks, process_pairs, summary, options.level,
+        {"model": model, "mode": mode, "precision": precision},
+    )  # fmt: skip
+    note = f"{model} {mode} {precision}, {summary['note']}"
+    if line is None:
+        note += " No verdict: a worker failed, or no process pair was left to measure."
     return row, line, note
+
+
+# Beside compare's repeats.
+
+
+def speed_spec(spec: tpb.JobSpec, framework: str, seed: int) -> tpb.JobSpec:
+    """A compare job as a lockstep arm: the same model, data and settings, for speed only."""
+    out = tpb.JobSpec()
+    out.CopyFrom(spec)
+    out.framework = framework
+    out.seed = seed
+    out.epochs = 10_000  # longer than any run needs: the coordinator ends it
+    out.skip_export = True
+    out.ClearField("target_accuracy")
+    return out
+
+
+def compare_speed_pairs(
+    settings: Settings,
+    frameworks: Sequence[str],
+    labels: Sequence[str],
+    spec: tpb.JobSpec,
+    seeds: Sequence[tuple[int, int]],
+    level: float,
+    lockstep: LockstepOptions | None = None,
+    progress: Callable[[str], None] = print,
+) -> tuple[dict, list[Line]]:
+    """`compare --lockstep-pairs`: training speed in lockstep process pairs, one per seed pair,
+    beside the accuracy repeats; its record for results.json and its verdict line (none where
+    lockstep cannot run here: the record says why)."""
+    lockstep = lockstep or LockstepOptions()
+    reason = unavailable(frameworks, [spec.model])
+    if reason is not None:
+        progress(f"lockstep: {reason}; no lockstep speed pairs")
+        return {"unavailable": reason}, []
+    warmup = spec.warmup_steps if spec.HasField("warmup_steps") else DEFAULT_WARMUP_STEPS
+    process_pairs = []
+    try:
+        for i, pair_seeds in enumerate(seeds):
+            starters = [
+                starter(settings, fw, speed_spec(spec, fw, seed), label)
+                for fw, seed, label in zip(frameworks, pair_seeds, labels, strict=True)
+            ]
+            pp = run_process_pair(starters, i % 2, pair_seeds[0], lockstep, warmup)
+            process_pairs.append(pp)
+            progress(f"lockstep speed, process pair {i + 1}/{len(seeds)}: "
+                     + _pair_line(pp, labels[0], labels[1]))  # fmt: skip
+    except LockstepUnavailable as exc:
+        progress(f"lockstep: {exc}; no lockstep speed pairs")
+        return {"unavailable": str(exc), "process_pairs": process_pairs}, []
+    summary = speed_summary(labels, process_pairs, lockstep)
+    line = speed_line("faster to train, in lockstep (steady samples/s)", labels, process_pairs,
+                      summary, level)  # fmt: skip
+    record = {"options": lockstep.__dict__, "process_pairs": process_pairs, "summary": summary}
+    return record, [line] if line else []
