@@ -399,10 +399,10 @@ def decide(lines: Sequence[Line], hardware: str, level: float = LEVEL) -> list[d
             notes.append(f"{e.repeats} pair: no verdict below {MIN_PAIRS}")
         elif not in_family:
             notes.append(
-                f"outside Holm's family (Tarone): its smallest attainable p, {e.min_p:.3g},"
-                f" cannot reach {alpha / max(size, 1):.3g}"
+                f"outside Holm's family (Tarone): smallest attainable p {e.min_p:.3g} cannot"
+                f" reach {alpha / max(size, 1):.3g}"
             )
-        if e.min_p > 0 and e.repeats >= MIN_PAIRS:
+        elif e.min_p > 0:
             notes.append(f"smallest attainable p {e.min_p:.3g}")
         entry = {
             "question": line.question,
@@ -508,7 +508,8 @@ def describe(entry: dict) -> str:
     shown = f"{ratio:.3f}x" if ratio is not None and math.isfinite(ratio) else "no finite ratio"
     text = (
         f"{entry['question']}: {outcome} ({entry['first']}/{entry['second']} "
-        f"{shown}, {entry['level']:.0%} {interval}, {entry['repeats']} pairs"
+        f"{shown}, {entry['level']:.0%} {interval}, {entry['repeats']} pair"
+        f"{'s' if entry['repeats'] != 1 else ''}"
     )
     power = entry.get("power") or POWER
     if entry.get("difference_points"):
@@ -518,7 +519,7 @@ def describe(entry: dict) -> str:
             text += f"; detectable {entry['detectable_points']:.2f} points at {power:.0%} power"
     elif entry["detectable"] is not None:
         text += f"; detectable {entry['detectable']:.1%} at {power:.0%} power"
-    if entry.get("min_p"):
+    if entry.get("min_p") and entry["repeats"] >= MIN_PAIRS:
         text += f"; p {entry['p_value']:.3g}, smallest attainable {entry['min_p']:.3g}"
     if after_holm:
         text += f"; p {entry['p_value']:.3g}, {entry['p_holm']:.3g} after Holm"
@@ -610,10 +611,7 @@ def paired_iqm_ratio(
     swaps, exact = _swaps(n, seed)
     p, smallest, statistic = (float(x) for x in _permutation(a, b, swaps))
     how = f"all {len(swaps)} swaps" if exact else f"{len(swaps)} sampled swaps of {2**n}"
-    method = (
-        f"paired permutation test over {n} seeds ({how}) on ranks; smallest attainable p"
-        f" {smallest:.3g}"
-    )
+    method = f"paired permutation test over {n} seeds ({how}) on ranks"
     direction = int(np.sign(round(statistic, 9)))
     point_a, point_b = iqm(a), iqm(b)
     if not (math.isfinite(point_a) and math.isfinite(point_b)) or point_b <= 0:
