@@ -2,6 +2,7 @@
 
 import socket
 import threading
+import time
 from concurrent import futures
 
 import numpy as np
@@ -107,30 +108,76 @@ def test_a_frame_never_passes_the_byte_limit_but_always_carries_one_request():
     assert sum(link.frames) == 31
 
 
-def test_a_failed_frame_fails_every_request_in_it_and_the_next_frame_works():
+def test_a_frame_that_failed_once_is_sent_again_request_by_request_and_the_queue_moves_on():
     frames: list[int] = []
 
     def flaky(requests, timeout):
         frames.append(len(requests))
-        if len(frames) == 1:  # the first frame fails, once the others have queued behind it
-            until(lambda: batcher.queued() + frames[0] == 16, "callers to queue", 10, QUEUE_POLL_S)
+        if len(frames) == 1:  # the others queue behind the first frame, to be merged in the next
+            until(lambda: batcher.queued() == 15, "callers to queue", 10, QUEUE_POLL_S)
+        if len(frames) == 2:  # the merged frame fails, once
             raise Unavailable("the trainer is unavailable")
         return [(OK, r) for r in requests]
 
     batcher = BatchingCaller(flaky, max_items=64, max_bytes=1 << 20)
-
-    def ask(i):
-        try:
-            return batcher.call(b"%d" % i, 5.0)
-        except Unavailable:
-            return "unavailable"
-
     with futures.ThreadPoolExecutor(16) as pool:
-        replies = list(pool.map(ask, range(64)))
-    assert replies.count("unavailable") == frames[0]
-    assert all(r == "unavailable" or r == (OK, b"%d" % i) for i, r in enumerate(replies))
-    assert frames[1] >= 16 - frames[0]  # the next frame took all that had queued, and was served
-    assert replies[-1] == (OK, b"63")
+        replies = list(pool.map(lambda i: batcher.call(b"%d" % i, 5.0), range(64)))
+    assert replies == [(OK, b"%d" % i) for i in range(64)]  # the failed frame's too, sent again
+    merged = frames[1]
+    assert merged > 1 and frames[2 : 2 + merged] == [1] * merged
+
+
+def test_one_poisoned_request_fails_alone_never_the_requests_merged_with_it():
+    poison = b"poison"
+
+    def trainer(requests, timeout):
+        if poison in requests:  # a request that fails any frame it is in
+            raise Unavailable("the trainer's connection closed")
+        return [(OK, r[::-1]) for r in requests]
+
+    batcher = BatchingCaller(trainer, max_items=64, max_bytes=1 << 20)
+
+    def ask(request):
+        try:
+            return batcher.call(request, 5.0)
+        except Unavailable:
+            return "failed"
+
+    requests = [b"r%d" % i for i in range(40)]
+    requests[17] = poison
+    with futures.ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(ask, requests))
+    assert replies[17] == "failed"
+    assert [r for i, r in enumerate(replies) if i != 17] == [
+        (OK, q[::-1]) for i, q in enumerate(requests) if i != 17
+    ]
+    TALLY["bad inputs tried"] += 1
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_not_sent():
+    sent: list[bytes] = []
+    release = threading.Event()
+
+    def slow(requests, timeout):
+        sent.extend(requests)
+        if requests == [b"first"]:
+            until(lambda: batcher.queued() == 1, "the second caller to queue", 10, QUEUE_POLL_S)
+            release.wait(10)  # held until the queued request's deadline has passed
+        return [(OK, r) for r in requests]
+
+    batcher = BatchingCaller(slow, max_items=64, max_bytes=1 << 20)
+    with futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.call, b"first", 10.0)
+        until(lambda: sent == [b"first"], "the first frame to go out", 10, QUEUE_POLL_S)
+        late = pool.submit(batcher.call, b"late", 0.05)
+        until(lambda: batcher.queued() == 1, "the late request to queue", 10, QUEUE_POLL_S)
+        deadline = time.monotonic() + 0.05
+        until(lambda: time.monotonic() > deadline, "its deadline to pass", 10, QUEUE_POLL_S)
+        release.set()
+        assert first.result(10) == (OK, b"first")
+        with pytest.raises(DeadlineExceeded):
+            late.result(10)
+    assert sent == [b"first"]
 
 
 # --- the link over a real socket ---

@@ -249,11 +249,11 @@ class LinkClient:
 
 
 class _Waiting:
-    __slots__ = ("request", "timeout", "reply", "error", "turn")
+    __slots__ = ("request", "deadline", "reply", "error", "turn")
 
     def __init__(self, request: bytes, timeout: float) -> None:
         self.request = request
-        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
         self.reply: Reply | None = None
         self.error: Exception | None = None
         self.turn = threading.Event()  # set when the reply is in, or when it is this one's turn
@@ -267,6 +267,10 @@ class BatchingCaller:
     meanwhile wait, and when the frame returns the first of them sends the next. A lone caller
     sends at once, so batching costs nothing at low load, and batches grow with the load. With
     `delay_s`, a sender first waits that long for company while the batch is not full.
+
+    One request never fails another: a merged frame that fails as a whole (other than by its
+    deadline) is sent again one request at a time, so only a request that fails alone fails, and
+    a request whose deadline passed while it queued is answered DEADLINE_EXCEEDED, not sent.
     """
 
     def __init__(
@@ -315,6 +319,29 @@ class BatchingCaller:
             batch, self._waiting = self._waiting[:count], self._waiting[count:]
             return batch
 
+    def _send(self, batch: list[_Waiting]) -> None:
+        """Sends `batch` as one frame and gives each its reply; a merged frame that fails is sent
+        again one request at a time."""
+        if not batch:
+            return
+        # The longest wait of the batch: nobody's answer is cut short by a neighbour's deadline.
+        timeout = max(w.deadline for w in batch) - time.monotonic()
+        try:
+            replies = self._call([w.request for w in batch], max(timeout, 0.001))
+        except DeadlineExceeded as exc:  # the frame's time is up: so is every request's in it
+            for waiting in batch:
+                waiting.error = exc
+            return
+        except Exception as exc:  # noqa: BLE001 - a request's own failure is its reply
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            for waiting in batch:
+                self._send([waiting])
+            return
+        for waiting, reply in zip(batch, replies, strict=True):
+            waiting.reply = reply
+
     def _send_batch(self) -> None:
         if self.delay_s:
             deadline = time.monotonic() + self.delay_s
@@ -322,13 +349,11 @@ class BatchingCaller:
                 time.sleep(min(self.delay_s / 10, max(0.0, deadline - time.monotonic())))
         batch = self._take()
         try:
-            # The longest wait of the batch: nobody's answer is cut short by a neighbour's deadline.
-            replies = self._call([w.request for w in batch], max(w.timeout for w in batch))
-            for waiting, reply in zip(batch, replies, strict=True):
-                waiting.reply = reply
-        except Exception as exc:  # noqa: BLE001 - every request of the frame gets the error
+            now = time.monotonic()
             for waiting in batch:
-                waiting.error = exc
+                if waiting.deadline <= now:
+                    waiting.error = DeadlineExceeded("the request's deadline passed while it queued")
+            self._send([w for w in batch if w.error is None])
         finally:  # whatever happened, the queue moves on: a stuck turn would stall the model
             with self._lock:
                 if self._waiting:
