@@ -156,6 +156,10 @@ def run_compare(
     results["environment"]["preflight"] = preflight_summary(checked)  # a row of the report
     if speed is not None:
         results["lockstep"] = speed
+        # A row of the report's design table: what the pairs discarded, or why there were none.
+        results["environment"]["lockstep"] = speed.get("summary", {}).get(
+            "note", f"not run: {speed.get('unavailable')}"
+        )
     write_report(report_dir, results)
     print_summary(arms, serving, verdict, predictions, options.sample)
     print(f"report: {report_dir / 'report.html'}")
