@@ -292,6 +292,41 @@ def test_compare_speed_pairs_say_why_they_cannot_run(monkeypatch):
     assert record == {"unavailable": "no room here"} and lines == []
 
 
+# The bench, on stand-in workers.
+
+
+def test_the_lockstep_bench_reports_its_pairs_discards_and_preflight(monkeypatch):
+    from twinbench.experiments import lockstep
+    from twinbench.experiments.bench_training import BenchOptions, report_pages, table_rows
+
+    monkeypatch.setattr(lockstep, "starter", lambda settings, fw, spec, label: fake_arm(label))
+    bench = BenchOptions(models=("lenet5",), repeats=2, warmup_steps=1)
+    quiet = LockstepOptions(block_pairs=3, block_steps=10, calibration_steps=3,
+                            disturbance_limit=math.inf)  # fmt: skip
+    results = lockstep.run_lockstep_bench(None, bench, quiet, progress=lambda text: None)
+    (row,) = results["rows"]
+    assert results["timing"] == "lockstep" and "preflight" in results
+    assert [len(runs) for runs in row["runs"].values()] == [2, 2]
+    assert row["summary"]["discarded_block_pairs"] == 0
+    assert row["summary"]["parked_cpu_s_max"] == 0.0
+    (verdict,) = results["verdicts"]
+    assert verdict["repeats"] == 2 and verdict["question"].endswith("(lockstep)")
+    markdown, _ = report_pages(results)
+    assert "Timing: lockstep pairs" in markdown and "0 block pairs discarded" in markdown
+    assert "Preflight: " in markdown
+
+    # Every block disturbed: each process pair stops at its cap, and the row says so.
+    noisy = LockstepOptions(block_pairs=3, block_steps=10, calibration_steps=3,
+                            disturbance_limit=-1.0, max_discards=1)  # fmt: skip
+    results = lockstep.run_lockstep_bench(None, bench, noisy, progress=lambda text: None)
+    (row,) = results["rows"]
+    assert results["verdicts"] == [] and row["summary"]["too_disturbed"] == 2
+    assert row["summary"]["discarded_block_pairs"] == 4
+    headers, cells = table_rows(results)
+    assert cells[0][headers.index("verdict")] == "too disturbed"
+    assert "4 block pairs discarded" in report_pages(results)[0]
+
+
 # The command.
 
 

@@ -227,7 +227,10 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             ratio = f"{v['ratio']:.3f} [{low:.3f}, {high:.3f}]" if high else f"{v['ratio']:.3f}"
             verdict = v["winner"] or v["outcome"]
         else:
-            ratio, verdict = "-", "a job failed"
+            states = {r["state"] for rs in runs.values() for r in rs}
+            ratio = "-"
+            # A lockstep process pair past its cap of discarded blocks is "too disturbed".
+            verdict = "too disturbed" if "too disturbed" in states else "a job failed"
         # The paper's figures by framework, so the column follows --frameworks' order.
         published = dict(zip(("tf", "torch"), row["published"])) if row["published"] else None  # noqa: B905
         out.append([
