@@ -35,7 +35,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, events, task  # noqa: E402
 
-from twinbench.api import inference_pb2 as pb  # noqa: E402
+from twinbench.api import inference_pb2 as ipb  # noqa: E402
 from twinbench.api import inference_pb2_grpc  # noqa: E402
 from twinbench.client.inputs import model_inputs, served_inputs  # noqa: E402
 from twinbench.serving.tensors import infer_request  # noqa: E402
@@ -78,18 +78,18 @@ def _save_latencies(environment, **_kwargs) -> None:
 def _inputs(stub, metadata, name: str, version: str, path: str, rows: int) -> dict:
     """`rows` rows of the model's inputs, by name: from its metadata and dataset, or the file."""
     meta = stub.ModelMetadata(
-        pb.ModelMetadataRequest(name=name, version=version), timeout=10, metadata=metadata
+        ipb.ModelMetadataRequest(name=name, version=version), timeout=10, metadata=metadata
     )
     if path and len(meta.inputs) == 1 and meta.inputs[0].datatype == "FP32":
         return {meta.inputs[0].name: np.load(path).astype(np.float32, copy=False)[:rows]}
     config = stub.ModelConfig(
-        pb.ModelConfigRequest(name=name, version=version), timeout=10, metadata=metadata
+        ipb.ModelConfigRequest(name=name, version=version), timeout=10, metadata=metadata
     )
     return model_inputs(served_inputs(meta, config), rows=rows)[0]
 
 
 def _ready_models(stub, metadata) -> list[str]:
-    request = pb.RepositoryIndexRequest(ready=True)
+    request = ipb.RepositoryIndexRequest(ready=True)
     index = stub.RepositoryIndex(request, timeout=10, metadata=metadata)
     return sorted({m.name for m in index.models if m.state == "READY"})
 

@@ -12,7 +12,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import JobCancelled
 from twinbench.training.lockstep import pacer_for
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--spinning-thread", action="store_true")
     args = parser.parse_args()
     conn = Connection(args.fd)
-    job = pb.Job.FromString(conn.recv())
+    job = tpb.Job.FromString(conn.recv())
     job.cpu_set[:] = sorted(os.sched_getaffinity(0))  # as a worker records its CPU set
     conn.send(("job", job.SerializeToString()))
     pacer = pacer_for(args.lockstep)

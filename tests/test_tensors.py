@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from twinbench.api import inference_pb2 as pb
+from twinbench.api import inference_pb2 as ipb
 from twinbench.serving.tensors import (
     TensorError,
     add_output,
@@ -22,14 +22,14 @@ def test_raw_round_trip_is_a_view_of_the_request_bytes():
 
 
 def test_typed_contents_decode():
-    request = pb.ModelInferRequest(model_name="m")
+    request = ipb.ModelInferRequest(model_name="m")
     tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, 2])
     tensor.contents.fp32_contents.extend([1.5, -2.0])
     assert decode_inputs(request)["input"].tolist() == [[1.5, -2.0]]
 
 
 def test_output_round_trip():
-    response = pb.ModelInferResponse()
+    response = ipb.ModelInferResponse()
     logits = np.arange(20, dtype=np.float32).reshape(2, 10)
     add_output(response, "logits", logits)
     assert response.outputs[0].datatype == "FP32" and list(response.outputs[0].shape) == [2, 10]
@@ -37,7 +37,7 @@ def test_output_round_trip():
 
 
 def _request(datatype="FP32", shape=(1, 4), raw=b"\0" * 16, contents=None, inputs=1):
-    request = pb.ModelInferRequest(model_name="m")
+    request = ipb.ModelInferRequest(model_name="m")
     for _ in range(inputs):
         t = request.inputs.add(name="input", datatype=datatype, shape=shape)
         if contents is not None:

@@ -12,14 +12,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from twinbench.api import inference_pb2 as pb
+from twinbench.api import inference_pb2 as ipb
 from twinbench.serving.repository import InputSpec
 
 ID_LIMIT = ".id_limit"  # ModelConfig parameter "<input>.id_limit" (twinbench.serving.repository)
 
 
 def served_inputs(
-    metadata: pb.ModelMetadataResponse, config: pb.ModelConfigResponse | None
+    metadata: ipb.ModelMetadataResponse, config: ipb.ModelConfigResponse | None
 ) -> tuple[InputSpec, ...]:
     """A served model's inputs: names, datatypes and shapes from its metadata, id ranges from
     its config (absent from a server that does not set them: ids are then 0)."""

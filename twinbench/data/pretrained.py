@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
 from twinbench.models.initial_weights import Weights, shared_initial_weights
 from twinbench.models.layers import Conv, Pool, weight_shapes
@@ -235,7 +235,7 @@ def make_random_weights_file(spec: ModelSpec, path: Path, seed: int = 0) -> Path
     return path
 
 
-def pretrained_base(spec: pb.JobSpec, model: ModelSpec) -> Weights:
+def pretrained_base(spec: tpb.JobSpec, model: ModelSpec) -> Weights:
     """A fine-tuning job's base weights, from the file its spec names (under the data folder)."""
     from twinbench.config import load_settings
 
@@ -256,7 +256,7 @@ def normalized(data, pretrained: Pretrained):
     return replace(data, train=scale(data.train), val=scale(data.val), test=scale(data.test))
 
 
-def record_fine_tuning(ctx, session, spec: pb.JobSpec, model: ModelSpec) -> None:
+def record_fine_tuning(ctx, session, spec: tpb.JobSpec, model: ModelSpec) -> None:
     """What stayed frozen, and proof that it did: the base's largest change in training."""
     from twinbench.config import load_settings
     from twinbench.data.download import sha256_file
@@ -268,7 +268,7 @@ def record_fine_tuning(ctx, session, spec: pb.JobSpec, model: ModelSpec) -> None
     frozen = sum(a.size for arrays in base for a in arrays)
     sha = sha256_file(path)
 
-    def record(j: pb.Job) -> None:
+    def record(j: tpb.Job) -> None:
         j.fine_tuning.weights_path = str(path.relative_to(data_root))
         j.fine_tuning.weights_sha256 = sha
         j.fine_tuning.frozen_parameters = frozen

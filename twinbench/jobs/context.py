@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 
 
 class JobContext(Protocol):
     """What a running job's training loop may do: report, and learn that it was cancelled."""
 
-    job: pb.Job  # the live record: change it only through update()
+    job: tpb.Job  # the live record: change it only through update()
     shutting_down: bool  # a cancel came from the trainer stopping, not from a user
 
     def check_cancelled(self) -> None:
@@ -25,10 +25,10 @@ class JobContext(Protocol):
     def progress(self, epoch: int, batch: int, batches: int, loss: float) -> None:
         """A batch's progress; implementations let a few a second through (ProgressGate)."""
 
-    def update(self, change: Callable[[pb.Job], None]) -> None:
+    def update(self, change: Callable[[tpb.Job], None]) -> None:
         """Applies `change` to the live record and stores or sends it."""
 
-    def epoch_done(self, metrics: pb.EpochMetrics) -> None:
+    def epoch_done(self, metrics: tpb.EpochMetrics) -> None:
         """An epoch's metrics, appended to the record and announced to watchers."""
 
 

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from twinbench import __version__
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.datasets import check_dataset_fits, check_dataset_name, check_id_dataset
 from twinbench.errors import FailedPrecondition, InvalidArgument
 from twinbench.jobs.hardware import Hardware
@@ -27,7 +27,7 @@ from twinbench.serving.repository import FRAMEWORK_FORMATS
 
 log = logging.getLogger(__name__)
 
-TERMINAL = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+TERMINAL = (tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELLED)
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -99,7 +99,7 @@ def range_of(name: str, model: str = "") -> Range:
     return MODEL_RANGES.get((name, model), RANGES[name])
 
 
-def _set_numbers(spec: pb.JobSpec) -> Iterator[tuple[str, list[float]]]:
+def _set_numbers(spec: tpb.JobSpec) -> Iterator[tuple[str, list[float]]]:
     """(name, values) of every numeric field the request sets, in RANGES' order."""
     for name in RANGES:
         owner: Message = spec
@@ -114,7 +114,7 @@ def _set_numbers(spec: pb.JobSpec) -> Iterator[tuple[str, list[float]]]:
             yield name, values
 
 
-def check_ranges(spec: pb.JobSpec) -> None:
+def check_ranges(spec: tpb.JobSpec) -> None:
     """InvalidArgument naming the first field set outside its range, and that range."""
     for name, values in _set_numbers(spec):
         allowed = range_of(name, spec.model)
@@ -137,10 +137,10 @@ def check_job_id(job_id: str) -> None:
 
 
 def state_name(state: int) -> str:
-    return pb.JobState.Name(state).lower()
+    return tpb.JobState.Name(state).lower()
 
 
-def job_model(spec: pb.JobSpec) -> ModelSpec | NeuMF | GNMT:
+def job_model(spec: tpb.JobSpec) -> ModelSpec | NeuMF | GNMT:
     """The model a job trains, with the knobs its spec sets (for NCF and GNMT, `width` scales
     their widths, vocabulary and user and item counts: see specs.id_model)."""
     if spec.model in ID_MODELS:
@@ -157,7 +157,7 @@ def job_model(spec: pb.JobSpec) -> ModelSpec | NeuMF | GNMT:
     )
 
 
-def _refuse_unknown_fields(spec: pb.JobSpec) -> None:
+def _refuse_unknown_fields(spec: tpb.JobSpec) -> None:
     """A spec from a client newer than this service may set fields it does not know; protobuf
     would drop them silently and the job would train something else than was asked for."""
     for message, name in ((spec, "JobSpec"), (spec.optimizer, "Optimizer")):
@@ -169,7 +169,7 @@ def _refuse_unknown_fields(spec: pb.JobSpec) -> None:
             )
 
 
-def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
+def resolve_spec(spec: tpb.JobSpec) -> tpb.JobSpec:
     """The spec with every default filled in, or InvalidArgument saying what to change."""
     _refuse_unknown_fields(spec)
     if spec.framework not in FRAMEWORK_FORMATS:
@@ -179,7 +179,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     check_ranges(spec)
     model = job_model(spec)
     defaults = model.defaults
-    out = pb.JobSpec()
+    out = tpb.JobSpec()
     out.CopyFrom(spec)
     out.dataset = spec.dataset or defaults.dataset
     if isinstance(model, (NeuMF, GNMT)):
@@ -240,7 +240,7 @@ def resolve_spec(spec: pb.JobSpec) -> pb.JobSpec:
     return out
 
 
-def _resolve_kind(model: ModelSpec, out: pb.JobSpec) -> None:
+def _resolve_kind(model: ModelSpec, out: tpb.JobSpec) -> None:
     """What depends on the job's kind: an environment instead of a dataset, a step budget."""
     rl = model.reinforcement
     if rl is None:
@@ -274,21 +274,21 @@ def _resolve_kind(model: ModelSpec, out: pb.JobSpec) -> None:
         weights_path(model, Path("."), out.pretrained_weights)  # refuses paths out of the folder
 
 
-def workers_of(spec: pb.JobSpec) -> int:
+def workers_of(spec: tpb.JobSpec) -> int:
     return spec.workers if spec.HasField("workers") and spec.workers > 0 else 1
 
 
-def devices_of(spec: pb.JobSpec) -> int:
+def devices_of(spec: tpb.JobSpec) -> int:
     if spec.HasField("devices_per_worker") and spec.devices_per_worker > 0:
         return spec.devices_per_worker
     return 1
 
 
-def is_distributed(spec: pb.JobSpec) -> bool:
+def is_distributed(spec: tpb.JobSpec) -> bool:
     return workers_of(spec) > 1 or devices_of(spec) > 1
 
 
-def check_distributed_spec(spec: pb.JobSpec) -> None:
+def check_distributed_spec(spec: tpb.JobSpec) -> None:
     """Refuses what a data-parallel job cannot do; called from resolve_spec."""
     for name in ("workers", "devices_per_worker"):
         if spec.HasField(name) and getattr(spec, name) not in RANGES[name]:
@@ -316,7 +316,7 @@ def check_distributed_spec(spec: pb.JobSpec) -> None:
         )
 
 
-def check_runnable(spec: pb.JobSpec, hardware: Hardware, all_workers_here: bool = True) -> None:
+def check_runnable(spec: tpb.JobSpec, hardware: Hardware, all_workers_here: bool = True) -> None:
     """FailedPrecondition when `hardware` cannot run the job (a spec resolve_spec returned) as it
     asks: what a job's worker process and its training loop would otherwise refuse only once the
     job had started.

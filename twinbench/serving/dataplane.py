@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from twinbench import __version__
-from twinbench.api import inference_pb2 as pb
+from twinbench.api import inference_pb2 as ipb
 from twinbench.errors import InvalidArgument, NotFound, TwinbenchError, Unavailable
 from twinbench.serving.link import INTERNAL, OK, Reply, status_of
 from twinbench.serving.repository import (
@@ -147,9 +147,9 @@ class InferenceCore:
             except Unavailable:
                 pass  # reported when it is asked for
 
-    def repository_index(self) -> pb.RepositoryIndexResponse:
+    def repository_index(self) -> ipb.RepositoryIndexResponse:
         self.refresh()
-        response = pb.RepositoryIndexResponse()
+        response = ipb.RepositoryIndexResponse()
         for name in self.names():
             for version in self.versions(name):
                 response.models.add(name=name, version=str(version), state="READY")
@@ -162,10 +162,10 @@ class InferenceCore:
             return False
         return True
 
-    def metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+    def metadata(self, name: str, version: str) -> ipb.ModelMetadataResponse:
         info, _ = self.load(name, version)
-        tensor = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
+        tensor = ipb.ModelMetadataResponse.TensorMetadata
+        return ipb.ModelMetadataResponse(
             name=name,
             versions=[str(v) for v in self.versions(name)],
             platform=info.platform,
@@ -176,32 +176,32 @@ class InferenceCore:
             outputs=[tensor(name=OUTPUT_NAME, datatype="FP32", shape=[-1, *info.logits_shape])],
         )
 
-    def server_metadata(self) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
+    def server_metadata(self) -> ipb.ServerMetadataResponse:
+        return ipb.ServerMetadataResponse(
             name=f"twinbench-{self.framework}-trainer",
             version=__version__,
             extensions=list(EXTENSIONS),
         )
 
-    def model_config(self, name: str, version: str) -> pb.ModelConfigResponse:
+    def model_config(self, name: str, version: str) -> ipb.ModelConfigResponse:
         """The model's config.pbtxt, the file Triton would read, as Triton's ModelConfig."""
         self._version(name, version)  # NOT_FOUND for what is not served
         path = self.repository.root / name / "config.pbtxt"
         try:
-            config = text_format.Parse(path.read_text(), pb.ModelConfig())
+            config = text_format.Parse(path.read_text(), ipb.ModelConfig())
         except (OSError, text_format.ParseError) as exc:
             log.error("cannot read %s: %s", path, exc)
             raise Unavailable(f"model {name!r} has no readable config.pbtxt") from None
-        return pb.ModelConfigResponse(config=config)
+        return ipb.ModelConfigResponse(config=config)
 
-    def statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
+    def statistics(self, name: str, version: str) -> ipb.ModelStatisticsResponse:
         """Triton's ModelStatistics: one model (or all, with no name), one version (or all)."""
         if name:
             self._version(name, version)  # NOT_FOUND for what is not served
         served = {n: self.versions(n) for n in self.names()}
         return self.stats.response(name, version, served)
 
-    def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    def infer(self, request: ipb.ModelInferRequest) -> ipb.ModelInferResponse:
         start = time.perf_counter_ns()
         try:
             info, runtime, batch = self._prepare(request)
@@ -242,7 +242,7 @@ class InferenceCore:
         """
         arrived = time.perf_counter_ns()
         replies: list[Reply | None] = [None] * len(requests)
-        runs: dict[tuple[str, int], list[tuple[int, pb.ModelInferRequest, list[np.ndarray]]]] = {}
+        runs: dict[tuple[str, int], list[tuple[int, ipb.ModelInferRequest, list[np.ndarray]]]] = {}
         runtimes: dict[tuple[str, int], tuple[ExportInfo, Runtime]] = {}
         prepared: list[int] = [0] * len(requests)  # when each request's input was ready
         input_ns: list[int] = [0] * len(requests)
@@ -312,7 +312,7 @@ class InferenceCore:
         return answered
 
     def _prepare(
-        self, request: pb.ModelInferRequest
+        self, request: ipb.ModelInferRequest
     ) -> tuple[ExportInfo, Runtime, list[np.ndarray]]:
         """The model version a request names and its inputs, checked, in the model's order."""
         info, runtime = self.load(request.model_name, request.model_version)
@@ -326,16 +326,16 @@ class InferenceCore:
 
     @staticmethod
     def _response(
-        request: pb.ModelInferRequest, info: ExportInfo, logits: np.ndarray
-    ) -> pb.ModelInferResponse:
-        response = pb.ModelInferResponse(
+        request: ipb.ModelInferRequest, info: ExportInfo, logits: np.ndarray
+    ) -> ipb.ModelInferResponse:
+        response = ipb.ModelInferResponse(
             model_name=info.name, model_version=str(info.version), id=request.id
         )
         add_output(response, OUTPUT_NAME, logits.astype(np.float32, copy=False))
         return response
 
     @staticmethod
-    def _input(request: pb.ModelInferRequest, info: ExportInfo) -> list[np.ndarray]:
+    def _input(request: ipb.ModelInferRequest, info: ExportInfo) -> list[np.ndarray]:
         try:
             inputs = decode_inputs(request)
         except TensorError as exc:
@@ -391,9 +391,9 @@ def _phases(timing: RequestTiming) -> tuple[int, int, int]:
     return timing.compute_input, timing.compute_infer, timing.compute_output
 
 
-def _parse(raw: bytes) -> pb.ModelInferRequest:
+def _parse(raw: bytes) -> ipb.ModelInferRequest:
     try:
-        return pb.ModelInferRequest.FromString(raw)
+        return ipb.ModelInferRequest.FromString(raw)
     except DecodeError:
         raise InvalidArgument("the request is not a valid ModelInferRequest") from None
 

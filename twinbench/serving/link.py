@@ -352,7 +352,9 @@ class BatchingCaller:
             now = time.monotonic()
             for waiting in batch:
                 if waiting.deadline <= now:
-                    waiting.error = DeadlineExceeded("the request's deadline passed while it queued")
+                    waiting.error = DeadlineExceeded(
+                        "the request's deadline passed while it queued"
+                    )
             self._send([w for w in batch if w.error is None])
         finally:  # whatever happened, the queue moves on: a stuck turn would stall the model
             with self._lock:

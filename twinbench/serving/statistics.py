@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from twinbench.api import inference_pb2 as pb
+from twinbench.api import inference_pb2 as ipb
 
 # The parts of a request's time, in Triton's words (InferStatistics in grpc_service.proto).
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -98,7 +98,7 @@ class ServingStats:
 
     def response(
         self, name: str = "", version: str = "", served: dict[str, list[int]] | None = None
-    ) -> pb.ModelStatisticsResponse:
+    ) -> ipb.ModelStatisticsResponse:
         """ModelStatistics for `name` (empty: all) and `version` (empty: all).
 
         `served` (name -> versions) lists the served versions, so that one with no traffic yet
@@ -108,7 +108,7 @@ class ServingStats:
         keys = set(stats)
         for n, versions in (served or {}).items():
             keys.update((n, v) for v in versions)
-        response = pb.ModelStatisticsResponse()
+        response = ipb.ModelStatisticsResponse()
         for n, v in sorted(keys):
             if (name and n != name) or (version and str(v) != version):
                 continue
@@ -123,20 +123,20 @@ class ServingStats:
             for key in ("success", "fail", *PHASES):
                 d = getattr(s, key)
                 getattr(out.inference_stats, key).CopyFrom(
-                    pb.StatisticDuration(count=d.count, ns=d.ns)
+                    ipb.StatisticDuration(count=d.count, ns=d.ns)
                 )
             for rows in sorted(s.batches):
                 b = s.batches[rows]
                 out.batch_stats.add(
                     batch_size=rows,
-                    compute_input=pb.StatisticDuration(**vars(b.compute_input)),
-                    compute_infer=pb.StatisticDuration(**vars(b.compute_infer)),
-                    compute_output=pb.StatisticDuration(**vars(b.compute_output)),
+                    compute_input=ipb.StatisticDuration(**vars(b.compute_input)),
+                    compute_infer=ipb.StatisticDuration(**vars(b.compute_infer)),
+                    compute_output=ipb.StatisticDuration(**vars(b.compute_output)),
                 )
         return response
 
 
-def summarize(response: pb.ModelStatisticsResponse) -> dict[str, float | int | None]:
+def summarize(response: ipb.ModelStatisticsResponse) -> dict[str, float | int | None]:
     """Per-request means over every version in `response`, in ms: what a report shows.
 
     compute_infer is the runtime's time per request (a batch's time is shared by its requests,
@@ -177,7 +177,7 @@ def server_statistics(
     `summarize`'s, plus `server_compute_ms`: input + infer + output per request, the figure the
     compare report shows beside the client-side latency.
     """
-    request = pb.ModelStatisticsRequest(name=model, version=version)
+    request = ipb.ModelStatisticsRequest(name=model, version=version)
     response = stub.ModelStatistics(request, timeout=timeout_s)
     summary = summarize(response)
     parts = [summary[f"compute_{p}_ms"] for p in ("input", "infer", "output")]

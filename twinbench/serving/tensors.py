@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from twinbench.api import inference_pb2 as pb
+from twinbench.api import inference_pb2 as ipb
 
 # V2 datatype -> (numpy dtype, InferTensorContents field for typed contents)
 DATATYPES: dict[str, tuple[np.dtype, str | None]] = {
@@ -34,7 +34,7 @@ def _elements(shape) -> int:
     return count
 
 
-def decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
+def decode_input(tensor: ipb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
     """The tensor as an array, checked against its own shape and datatype (a view over `raw`)."""
     if tensor.datatype not in DATATYPES:
         raise TensorError(
@@ -66,7 +66,7 @@ def decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | Non
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+def decode_inputs(request: ipb.ModelInferRequest) -> dict[str, np.ndarray]:
     if not request.inputs:
         raise TensorError("the request has no inputs")
     raw = request.raw_input_contents
@@ -84,7 +84,7 @@ def datatype_of(array: np.ndarray) -> str:
     raise TensorError(f"no V2 datatype for {array.dtype}")
 
 
-def add_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) -> None:
+def add_output(response: ipb.ModelInferResponse, name: str, array: np.ndarray) -> None:
     """Appends an output as raw bytes, the form clients read fastest."""
     array = np.ascontiguousarray(array)
     response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
@@ -96,11 +96,11 @@ def infer_request(
     batch: np.ndarray | dict[str, np.ndarray],
     input_name: str = "input",
     version: str = "",
-) -> pb.ModelInferRequest:
+) -> ipb.ModelInferRequest:
     """A request carrying `batch` (one array, or arrays by input name) as raw bytes, as V2
     clients send it for speed."""
     inputs = batch if isinstance(batch, dict) else {input_name: batch}
-    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    request = ipb.ModelInferRequest(model_name=model, model_version=version)
     for name, array in inputs.items():
         array = np.ascontiguousarray(array)
         request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
@@ -108,7 +108,7 @@ def infer_request(
     return request
 
 
-def output_array(response: pb.ModelInferResponse, name: str) -> np.ndarray:
+def output_array(response: ipb.ModelInferResponse, name: str) -> np.ndarray:
     for i, out in enumerate(response.outputs):
         if out.name == name:
             dtype = DATATYPES[out.datatype][0]

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import (
     InvalidArgument,
     JobCancelled,
@@ -40,7 +40,7 @@ class JobStore:
             " record BLOB NOT NULL)"
         )
 
-    def put(self, job: pb.Job) -> None:
+    def put(self, job: tpb.Job) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (id, created_at, state, record) VALUES (?, ?, ?, ?)"
@@ -48,18 +48,18 @@ class JobStore:
                 (job.id, job.created_at, job.state, job.SerializeToString()),
             )
 
-    def get(self, job_id: str) -> pb.Job | None:
+    def get(self, job_id: str) -> tpb.Job | None:
         with self._lock:
             row = self._db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return pb.Job.FromString(row[0]) if row else None
+        return tpb.Job.FromString(row[0]) if row else None
 
-    def list(self, states: tuple[int, ...] = ()) -> list[pb.Job]:
+    def list(self, states: tuple[int, ...] = ()) -> list[tpb.Job]:
         query = "SELECT record FROM jobs"
         if states:
             query += f" WHERE state IN ({', '.join('?' * len(states))})"
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at, id", states).fetchall()
-        return [pb.Job.FromString(r[0]) for r in rows]
+        return [tpb.Job.FromString(r[0]) for r in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -69,7 +69,7 @@ class JobStore:
 class ServiceJobContext:
     """A JobContext inside the trainer service: reports go to the job's record and its watchers."""
 
-    def __init__(self, manager: JobManager, job: pb.Job) -> None:
+    def __init__(self, manager: JobManager, job: tpb.Job) -> None:
         self._manager = manager
         self.job = job  # the live record: change it only through update()
         self.cancel_requested = threading.Event()
@@ -82,30 +82,30 @@ class ServiceJobContext:
 
     def progress(self, epoch: int, batch: int, batches: int, loss: float) -> None:
         if self._progress_gate.due(batch, batches):
-            event = pb.BatchProgress(epoch=epoch, batch=batch, batches=batches, loss=loss)
-            self._manager._publish(self.job.id, pb.JobEvent(job_id=self.job.id, progress=event))
+            event = tpb.BatchProgress(epoch=epoch, batch=batch, batches=batches, loss=loss)
+            self._manager._publish(self.job.id, tpb.JobEvent(job_id=self.job.id, progress=event))
 
-    def update(self, change: Callable[[pb.Job], None]) -> None:
+    def update(self, change: Callable[[tpb.Job], None]) -> None:
         """Changes the live record under the manager's lock (readers copy it) and stores it."""
         with self._manager._lock:
             change(self.job)
             self._manager.store.put(self.job)
 
-    def epoch_done(self, metrics: pb.EpochMetrics) -> None:
+    def epoch_done(self, metrics: tpb.EpochMetrics) -> None:
         self.update(lambda job: job.epochs.append(metrics))
-        self._manager._publish(self.job.id, pb.JobEvent(job_id=self.job.id, epoch=metrics))
+        self._manager._publish(self.job.id, tpb.JobEvent(job_id=self.job.id, epoch=metrics))
 
 
 class _EventLog:
     """Events of one active job; any number of watchers read it at their own pace."""
 
     def __init__(self) -> None:
-        self.events: list[pb.JobEvent] = []
+        self.events: list[tpb.JobEvent] = []
         self.closed = False
         self.cond = threading.Condition()
 
 
-RunJob = Callable[[pb.Job, ServiceJobContext], None]
+RunJob = Callable[[tpb.Job, ServiceJobContext], None]
 
 
 class JobManager:
@@ -133,16 +133,16 @@ class JobManager:
 
     def start(self) -> None:
         """Recovers what a previous process left, then starts the worker."""
-        for job in self.store.list(states=(pb.RUNNING,)):
+        for job in self.store.list(states=(tpb.RUNNING,)):
             if job.spec.resume:
-                job.state = pb.QUEUED  # picked up below; training resumes from its checkpoint
+                job.state = tpb.QUEUED  # picked up below; training resumes from its checkpoint
                 job.error = f"resuming after epoch {len(job.epochs)}: the trainer had stopped"
             else:
-                job.state = pb.FAILED
+                job.state = tpb.FAILED
                 job.error = "the trainer stopped while this job was running"
                 job.finished_at = time.time()
             self.store.put(job)
-        for job in self.store.list(states=(pb.QUEUED,)):
+        for job in self.store.list(states=(tpb.QUEUED,)):
             self._logs[job.id] = _EventLog()
             self._queue.put(job.id)
         self._worker.start()
@@ -156,21 +156,21 @@ class JobManager:
         self._queue.put(None)
         self._worker.join(timeout_s)
 
-    def create(self, spec: pb.JobSpec) -> pb.Job:
+    def create(self, spec: tpb.JobSpec) -> tpb.Job:
         spec = resolve_spec(spec)
         if spec.framework != self.framework:
             raise InvalidArgument(f"this is the {self.framework} trainer; got {spec.framework!r}")
         check_runnable(spec, self.hardware)  # FailedPrecondition: not on this trainer's hardware
-        queued = len(self.store.list(states=(pb.QUEUED,)))
+        queued = len(self.store.list(states=(tpb.QUEUED,)))
         if queued >= self.max_queued:
             raise ResourceExhausted(
                 f"the {self.framework} trainer has {queued} jobs queued, its limit; "
                 "wait for one to finish or cancel one"
             )
-        job = pb.Job(
+        job = tpb.Job(
             id=f"{self.framework}-{uuid.uuid4().hex[:12]}",
             spec=spec,
-            state=pb.QUEUED,
+            state=tpb.QUEUED,
             created_at=time.time(),
         )
         with self._lock:
@@ -179,7 +179,7 @@ class JobManager:
         self._queue.put(job.id)
         return job
 
-    def get(self, job_id: str) -> pb.Job:
+    def get(self, job_id: str) -> tpb.Job:
         check_job_id(job_id)
         # Every change to a job is stored as it happens, so the store is always current.
         job = self.store.get(job_id)
@@ -187,10 +187,10 @@ class JobManager:
             raise NotFound(f"no job {job_id!r}; `twinbench jobs` lists them")
         return job
 
-    def list(self) -> list[pb.Job]:
+    def list(self) -> list[tpb.Job]:
         return self.store.list()
 
-    def cancel(self, job_id: str) -> pb.Job:
+    def cancel(self, job_id: str) -> tpb.Job:
         check_job_id(job_id)
         with self._lock:
             ctx = self._contexts.get(job_id)
@@ -200,17 +200,17 @@ class JobManager:
             job = self.store.get(job_id)
             if job is None:
                 raise NotFound(f"no job {job_id!r}; `twinbench jobs` lists them")
-            if job.state == pb.QUEUED:
-                self._finish(job, pb.CANCELLED, "cancelled before it started")
+            if job.state == tpb.QUEUED:
+                self._finish(job, tpb.CANCELLED, "cancelled before it started")
             return job
 
-    def watch(self, job_id: str, is_active: Callable[[], bool]) -> Iterator[pb.JobEvent]:
+    def watch(self, job_id: str, is_active: Callable[[], bool]) -> Iterator[tpb.JobEvent]:
         """A snapshot first, then every event until the job ends or the watcher leaves."""
         with self._lock:  # events are published under this lock: none falls between the two
             job = self.get(job_id)
             event_log = self._logs.get(job_id)
             seen = len(event_log.events) if event_log else 0
-        yield pb.JobEvent(job_id=job_id, job=job)
+        yield tpb.JobEvent(job_id=job_id, job=job)
         if event_log is None or job.state in TERMINAL:
             return
         while True:
@@ -234,14 +234,14 @@ class JobManager:
             if job_id is None:
                 return
             job = self.store.get(job_id)
-            if job is None or job.state != pb.QUEUED:
+            if job is None or job.state != tpb.QUEUED:
                 continue  # cancelled while queued
             self._run(job)
 
-    def _run(self, job: pb.Job) -> None:
+    def _run(self, job: tpb.Job) -> None:
         ctx = ServiceJobContext(self, job)
         with self._lock:
-            job.state = pb.RUNNING
+            job.state = tpb.RUNNING
             job.started_at = time.time()
             self._contexts[job.id] = ctx
             self.store.put(job)
@@ -250,21 +250,21 @@ class JobManager:
             self.run_job(job, ctx)
         except JobCancelled:
             if not ctx.shutting_down:
-                self._finish(job, pb.CANCELLED, "cancelled while running")
+                self._finish(job, tpb.CANCELLED, "cancelled while running")
             elif job.spec.resume:
                 reason = f"the trainer stopped; resumes after epoch {len(job.epochs)}"
-                self._finish(job, pb.QUEUED, reason)
+                self._finish(job, tpb.QUEUED, reason)
             else:
-                self._finish(job, pb.FAILED, "interrupted: the trainer stopped during the job")
+                self._finish(job, tpb.FAILED, "interrupted: the trainer stopped during the job")
         except TwinbenchError as exc:
-            self._finish(job, pb.FAILED, str(exc))
+            self._finish(job, tpb.FAILED, str(exc))
         except Exception as exc:  # noqa: BLE001 - a failed job is a record, not a crash
             log.exception("job %s failed", job.id)
-            self._finish(job, pb.FAILED, f"{type(exc).__name__}: {exc}")
+            self._finish(job, tpb.FAILED, f"{type(exc).__name__}: {exc}")
         else:
-            self._finish(job, pb.SUCCEEDED, "")
+            self._finish(job, tpb.SUCCEEDED, "")
 
-    def _finish(self, job: pb.Job, state: pb.JobState, error: str) -> None:
+    def _finish(self, job: tpb.Job, state: tpb.JobState, error: str) -> None:
         """Ends the job's run: in a final state, or QUEUED again when it will resume later."""
         with self._lock:
             job.state = state
@@ -276,14 +276,14 @@ class JobManager:
             event_log = self._logs.pop(job.id, None)
             if event_log is not None:
                 with event_log.cond:
-                    event_log.events.append(pb.JobEvent(job_id=job.id, job=_copy(job)))
+                    event_log.events.append(tpb.JobEvent(job_id=job.id, job=_copy(job)))
                     event_log.closed = True
                     event_log.cond.notify_all()
 
-    def _publish_snapshot(self, job: pb.Job) -> None:
-        self._publish(job.id, pb.JobEvent(job_id=job.id, job=_copy(job)))
+    def _publish_snapshot(self, job: tpb.Job) -> None:
+        self._publish(job.id, tpb.JobEvent(job_id=job.id, job=_copy(job)))
 
-    def _publish(self, job_id: str, event: pb.JobEvent) -> None:
+    def _publish(self, job_id: str, event: tpb.JobEvent) -> None:
         with self._lock:
             event_log = self._logs.get(job_id)
             if event_log is None:
@@ -293,7 +293,7 @@ class JobManager:
                 event_log.cond.notify_all()
 
 
-def _copy(job: pb.Job) -> pb.Job:
-    out = pb.Job()
+def _copy(job: tpb.Job) -> tpb.Job:
+    out = tpb.Job()
     out.CopyFrom(job)
     return out

@@ -21,7 +21,7 @@ import time
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import Settings
 from twinbench.errors import JobCancelled, TwinbenchError
 from twinbench.jobs.request import devices_of, workers_of
@@ -50,7 +50,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _launch_commands(
-    framework_path: str, spec: pb.JobSpec, base_env: dict[str, str]
+    framework_path: str, spec: tpb.JobSpec, base_env: dict[str, str]
 ) -> list[tuple[list[str], dict[str, str]]]:
     """The processes to start: one torchrun for PyTorch, one process per worker for TensorFlow."""
     workers, devices = workers_of(spec), devices_of(spec)
@@ -79,7 +79,7 @@ def _launch_commands(
 
 
 def run_distributed(
-    framework_path: str, job: pb.Job, ctx: ServiceJobContext, settings: Settings
+    framework_path: str, job: tpb.Job, ctx: ServiceJobContext, settings: Settings
 ) -> None:
     """Runs a data-parallel job's workers on loopback and relays rank 0's reports into `ctx`.
 

@@ -13,7 +13,7 @@ import sys
 from functools import partial
 from multiprocessing.connection import Connection
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import Settings
 from twinbench.errors import InvalidArgument, JobCancelled, TwinbenchError
 from twinbench.trainer.queue import ServiceJobContext
@@ -24,7 +24,7 @@ POLL_S = 0.2
 
 
 def run_in_worker(
-    framework_path: str, job: pb.Job, ctx: ServiceJobContext, settings: Settings
+    framework_path: str, job: tpb.Job, ctx: ServiceJobContext, settings: Settings
 ) -> None:
     """Runs `job` in a new worker process and relays what it reports into `ctx`.
 
@@ -72,10 +72,10 @@ def relay_message(message: tuple, ctx: ServiceJobContext) -> tuple[str, str] | N
     """Applies one report of a job's process to `ctx`; returns (outcome, message) at its end."""
     kind = message[0]
     if kind == "job":
-        record = pb.Job.FromString(message[1])
+        record = tpb.Job.FromString(message[1])
         ctx.update(partial(_merge, reported=record))
     elif kind == "epoch":
-        ctx.epoch_done(pb.EpochMetrics.FromString(message[1]))
+        ctx.epoch_done(tpb.EpochMetrics.FromString(message[1]))
     elif kind == "progress":
         ctx.progress(*message[1:])
     elif kind == "end":
@@ -83,7 +83,7 @@ def relay_message(message: tuple, ctx: ServiceJobContext) -> tuple[str, str] | N
     return None
 
 
-def _merge(live: pb.Job, reported: pb.Job) -> None:
+def _merge(live: tpb.Job, reported: tpb.Job) -> None:
     """The worker's record, keeping the fields only the service changes."""
     state, error = live.state, live.error
     live.CopyFrom(reported)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
 from twinbench.jobs.request import devices_of, is_distributed, workers_of
 
@@ -116,8 +116,8 @@ class WorkerStats:
         return cls(int(row[0]), int(row[1]), int(row[2]), int(row[3]), float(row[4]),
                    int(row[5]), int(row[6]), cpus)  # fmt: skip
 
-    def record(self) -> pb.WorkerRecord:
-        return pb.WorkerRecord(
+    def record(self) -> tpb.WorkerRecord:
+        return tpb.WorkerRecord(
             rank=self.rank,
             pid=self.pid,
             samples=self.samples,
@@ -126,7 +126,7 @@ class WorkerStats:
             steady_samples_per_second=self.steady_samples / self.steady_seconds
             if self.steady_seconds > 0
             else 0.0,
-            threads=pb.Threads(intra_op=self.intra_op, inter_op=self.inter_op),
+            threads=tpb.Threads(intra_op=self.intra_op, inter_op=self.inter_op),
             cpu_set=self.cpus,
         )
 
@@ -136,7 +136,7 @@ class Collective(Protocol):
 
     topology: Topology
 
-    def new_session(self, framework, spec: pb.JobSpec, model, data): ...
+    def new_session(self, framework, spec: tpb.JobSpec, model, data): ...
 
     def set_batch(self, local_rows: int, global_rows: int) -> None:
         """The weight of this worker's gradient in the next step: local_rows / global_rows."""
@@ -144,7 +144,7 @@ class Collective(Protocol):
     def all_sum(self, values: np.ndarray) -> np.ndarray:
         """The element-wise sum over all workers (every worker must call it, in the same order)."""
 
-    def communication(self) -> pb.Communication: ...
+    def communication(self) -> tpb.Communication: ...
 
     def close(self) -> None:
         """A final barrier: no worker leaves before rank 0 has exported."""
@@ -171,7 +171,7 @@ class DataParallel:
     def writer(self) -> bool:
         return self.topology.writer
 
-    def new_session(self, framework, spec: pb.JobSpec, model, data):
+    def new_session(self, framework, spec: tpb.JobSpec, model, data):
         if self.collective is None:
             return framework.new_session(spec, model, data)
         return self.collective.new_session(framework, spec, model, data)
@@ -207,7 +207,7 @@ class DataParallel:
         rows[self.topology.rank] = self.stats.row()
         return [WorkerStats.from_row(r) for r in self.collective.all_sum(rows)]
 
-    def describe(self, job: pb.Job, workers: list[WorkerStats]) -> None:
+    def describe(self, job: tpb.Job, workers: list[WorkerStats]) -> None:
         """World size, every worker's figures (from `gather`) and the communication settings."""
         job.world_size = self.parts
         if self.collective is None:
@@ -221,7 +221,7 @@ class DataParallel:
             self.collective.close()
 
 
-def load_collective(framework, spec: pb.JobSpec, topology: Topology) -> Collective | None:
+def load_collective(framework, spec: tpb.JobSpec, topology: Topology) -> Collective | None:
     """The framework's collective for a data-parallel job; None for a single-process one."""
     if not is_distributed(spec):
         return None

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import Settings
 from twinbench.data.datasets import Dataset, Split
 from twinbench.errors import InvalidArgument
@@ -166,7 +166,7 @@ def run_reinforcement(
     framework,
     repository: ModelRepository,
     settings: Settings,
-    job: pb.Job,
+    job: tpb.Job,
     ctx: JobContext,
     rss,
     beside,
@@ -193,7 +193,7 @@ def run_reinforcement(
     session = framework.new_rl_session(spec, model)
     shared = {k: v for k, v in SHARED_FAIRNESS.items() if k in ("isolation",)}
 
-    def started(j: pb.Job) -> None:
+    def started(j: tpb.Job) -> None:
         j.device = session.device_name
         j.framework_version = framework.version
         j.parameter_count = session.parameter_count
@@ -206,7 +206,7 @@ def run_reinforcement(
     ctx.update(started)
     result = dqn_loop(session, env, rl, spec, ctx, beside)
 
-    def finished(j: pb.Job) -> None:
+    def finished(j: tpb.Job) -> None:
         r = j.reinforcement
         r.episode_rewards[:] = result.rewards
         r.env_steps = result.steps
@@ -256,7 +256,7 @@ class LoopResult:
 
 
 def dqn_loop(
-    session: QSession, env, rl: DQN, spec: pb.JobSpec, ctx: JobContext, beside=None
+    session: QSession, env, rl: DQN, spec: tpb.JobSpec, ctx: JobContext, beside=None
 ) -> LoopResult:
     """Steps the environment until solved or `spec.env_steps`; the framework only runs the net."""
     rng = np.random.default_rng([spec.seed, 0xD01])
@@ -341,7 +341,7 @@ def _record_progress(ctx: JobContext, out: LoopResult) -> None:
     rewards, steps, updates = list(out.rewards), out.steps, out.optimizer_steps
     evaluations, evaluation = out.evaluations, list(out.evaluation_rewards)
 
-    def update(j: pb.Job) -> None:
+    def update(j: tpb.Job) -> None:
         r = j.reinforcement
         r.episode_rewards[:] = rewards
         r.env_steps, r.optimizer_steps = steps, updates

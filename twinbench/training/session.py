@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.datasets import Dataset
 from twinbench.errors import TwinbenchError
 from twinbench.models.spec import ModelSpec
@@ -79,7 +79,7 @@ class Framework(Protocol):
     def set_threads(self, intra_op: int, inter_op: int) -> tuple[int, int]:
         """Fixes the process's CPU thread pools before any work; returns them read back."""
 
-    def new_session(self, spec: pb.JobSpec, model: ModelSpec, data: Dataset) -> Session: ...
+    def new_session(self, spec: tpb.JobSpec, model: ModelSpec, data: Dataset) -> Session: ...
 
 
 SHARED_FAIRNESS = {
@@ -96,12 +96,12 @@ def export_checked(
     framework: Framework,
     session: Session,
     repository: ModelRepository,
-    job: pb.Job,
+    job: tpb.Job,
     data: Dataset,
     task: Task,
     fmt: str,
     max_batch_size: int,
-) -> pb.ModelExport:
+) -> tpb.ModelExport:
     """Writes, reloads and checks one export in a staging folder, then publishes it whole."""
     name = model_name(job.spec.model, framework.name, fmt)
     batch = data.test.x[:EXPORT_CHECK_ROWS]
@@ -130,7 +130,7 @@ def export_checked(
             inputs=() if task.kind == "classification" else task.inputs,
             output_shape=() if task.kind == "classification" else task.output_shape,
         )
-    return pb.ModelExport(
+    return tpb.ModelExport(
         model_name=name,
         version=str(info.version),
         format=fmt,
@@ -140,6 +140,6 @@ def export_checked(
     )
 
 
-def record_export(job: pb.Job, export: pb.ModelExport) -> None:
+def record_export(job: tpb.Job, export: tpb.ModelExport) -> None:
     """Adds a published export to the job's record (a change for JobContext.update)."""
     job.exports.append(export)

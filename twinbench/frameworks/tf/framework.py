@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.datasets import Dataset
 from twinbench.frameworks.tf.id_session import TFIdSession
 from twinbench.frameworks.tf.q_session import TFQSession
@@ -35,11 +35,11 @@ class TFFramework:
         )
 
     def new_session(
-        self, spec: pb.JobSpec, model: ModelSpec | NeuMF | GNMT, data: Dataset
+        self, spec: tpb.JobSpec, model: ModelSpec | NeuMF | GNMT, data: Dataset
     ) -> Session:
         if isinstance(model, (NeuMF, GNMT)):
             return TFIdSession(spec, model)
         return TFSession(spec, model)
 
-    def new_rl_session(self, spec: pb.JobSpec, model: ModelSpec) -> QSession:
+    def new_rl_session(self, spec: tpb.JobSpec, model: ModelSpec) -> QSession:
         return TFQSession(spec, model)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.tf.models import build_id_model, set_id_weights
 from twinbench.frameworks.tf.session import TFSessionBase
@@ -40,7 +40,7 @@ class TFIdSession(TFSessionBase):
         " kernels, zero biases but the forget gates' 1"
     )
 
-    def __init__(self, spec: pb.JobSpec, declared: NeuMF | GNMT) -> None:
+    def __init__(self, spec: tpb.JobSpec, declared: NeuMF | GNMT) -> None:
         if spec.channels_last:
             raise InvalidArgument(f"model {declared.name} takes ids: channels-last is for images")
         self.declared = declared

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.datasets import Dataset
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.tf.session import TFSession
@@ -28,7 +28,7 @@ class DistributedTFSession(TFSession):
     gradients, each weighted by its share of the global batch (see twinbench.training.parallel)."""
 
     def __init__(
-        self, spec: pb.JobSpec, model_spec: ModelSpec, strategy: tf.distribute.Strategy
+        self, spec: tpb.JobSpec, model_spec: ModelSpec, strategy: tf.distribute.Strategy
     ) -> None:
         self.strategy = strategy
         self.global_rows = 1
@@ -98,7 +98,7 @@ def _workers() -> int:
 
 
 class TFCollective:
-    def __init__(self, topology: Topology, spec: pb.JobSpec) -> None:
+    def __init__(self, topology: Topology, spec: tpb.JobSpec) -> None:
         self.topology = topology
         gpus = tf.config.list_physical_devices("GPU") if spec.device != "cpu" else []
         if spec.device == "cuda" and not gpus:
@@ -146,7 +146,7 @@ class TFCollective:
         return self.strategy.experimental_local_results(summed)[0]
 
     def new_session(
-        self, framework: Framework, spec: pb.JobSpec, model: ModelSpec, data: Dataset
+        self, framework: Framework, spec: tpb.JobSpec, model: ModelSpec, data: Dataset
     ) -> DistributedTFSession:
         session = DistributedTFSession(spec, model, self.strategy)
         self.sessions.append(session)
@@ -159,7 +159,7 @@ class TFCollective:
     def all_sum(self, values: np.ndarray) -> np.ndarray:
         return self._sum(tf.constant(values, dtype=tf.float64)).numpy()
 
-    def communication(self) -> pb.Communication:
+    def communication(self) -> tpb.Communication:
         if self.options is not None:
             implementation = self.options.implementation.name
             how = f"CollectiveAllReduce, {implementation}" + (
@@ -169,7 +169,7 @@ class TFCollective:
         else:
             how = "MirroredStrategy's cross-device all-reduce (NCCL on GPUs)"
             launcher = "the trainer: one process"
-        return pb.Communication(
+        return tpb.Communication(
             launcher=launcher,
             strategy=f"tf.distribute.{self.kind}, custom training loop (strategy.run)",
             backend="nccl" if self.gpu else "ring",

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.tf.models import build_model, set_weights
 from twinbench.frameworks.tf.session import TFSessionBase
@@ -18,7 +18,7 @@ class TFQSession(TFSessionBase):
     """The online network is `self.model` (so predict and exports are the base session's);
     fp32, XLA off (DQN jobs refuse compiled and mixed-precision modes)."""
 
-    def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
+    def __init__(self, spec: tpb.JobSpec, model_spec: ModelSpec) -> None:
         rl = model_spec.reinforcement
         if rl is None:  # the training loop makes Q-network sessions only for DQN declarations
             raise InvalidArgument(f"model {model_spec.name} is not a reinforcement-learning one")

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.pretrained import pretrained_base
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.tf.device import device_name, pick_device
@@ -37,7 +37,9 @@ OWN_INIT = "Keras's own: Glorot uniform, zero biases"
 _DTYPES = {"FP32": tf.float32, "INT64": tf.int64}
 
 
-def make_optimizer(opt: pb.Optimizer, clip_norm: float | None = None) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    opt: tpb.Optimizer, clip_norm: float | None = None
+) -> keras.optimizers.Optimizer:
     """The job's optimizer with every constant set from the spec, none left to Keras's
     defaults (docs/fairness.md); one place for every kind of session. `clip_norm`: gradients
     clipped to this global norm over all of them, as torch's clip_grad_norm_ does."""
@@ -48,7 +50,7 @@ def make_optimizer(opt: pb.Optimizer, clip_norm: float | None = None) -> keras.o
     return keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum, global_clipnorm=clip_norm)
 
 
-def optimizer_fairness(opt: pb.Optimizer) -> str:
+def optimizer_fairness(opt: tpb.Optimizer) -> str:
     if opt.name == "adam":
         return f"Adam, epsilon {opt.epsilon:g} added before the bias correction"
     return f"SGD, momentum {opt.momentum:g}: v = mu v - lr g, w += v"
@@ -82,7 +84,7 @@ class TFSessionBase:
 
     def __init__(
         self,
-        spec: pb.JobSpec,
+        spec: tpb.JobSpec,
         declared: ModelSpec | NeuMF | GNMT,
         clip_norm: float | None = None,
     ) -> None:
@@ -215,7 +217,7 @@ class TFSession(TFSessionBase):
     """A job of a declared model spec (twinbench.models): images in, class logits out; also
     fine-tuning (a frozen pretrained base) and mixed precision."""
 
-    def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
+    def __init__(self, spec: tpb.JobSpec, model_spec: ModelSpec) -> None:
         self.model_spec = model_spec
         self.input_shape = model_spec.input_shape
         super().__init__(spec, model_spec)

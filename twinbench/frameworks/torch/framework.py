@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.datasets import Dataset
 from twinbench.frameworks.torch.id_session import TorchIdSession
 from twinbench.frameworks.torch.q_session import TorchQSession
@@ -29,11 +29,11 @@ class TorchFramework:
         return torch.get_num_threads(), torch.get_num_interop_threads()
 
     def new_session(
-        self, spec: pb.JobSpec, model: ModelSpec | NeuMF | GNMT, data: Dataset
+        self, spec: tpb.JobSpec, model: ModelSpec | NeuMF | GNMT, data: Dataset
     ) -> Session:
         if isinstance(model, (NeuMF, GNMT)):
             return TorchIdSession(spec, model)
         return TorchSession(spec, model)
 
-    def new_rl_session(self, spec: pb.JobSpec, model: ModelSpec) -> QSession:
+    def new_rl_session(self, spec: tpb.JobSpec, model: ModelSpec) -> QSession:
         return TorchQSession(spec, model)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.torch.models import build_id_model, load_id_weights
 from twinbench.frameworks.torch.session import TorchSessionBase
@@ -22,7 +22,7 @@ class TorchIdSession(TorchSessionBase):
     shared_init = SHARED_ID_INIT
     own_init = "PyTorch's own: embeddings N(0, 1), Linear and LSTM U(+-1/sqrt fan_in)"
 
-    def __init__(self, spec: pb.JobSpec, declared: NeuMF | GNMT) -> None:
+    def __init__(self, spec: tpb.JobSpec, declared: NeuMF | GNMT) -> None:
         if spec.channels_last:
             raise InvalidArgument(f"model {declared.name} takes ids: channels-last is for images")
         self.declared = declared

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.datasets import Dataset
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.torch.session import TorchSession
@@ -45,7 +45,7 @@ def _weighted_sum(state, bucket):  # noqa: ANN001, ANN201
 
 
 class TorchCollective:
-    def __init__(self, topology: Topology, spec: pb.JobSpec) -> None:
+    def __init__(self, topology: Topology, spec: tpb.JobSpec) -> None:
         self.topology = topology
         gpu = spec.device in ("auto", "cuda") and torch.cuda.is_available()
         if spec.device == "cuda" and not gpu:
@@ -58,7 +58,7 @@ class TorchCollective:
         self.weight = _Weight()
 
     def new_session(
-        self, framework: Framework, spec: pb.JobSpec, model: ModelSpec, data: Dataset
+        self, framework: Framework, spec: tpb.JobSpec, model: ModelSpec, data: Dataset
     ) -> TorchSession:
         session = TorchSession(spec, model)
         ddp = DistributedDataParallel(
@@ -82,8 +82,8 @@ class TorchCollective:
         dist.all_reduce(tensor)
         return tensor.cpu().numpy()
 
-    def communication(self) -> pb.Communication:
-        return pb.Communication(
+    def communication(self) -> tpb.Communication:
+        return tpb.Communication(
             launcher="torchrun (torch.distributed.run), c10d rendezvous",
             strategy="DistributedDataParallel, one process per replica",
             backend=self.backend,

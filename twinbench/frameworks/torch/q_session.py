@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.torch.models import build_model, load_weights
 from twinbench.frameworks.torch.session import TorchSessionBase
@@ -20,7 +20,7 @@ class TorchQSession(TorchSessionBase):
     """The online network is `self.model` (so exports and predict are the base session's);
     eager and fp32 (DQN jobs refuse compiled and mixed-precision modes)."""
 
-    def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
+    def __init__(self, spec: tpb.JobSpec, model_spec: ModelSpec) -> None:
         rl = model_spec.reinforcement
         if rl is None:  # the training loop makes Q-network sessions only for DQN declarations
             raise InvalidArgument(f"model {model_spec.name} is not a reinforcement-learning one")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twinbench.api import trainer_pb2 as pb
+from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.pretrained import pretrained_base
 from twinbench.errors import InvalidArgument
 from twinbench.frameworks.torch.device import device_name, pick_device
@@ -33,7 +33,7 @@ OWN_INIT = "PyTorch's own: Kaiming uniform (a=sqrt 5), biases U(+-1/sqrt fan_in)
 _DTYPES = {"FP32": torch.float32, "INT64": torch.int64}
 
 
-def make_optimizer(parameters: Iterator[nn.Parameter], opt: pb.Optimizer) -> torch.optim.Optimizer:
+def make_optimizer(parameters: Iterator[nn.Parameter], opt: tpb.Optimizer) -> torch.optim.Optimizer:
     """The job's optimizer with every constant set from the spec, none left to PyTorch's
     defaults (docs/fairness.md); one place for every kind of session."""
     if opt.name == "adam":
@@ -41,7 +41,7 @@ def make_optimizer(parameters: Iterator[nn.Parameter], opt: pb.Optimizer) -> tor
     return torch.optim.SGD(parameters, lr=opt.learning_rate, momentum=opt.momentum)
 
 
-def optimizer_fairness(opt: pb.Optimizer) -> str:
+def optimizer_fairness(opt: tpb.Optimizer) -> str:
     if opt.name == "adam":
         return f"Adam, eps {opt.epsilon:g} added after the bias correction"
     return f"SGD, momentum {opt.momentum:g}: v = mu v + g, w -= lr v"
@@ -58,7 +58,7 @@ class TorchSessionBase:
 
     def __init__(
         self,
-        spec: pb.JobSpec,
+        spec: tpb.JobSpec,
         declared: ModelSpec | NeuMF | GNMT,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
@@ -190,7 +190,7 @@ class TorchSession(TorchSessionBase):
     """A job of a declared model spec (twinbench.models): images in, class logits out; also
     fine-tuning (a frozen pretrained base), channels-last and mixed precision."""
 
-    def __init__(self, spec: pb.JobSpec, model_spec: ModelSpec) -> None:
+    def __init__(self, spec: tpb.JobSpec, model_spec: ModelSpec) -> None:
         self.model_spec = model_spec
         # Channels-last levels the layouts with Keras, which is NHWC throughout.
         layout = torch.channels_last if spec.channels_last else torch.contiguous_format
