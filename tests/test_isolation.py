@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import wait_for
 from tests_support import until
 from twinbench.api import trainer_pb2 as tpb
@@ -108,3 +110,30 @@ def test_a_killed_worker_fails_its_job_and_the_trainer_trains_on(client, stack):
         tpb.CreateJobRequest(spec=tpb.JobSpec(framework="torch", **SHORT))
     ).jobs
     assert wait_for(client, next_job.id)[0].state == tpb.SUCCEEDED
+
+
+PIN_CHECK = """
+import os, sys, threading
+from twinbench.training.resources import pin_process, process_cpus
+started = threading.Event()
+stop = threading.Event()
+early = threading.Thread(target=lambda: (started.set(), stop.wait()))  # a pool started first
+early.start()
+started.wait()
+first = min(os.sched_getaffinity(0))
+pin_process([first])
+print(sorted(os.sched_getaffinity(early.native_id)), process_cpus())
+stop.set()
+"""
+
+
+def test_a_job_pins_every_thread_of_its_process_and_records_what_the_os_reports():
+    """A thread started before the pinning (OpenBLAS's pool, started when numpy loads) is pinned
+    too, and the record is the OS's answer for all threads, not the set that was asked for."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to tell a pinned thread from an unpinned one")
+    out = subprocess.run(
+        [sys.executable, "-c", PIN_CHECK], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    first = min(os.sched_getaffinity(0))
+    assert out.split() == [f"[{first}]", f"[{first}]"], out

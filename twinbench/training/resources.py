@@ -119,3 +119,25 @@ class NoMarker:
 
     def check(self, every_s: float = 0.0) -> None:
         pass
+
+
+def pin_process(cpus: list[int]) -> None:
+    """Confines every thread of this process to `cpus`. sched_setaffinity(0) sets the calling
+    thread's alone, and threads started before it (OpenBLAS's pool, started when numpy loads)
+    would keep running on every CPU; threads started later inherit their creator's set."""
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, FileNotFoundError):
+            pass  # the thread ended meanwhile
+
+
+def process_cpus() -> list[int]:
+    """Every CPU some thread of this process may run on, as the OS reports it now."""
+    allowed: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            allowed |= os.sched_getaffinity(int(task.name))
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return sorted(allowed)

@@ -51,6 +51,7 @@ from twinbench.training.parallel import (
     tf_config_from_pod_index,
     worker_cpus,
 )
+from twinbench.training.resources import current_rss_bytes, pin_process, process_cpus
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _isolate(
     A worker of a data-parallel job takes its share of the job's CPUs and threads (cores/N each),
     so N workers together use what one worker alone would."""
     cpus = worker_cpus(training_cpus(settings), topology.local_rank, topology.local_world_size)
-    os.sched_setaffinity(0, cpus)
+    pin_process(cpus)
     intra, inter = training_threads(settings, cpus)
     if topology.local_world_size > 1:
         share = topology.local_world_size
@@ -251,13 +252,12 @@ def worker_main(argv: list[str] | None = None) -> int:
         # collectives must be set up before its runtime starts).
         collective = load_collective(framework, job.spec, topology)
         from twinbench.training.loop import run_training
-        from twinbench.training.resources import current_rss_bytes
 
         baseline = current_rss_bytes()
 
         def isolated(j: pb.Job) -> None:
             j.threads.intra_op, j.threads.inter_op = threads
-            j.cpu_set[:] = cpus
+            j.cpu_set[:] = process_cpus()  # as the OS has it, every thread the framework started
             j.baseline_rss_bytes = baseline
 
         ctx.update(isolated)
