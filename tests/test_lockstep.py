@@ -15,13 +15,11 @@ import pytest
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.experiments.disturbance import Monitor, Snapshot
-from twinbench.experiments.lockstep import (
+from twinbench.experiments.lockstep import lockstep_estimate, pair_summary, resume_cost
+from twinbench.experiments.lockstep_pairs import (
     ArmProcess,
     LockstepOptions,
     block_orders,
-    lockstep_estimate,
-    pair_summary,
-    resume_cost,
     run_process_pair,
 )
 
