@@ -38,6 +38,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         raise SystemExit("--repeats and --rounds must be 1 or more")
     if not 0.5 <= args.confidence < 1:
         raise SystemExit(f"--confidence must be in [0.5, 1), got {args.confidence}")
+    budget_s = until_decided_args(args)
     spec = spec_from_args(args, "")
     if args.params:
         apply_study_params(settings, args, spec)
@@ -54,12 +55,31 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         command="twinbench " + " ".join(args.argv),
         level=args.confidence,
         lockstep_pairs=args.lockstep_pairs,
+        until_decided=args.until_decided,
+        budget_s=budget_s,
+        max_pairs=args.max_pairs,
     )
+    if reinforcement and args.until_decided:
+        raise SystemExit("--until-decided takes speed, accuracy and serving lines, not dqn's")
     if reinforcement:
         from twinbench.experiments.rl_compare import run_rl_compare
 
         return run_rl_compare(settings, args.gateway, spec, options)
     return run_compare(settings, args.gateway, spec, options)
+
+
+def until_decided_args(args: argparse.Namespace) -> float | None:
+    """--budget in seconds (None: no budget), checked with --until-decided and --max-pairs."""
+    from twinbench.experiments.sequential import MIN_LOOK_PAIRS, parse_duration
+
+    if args.budget is not None and not args.until_decided:
+        raise SystemExit("--budget goes with --until-decided")
+    if args.until_decided and args.max_pairs < MIN_LOOK_PAIRS:
+        raise SystemExit(f"--max-pairs must be {MIN_LOOK_PAIRS} or more (the first look)")
+    try:
+        return parse_duration(args.budget) if args.budget is not None else None
+    except ValueError as error:
+        raise SystemExit(f"--budget: {error}") from None
 
 
 def apply_study_params(settings: Settings, args: argparse.Namespace, spec: tpb.JobSpec) -> None:
@@ -198,6 +218,9 @@ def bench_options(args: argparse.Namespace):
         width=args.width,
         image_size=args.image_size,
         channels_last=args.channels_last,
+        until_decided=args.until_decided,
+        budget_s=until_decided_args(args),
+        max_pairs=args.max_pairs,
     )
 
 
@@ -205,6 +228,8 @@ def cmd_bench_training(client: Client, args: argparse.Namespace) -> int:
     from twinbench.experiments.bench_training import run_training_bench
 
     options = bench_options(args)
+    if options.until_decided and args.workers:
+        raise SystemExit("--until-decided times one worker per job: leave out --workers")
     if args.workers:
         return cmd_bench_scaling(client, args, options)
     return write_training_bench(run_training_bench(client, options), args)
@@ -222,6 +247,8 @@ def cmd_bench_lockstep(settings: Settings, args: argparse.Namespace) -> int:
     )
 
     options = bench_options(args)
+    if options.until_decided:
+        raise SystemExit("--until-decided adds pairs of sequential jobs: not with --lockstep yet")
     if min(args.block_pairs, args.block_steps or 2) < 1 or args.block_seconds <= 0:
         raise SystemExit("--block-pairs, --block-steps and --block-seconds must be positive")
     lockstep = LockstepOptions(

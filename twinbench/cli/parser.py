@@ -193,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
         help="PyTorch jobs in the channels-last memory format (Keras is NHWC already)",
     )
     training.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
+    add_until_decided(training, "repeats")
     training.add_argument(
         "--workers",
         help="data-parallel worker counts, e.g. 1,2: throughput and scaling efficiency per count"
@@ -334,6 +335,7 @@ def parser() -> argparse.ArgumentParser:
         help="per serving-cost measurement, when compare starts the services; 0 skips"
         " (default: %(default)s)",
     )
+    add_until_decided(compare, "repeats")
     compare.add_argument(
         "--lockstep-pairs",
         type=int,
@@ -401,3 +403,26 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--reports", default="reports", help="report folder (default: reports)")
     return p
+
+
+def add_until_decided(command: argparse.ArgumentParser, unit: str) -> None:
+    """--until-decided, --budget and --max-pairs: add pairs until every line is decided."""
+    command.add_argument(
+        "--until-decided",
+        action="store_true",
+        help=f"instead of a fixed number of {unit}, add pairs (a new seed for both arms, A B B A"
+        " ...) until every line names a winner or is equivalent, looking after every pair from"
+        " the third, with anytime-valid tests (docs/verdicts.md)",
+    )
+    command.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="with --until-decided: stop adding pairs once this time is spent, e.g. 20m, 1h,"
+        " 1h30m (default: no budget)",
+    )
+    command.add_argument(
+        "--max-pairs",
+        type=int,
+        default=20,
+        help="with --until-decided: stop after this many pairs (default: %(default)s)",
+    )

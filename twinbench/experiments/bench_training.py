@@ -11,6 +11,7 @@ hardware, another year: compare the ratios, not the numbers) and writes JSON, Ma
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from twinbench.experiments.report_kit import (
     render_markdown,
     write_files,
 )
+from twinbench.experiments.sequential import anytime_lines, describe_stopping, until_decided
 from twinbench.experiments.verdicts import LEVEL, Line, decide, describe, paired_ratio
 from twinbench.rpc.channel import Client
 
@@ -69,6 +71,11 @@ class BenchOptions:
     image_size: int | None = None
     channels_last: bool = False  # PyTorch only: Keras is NHWC already
     level: float = LEVEL
+    # Add pairs of repeats until the row's line is decided (sequential.py); the budget is
+    # shared equally by the rows.
+    until_decided: bool = False
+    budget_s: float | None = None
+    max_pairs: int = 20
 
 
 def job_spec(
@@ -131,11 +138,14 @@ def run_training_bench(
     warn(checked)
     first, second = options.frameworks
     rows, lines = [], []
+    rows_planned = len(options.models) * len(options.modes) * len(options.precisions)
     for model in options.models:
         for mode, precision in ((m, p) for m in options.modes for p in options.precisions):
             label = f"{mode} {precision}"
             runs: dict[str, list[dict]] = {first: [], second: []}
-            for repeat in range(options.repeats):
+
+            def add_pair(model=model, mode=mode, precision=precision, label=label, runs=runs):
+                repeat = len(runs[first])
                 order = (first, second) if repeat % 2 == 0 else (second, first)
                 for framework in order:
                     spec = job_spec(options, model, framework, mode, repeat, precision)
@@ -149,30 +159,28 @@ def run_training_bench(
                             else f"{tpb.JobState.Name(job.state).lower()}: {job.error}"
                         )
                     )
+
+            stopping = None
+            if options.until_decided:
+                share = options.budget_s / rows_planned if options.budget_s else None
+                row_line = functools.partial(_line, options, runs, model, mode, precision, label)
+                stopping = until_decided(
+                    add_pair, row_line, share, options.max_pairs, options.level
+                )
+            else:
+                for _ in range(options.repeats):
+                    add_pair()
             row: dict[str, Any] = {
                 "model": model, "mode": mode, "precision": precision, "unit": unit_of(model),
                 "runs": runs, "published": PUBLISHED.get(model),
             }  # fmt: skip
-            ok = all(r["state"] == "succeeded" for rs in runs.values() for r in rs)
-            if ok:
-                estimate = paired_ratio(
-                    [r["samples_per_second"] for r in runs[first]],
-                    [r["samples_per_second"] for r in runs[second]],
-                    [r["windows"] for r in runs[first]],
-                    [r["windows"] for r in runs[second]],
-                    level=options.level,
-                )
-                lines.append(
-                    Line(
-                        f"{model} {label}: steady training throughput",
-                        first,
-                        second,
-                        estimate,
-                        higher_is_better=True,
-                        extra={"model": model, "mode": mode, "precision": precision},
-                    )
-                )
+            if stopping is not None:
+                row["stopping"] = stopping
+                progress(f"{model} {label}: {describe_stopping(stopping)}")
+            lines += _line(options, runs, model, mode, precision, label)
             rows.append(row)
+    # With pairs added until decided, every line is judged by its anytime-valid test.
+    judged = anytime_lines(lines, options.level) if options.until_decided else lines
     hardware = ", ".join(
         sorted({r["device"] for row in rows for rs in row["runs"].values() for r in rs})
     )
@@ -183,10 +191,37 @@ def run_training_bench(
         "options": {k: v for k, v in options.__dict__.items()},
         "published_hardware": PUBLISHED_HARDWARE,
         "rows": rows,
-        "verdicts": decide(lines, hardware, options.level) if lines else [],
+        "verdicts": decide(judged, hardware, options.level) if lines else [],
         "timing": "sequential",
         "preflight": checked,
     }
+
+
+def _line(
+    options: BenchOptions,
+    runs: dict[str, list[dict]],
+    model: str,
+    mode: str,
+    precision: str,
+    label: str,
+) -> list[Line]:
+    """The row's verdict line, when every one of its jobs succeeded."""
+    first, second = options.frameworks
+    if not all(r["state"] == "succeeded" for rs in runs.values() for r in rs):
+        return []
+    estimate = paired_ratio(
+        [r["samples_per_second"] for r in runs[first]],
+        [r["samples_per_second"] for r in runs[second]],
+        [r["windows"] for r in runs[first]],
+        [r["windows"] for r in runs[second]],
+        level=options.level,
+    )
+    return [
+        Line(
+            f"{model} {label}: steady training throughput", first, second, estimate,
+            higher_is_better=True, extra={"model": model, "mode": mode, "precision": precision},
+        )
+    ]  # fmt: skip
 
 
 def _geomean(values: list[float]) -> float:

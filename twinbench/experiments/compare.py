@@ -36,6 +36,7 @@ from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.preflight import summary as preflight_summary
 from twinbench.experiments.report import build_results, write_report
 from twinbench.experiments.report_kit import cpu_name
+from twinbench.experiments.sequential import anytime_lines, describe_stopping, until_decided
 from twinbench.experiments.verdicts import (
     Line,
     accuracy_ratio,
@@ -77,6 +78,10 @@ class CompareOptions:
     command: str
     level: float = 0.95  # of every interval; Holm keeps the report's false winners under 1 - level
     lockstep_pairs: int = 0  # speed-only lockstep process pairs after the repeats (lockstep.md)
+    # Add pairs of repeats until every line is decided (sequential.py), within a budget.
+    until_decided: bool = False
+    budget_s: float | None = None
+    max_pairs: int = 20
 
 
 def plan_arms(frameworks: tuple[str, str], repeats: int, seed: int) -> list[Arm]:
@@ -102,13 +107,22 @@ def run_compare(
     warn(checked)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report_dir = options.reports.resolve() / f"{stamp}-{base_spec.model}"
-    arms = plan_arms(options.frameworks, options.repeats, base_spec.seed)
+    planned = options.max_pairs if options.until_decided else options.repeats
+    arms = plan_arms(options.frameworks, planned, base_spec.seed)
+    stopping: dict | None = None
     serving: list[dict] = []
     serving_cost: dict | None = None
     predictions: dict[str, np.ndarray] = {}
     with services(settings, gateway) as (address, stack):
         client = Client(address, settings)
-        train_arms(client, arms, base_spec, options.repeats, export_all=options.users > 0)
+        if options.until_decided:
+            stopping = train_until_decided(client, arms, base_spec, settings, options)
+            ran = stopping["pairs"]  # serving: at least one round per pair of exports
+            options = dataclasses.replace(options, repeats=ran, rounds=max(options.rounds, ran))
+            for arm in arms:
+                del arm.seeds[options.repeats :]
+        else:
+            train_arms(client, arms, base_spec, options.repeats, export_all=options.users > 0)
         served = served_exports(arms)
         for _, export in served:  # one inference to each export through the gateway
             predictions[_served_label(export)] = infer_sample(
@@ -131,6 +145,8 @@ def run_compare(
             list(zip(pairs[0].seeds, pairs[1].seeds, strict=True)), options.level,
         )  # fmt: skip
         lines += speed_lines
+    if stopping is not None:
+        lines = anytime_lines(lines, options.level)
     verdict = decide(lines, hardware_of(arms), options.level)
     load = {
         "users": max(options.users, 1),
@@ -153,6 +169,10 @@ def run_compare(
         serving, load, options.command, verdict, design, serving_cost,
     )  # fmt: skip
     results["preflight"] = checked
+    if stopping is not None:
+        results["stopping"] = stopping
+        results["environment"]["stopping"] = describe_stopping(stopping)
+        print(describe_stopping(stopping))
     results["environment"]["preflight"] = preflight_summary(checked)  # a row of the report
     if speed is not None:
         results["lockstep"] = speed
@@ -170,18 +190,40 @@ def run_compare(
     return 0 if all(j.state == tpb.SUCCEEDED for j in finished) else 1
 
 
+def train_until_decided(
+    client: Client,
+    arms: list[Arm],
+    base_spec: tpb.JobSpec,
+    settings: Settings,
+    options: CompareOptions,
+) -> dict:
+    """Pairs of repeats (a new seed each, A B then B A) until every training line is decided,
+    the budget is spent or max_pairs ran; every job exports (the serving rounds pair them)."""
+    done = [0]
+
+    def add_pair() -> None:
+        train_arms(client, arms, base_spec, done[0] + 1, export_all=True, start=done[0])
+        done[0] += 1
+
+    return until_decided(
+        add_pair, lambda: training_lines(arms, settings, options.level), options.budget_s,
+        options.max_pairs, options.level,
+    )  # fmt: skip
+
+
 def train_arms(
     client: Client,
     arms: list[Arm],
     base_spec: tpb.JobSpec,
     repeats: int,
     export_all: bool = False,
+    start: int = 0,
 ) -> None:
     """Every job, one at a time (run together, they would share the CPU and skew the timings).
 
     With `export_all`, every repeat exports (the serving rounds pair them); else only the last.
     """
-    for repeat, k in run_order(repeats):
+    for repeat, k in run_order(repeats)[2 * start :]:  # from repeat `start` on
         arm = arms[k]
         spec = tpb.JobSpec()
         spec.CopyFrom(base_spec)

@@ -399,6 +399,12 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         f"Verdict ({design['hardware']}; {design['repeats']} repeats;"
         f" {family_note(results['verdict'])})"
     )
+    if "stopping" in results:  # pairs added until decided: anytime-valid tests, and why it stopped
+        stop = results["stopping"]
+        verdict_title += (
+            f"; pairs added until decided, anytime-valid tests: stopped after {stop['pairs']}"
+            f" pairs, {stop['stopped']}"
+        )
     if design["a_a"]:
         verdict_title += ": an A/A run, one framework against itself: no line may name a winner"
     out = [

@@ -69,6 +69,11 @@ class Estimate:
     # Whose figure is larger: +1 first, -1 second, 0 neither. Tests without a ratio to read it
     # from (sign and permutation tests) set it; None: read it from the ratio.
     direction: int | None = None
+    # The per-pair values the t test rests on, in pair order (log ratios, or differences in
+    # points for accuracy), and for accuracy the points that make a ratio change of 1: what an
+    # anytime-valid test (sequential.py) needs when pairs are added until a line is decided.
+    pairs: tuple[float, ...] | None = None
+    points_scale: float | None = None
 
 
 def _t(df: float, q: float) -> float:
@@ -159,7 +164,9 @@ def paired_ratio(
         between = float(np.var(d, ddof=1))
         variance = max(between, within_var or 0.0) / n
         method = f"paired t on log ratios, {n} pairs"
-        return _from_log_scale(float(d.mean()), math.sqrt(variance), n - 1, n, method, level)
+        out = _from_log_scale(float(d.mean()), math.sqrt(variance), n - 1, n, method, level)
+        out.pairs = tuple(float(x) for x in d)
+        return out
     if within_var is None or first_windows is None or second_windows is None:
         return Estimate(
             float(math.exp(d[0])), 0.0, math.inf, 1.0, 1, "one pair: no interval", min_p=1.0
@@ -233,6 +240,8 @@ def accuracy_ratio(
         effect if repeats >= MIN_PAIRS else None,
         log_se=se / scale if repeats >= MIN_PAIRS else None,
         points_se=se if repeats >= MIN_PAIRS else None, df=df, min_p=min_p,
+        pairs=tuple(float(x) for x in per_seed) if repeats >= MIN_PAIRS else None,
+        points_scale=scale,
     )  # fmt: skip
 
 
