@@ -275,7 +275,9 @@ def test_bench_training_until_decided_adds_pairs_and_names_the_faster_arm(monkey
         )  # fmt: skip
 
     monkeypatch.setattr(bench_training, "_run_job", fake_job)
-    monkeypatch.setattr(bench_training, "preflight", lambda: {"checks": [], "warnings": []})
+    monkeypatch.setattr(
+        bench_training, "preflight", lambda: {"checks": [], "warnings": [], "quiet": True}
+    )
     monkeypatch.setattr(bench_training, "warn", lambda checked: None)
     options = bench_training.BenchOptions(models=("mlp",), until_decided=True, max_pairs=10)
     results = bench_training.run_training_bench(None, options, progress=lambda line: None)  # type: ignore[arg-type]
@@ -286,3 +288,7 @@ def test_bench_training_until_decided_adds_pairs_and_names_the_faster_arm(monkey
     (verdict,) = results["verdicts"]
     assert verdict["winner"] == "torch" and "anytime-valid" in verdict["method"]
     assert verdict["repeats"] == stopping["pairs"]
+    notes = " ".join(bench_training._timing_notes(results))
+    assert (
+        f"mlp default fp32: added pairs until decided: stopped after {stopping['pairs']}" in notes
+    )

@@ -165,7 +165,7 @@ def run_training_bench(
                 share = options.budget_s / rows_planned if options.budget_s else None
                 row_line = functools.partial(_line, options, runs, model, mode, precision, label)
                 stopping = until_decided(
-                    add_pair, row_line, share, options.max_pairs, options.level
+                    add_pair, row_line, share, options.max_pairs, options.level, progress=progress
                 )
             else:
                 for _ in range(options.repeats):
@@ -313,6 +313,10 @@ def _timing_notes(results: dict) -> list[str]:
     elif results.get("fallback"):
         notes.append(f"Timing: sequential jobs; lockstep was asked for: {results['fallback']}.")
     notes += results.get("notes", [])
+    for row in results.get("rows", []):  # --until-decided: each row's pairs, and why they stopped
+        if "stopping" in row:
+            notes.append(f"{row['model']} {row['mode']} {row['precision']}: "
+                         f"{describe_stopping(row['stopping'])}.")  # fmt: skip
     if "preflight" in results:
         notes.append(f"Preflight: {preflight_summary(results['preflight'])}.")
     return notes

@@ -207,7 +207,7 @@ def train_until_decided(
 
     return until_decided(
         add_pair, lambda: training_lines(arms, settings, options.level), options.budget_s,
-        options.max_pairs, options.level,
+        options.max_pairs, options.level, progress=print,
     )  # fmt: skip
 
 

@@ -161,6 +161,7 @@ def until_decided(
     max_pairs: int = MAX_PAIRS,
     level: float = LEVEL,
     clock: Callable[[], float] = time.monotonic,
+    progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Add pairs until every line is decided, the budget is spent or max_pairs are run (or no
     line can decide at all: every job failed).
@@ -180,6 +181,11 @@ def until_decided(
         last = clock() - began
         if pairs >= MIN_LOOK_PAIRS:
             entries = decide(anytime_lines(lines_now(), level), "", level)
+            if progress is not None:
+                progress(
+                    f"look after {pairs} pairs: "
+                    + "; ".join(f"{e['question']}: {e['winner'] or e['outcome']}" for e in entries)
+                )
             for entry in entries:
                 if first.get(entry["question"]) is None:
                     done = entry["outcome"] in ("winner", "equivalent")
