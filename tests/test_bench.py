@@ -22,7 +22,8 @@ from twinbench.experiments.bench_serving import (
     setup,
     summary,
 )
-from twinbench.experiments.report import SCHEMA_FILE, build_results, markdown
+from twinbench.experiments.report import markdown
+from twinbench.experiments.results import SCHEMA_FILE, build_results
 from twinbench.serving.statistics import server_statistics
 from twinbench.serving.tensors import infer_request
 

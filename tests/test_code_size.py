@@ -59,7 +59,8 @@ def test_the_report_shows_sizes_and_both_scripts_side_by_side():
     import jsonschema
 
     from twinbench.api import trainer_pb2 as tpb
-    from twinbench.experiments.report import SCHEMA_FILE, _code_of, code_html, code_markdown
+    from twinbench.experiments.report import code_html, code_markdown
+    from twinbench.experiments.results import SCHEMA_FILE, _code_of
 
     job = tpb.Job(spec=tpb.JobSpec(model="lenet5"))
     results = _code_of({"torch": ("torch", [job]), "tf": ("tf", [job])})

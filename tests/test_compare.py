@@ -14,7 +14,7 @@ import pytest
 
 from twinbench.data.datasets import load_dataset
 from twinbench.experiments.loadtest import run_locust
-from twinbench.experiments.report import SCHEMA_FILE
+from twinbench.experiments.results import SCHEMA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -30,7 +30,7 @@ from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import load_settings
 from twinbench.data.datasets import load_dataset
-from twinbench.experiments.report import SCHEMA_FILE
+from twinbench.experiments.results import SCHEMA_FILE
 from twinbench.rpc.channel import Client, is_serving
 from twinbench.serving.tensors import infer_request, output_array
 

@@ -114,7 +114,7 @@ def test_the_record_is_what_the_results_schema_describes():
 
     import jsonschema
 
-    from twinbench.experiments.report import SCHEMA_FILE
+    from twinbench.experiments.results import SCHEMA_FILE
 
     schema = json.loads(SCHEMA_FILE.read_text())["properties"]["preflight"]
     jsonschema.validate(json.loads(json.dumps(pf.preflight(sample_s=0.05))), schema)

@@ -11,7 +11,7 @@ import pytest
 from conftest import wait_for
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.errors import InvalidArgument
-from twinbench.experiments.verdicts import bootstrap_interval, iqm, paired_iqm_ratio
+from twinbench.experiments.rl_verdicts import bootstrap_interval, iqm, paired_iqm_ratio
 from twinbench.jobs.request import job_model, resolve_spec
 from twinbench.models.spec import DQN
 from twinbench.training.rl import (
@@ -248,7 +248,7 @@ def _rl_job(framework: str, seed: int, rewards: list[float], solved_at_episode: 
 def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
     import json
 
-    from twinbench.experiments.compare import plan_arms
+    from twinbench.experiments.compare_plan import plan_arms
     from twinbench.experiments.rl_compare import summarize, tables, write_rl_report
 
     arms = plan_arms(("torch", "tf"), 10, 0)

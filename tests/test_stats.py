@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from twinbench.experiments.rl_verdicts import paired_iqm_ratio
 from twinbench.experiments.verdicts import (
     LEVEL,
     Estimate,
@@ -22,7 +23,6 @@ from twinbench.experiments.verdicts import (
     failed_runs,
     family_note,
     holm,
-    paired_iqm_ratio,
     paired_ratio,
     paired_with_failures,
     tarone,

@@ -6,7 +6,7 @@ import json
 import jsonschema
 from test_compare import run_compare
 
-from twinbench.experiments.report import SCHEMA_FILE
+from twinbench.experiments.results import SCHEMA_FILE
 from twinbench.experiments.sequential import MIN_LOOK_PAIRS
 
 

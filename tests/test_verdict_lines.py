@@ -10,8 +10,9 @@ import optuna
 import pytest
 
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.experiments import compare
-from twinbench.experiments.compare import Arm, training_lines
+from twinbench.experiments import compare_lines
+from twinbench.experiments.compare_lines import training_lines
+from twinbench.experiments.compare_plan import Arm
 from twinbench.experiments.rl_compare import verdict_lines
 from twinbench.experiments.sweep_studies import PAIRED, verdict
 from twinbench.experiments.verdicts import decide, describe
@@ -32,7 +33,7 @@ def test_compare_counts_runs_that_never_reach_the_target_and_runs_that_fail(monk
     """Eight repeats: torch reaches the target at about 20 s in all; TensorFlow reaches it
     later in two, never in five (each run ends at 60 s, censored there) and fails in one. Every
     repeat orders torch first, so the line names torch; the failed job has a line of its own."""
-    monkeypatch.setattr(compare, "_test_labels", lambda job, settings: np.zeros(5, int))
+    monkeypatch.setattr(compare_lines, "_test_labels", lambda job, settings: np.zeros(5, int))
     arms = [Arm("torch", "torch", list(range(8))), Arm("tf", "tf", list(range(8)))]
     rng = np.random.default_rng(0)
     for seed in range(8):
@@ -127,11 +128,11 @@ def test_every_kind_of_verdict_entry_matches_the_results_schemas(schema):
 
     import jsonschema
 
+    from twinbench.experiments.rl_verdicts import paired_iqm_ratio
     from twinbench.experiments.verdicts import (
         Line,
         accuracy_ratio,
         failed_runs,
-        paired_iqm_ratio,
         paired_ratio,
         paired_with_failures,
     )

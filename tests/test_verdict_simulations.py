@@ -20,13 +20,13 @@ import pytest
 from scipy import stats as scipy_stats
 
 from twinbench.experiments import verdicts
+from twinbench.experiments.rl_verdicts import paired_iqm_ratio
 from twinbench.experiments.verdicts import (
     Estimate,
     Line,
     accuracy_ratio,
     decide,
     failed_runs,
-    paired_iqm_ratio,
     paired_ratio,
     paired_with_failures,
 )

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -31,73 +29,24 @@ from twinbench.client.console import table, watch_all
 from twinbench.client.inference import infer_sample
 from twinbench.client.stack import LocalStack, services
 from twinbench.config import Settings
+from twinbench.experiments.compare_lines import hardware_of, serving_lines, training_lines
+from twinbench.experiments.compare_plan import Arm, CompareOptions, plan_arms, run_order
 from twinbench.experiments.disturbance import Monitor
 from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.preflight import summary as preflight_summary
-from twinbench.experiments.report import build_results, write_report
-from twinbench.experiments.report_kit import cpu_name
+from twinbench.experiments.report import write_report
+from twinbench.experiments.results import build_results
 from twinbench.experiments.sequential import anytime_lines, describe_stopping, until_decided
 from twinbench.experiments.verdicts import (
-    Line,
-    accuracy_ratio,
     decide,
     describe,
-    failed_runs,
     family_note,
-    paired_ratio,
-    paired_with_failures,
 )
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client
 from twinbench.serving.tensors import infer_request
 
 NATIVE_FORMATS = ("torchscript", "savedmodel")
-
-
-@dataclass
-class Arm:
-    """One side of the comparison: a framework, its seeds, and its jobs, one per repeat."""
-
-    label: str
-    framework: str
-    seeds: list[int]
-    jobs: list[tpb.Job] = field(default_factory=list)
-
-
-@dataclass
-class CompareOptions:
-    frameworks: tuple[str, str]
-    repeats: int
-    users: int  # Locust users per served model; 0 skips the load test
-    duration: str  # Locust run time per model and round
-    rounds: int  # serving rounds, alternating the models' order; round r serves repeat r's exports
-    serving_batch_size: int
-    reports: Path
-    sample: int  # a test image each export classifies once
-    bench_seconds: float  # per serving-cost measurement; 0 skips it
-    command: str
-    level: float = 0.95  # of every interval; Holm keeps the report's false winners under 1 - level
-    lockstep_pairs: int = 0  # speed-only lockstep process pairs after the repeats (lockstep.md)
-    # Add pairs of repeats until every line is decided (sequential.py), within a budget.
-    until_decided: bool = False
-    budget_s: float | None = None
-    max_pairs: int = 20
-
-
-def plan_arms(frameworks: tuple[str, str], repeats: int, seed: int) -> list[Arm]:
-    first, second = frameworks
-    if first == second:
-        return [
-            Arm(f"{first} A", first, [seed + 2 * i for i in range(repeats)]),
-            Arm(f"{second} B", second, [seed + 2 * i + 1 for i in range(repeats)]),
-        ]
-    seeds = [seed + i for i in range(repeats)]
-    return [Arm(first, first, list(seeds)), Arm(second, second, list(seeds))]
-
-
-def run_order(repeats: int) -> list[tuple[int, int]]:
-    """(repeat, arm) in the order A B, B A, A B, ...: drift over the run cancels in the pairs."""
-    return [(i, k) for i in range(repeats) for k in ((0, 1) if i % 2 == 0 else (1, 0))]
 
 
 def run_compare(
@@ -377,213 +326,6 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
         " (twinbench bench serving gives the load a CPU of its own)",
         **how,
     }
-
-
-# --- verdicts ---
-
-
-def hardware_of(arms: list[Arm]) -> str:
-    """What the training ran on, for every verdict: CPU only, or the GPUs by name."""
-    return describe_hardware({job.device for arm in arms for job in arm.jobs if job.device})
-
-
-def describe_hardware(job_devices: set[str]) -> str:
-    """The devices jobs reported, as a verdict states them (compare's and sweep's)."""
-    devices = sorted(job_devices)
-    cpu = f"{cpu_name()}, {os.cpu_count()} logical CPUs"
-    gpus = [d for d in devices if d != "cpu"]
-    return f"GPU: {', '.join(gpus)}; host {cpu}" if gpus else f"CPU only: {cpu}"
-
-
-def _pairs(arms: list[Arm]) -> list[tuple[tpb.Job, tpb.Job]]:
-    """The repeats in which both arms' jobs succeeded."""
-    first, second = arms
-    return [
-        (a, b)
-        for a, b in zip(first.jobs, second.jobs, strict=False)
-        if a.state == tpb.SUCCEEDED and b.state == tpb.SUCCEEDED
-    ]
-
-
-def training_lines(arms: list[Arm], settings: Settings, level: float) -> list[Line]:
-    first, second = arms[0].label, arms[1].label
-    # Jobs that failed are a result with a line of their own, beside the lines of the repeats
-    # in which both arms' jobs finished.
-    crashed = [
-        (a.state != tpb.SUCCEEDED, b.state != tpb.SUCCEEDED)
-        for a, b in zip(arms[0].jobs, arms[1].jobs, strict=False)
-    ]
-    failures: list[Line] = []
-    if any(x or y for x, y in crashed):
-        failures.append(
-            Line(
-                "finishes its training jobs (share of jobs that did not fail)",
-                first,
-                second,
-                failed_runs([x for x, _ in crashed], [y for _, y in crashed], level),
-                higher_is_better=True,
-                detail="; ".join(
-                    f"{j.id} {state_name(j.state)}: {j.error}"
-                    for arm in arms
-                    for j in arm.jobs
-                    if j.state != tpb.SUCCEEDED
-                ),
-            )
-        )
-    pairs = [(a, b) for a, b in _pairs(arms) if a.steady_seconds and b.steady_seconds]
-    if not pairs:
-        return failures
-    lines = [
-        Line(
-            "faster to train (steady samples/s)",
-            first,
-            second,
-            paired_ratio(
-                [a.steady_samples_per_second for a, _ in pairs],
-                [b.steady_samples_per_second for _, b in pairs],
-                [list(a.window_samples_per_second) for a, _ in pairs],
-                [list(b.window_samples_per_second) for _, b in pairs],
-                level=level,
-            ),
-            higher_is_better=True,
-            detail=_range_detail(
-                [a.steady_samples_per_second for a, _ in pairs],
-                [b.steady_samples_per_second for _, b in pairs],
-                "{:,.0f} samples/s",
-            ),
-        )
-    ]
-    labels = _test_labels(pairs[0][0], settings)
-    with_predictions = [
-        (a, b)
-        for a, b in pairs
-        if len(a.test_predictions) == len(labels) == len(b.test_predictions)
-    ]
-    if with_predictions:
-        right_a = np.array([np.asarray(a.test_predictions) == labels for a, _ in with_predictions])
-        right_b = np.array([np.asarray(b.test_predictions) == labels for _, b in with_predictions])
-        lines.append(
-            Line(
-                "more accurate (test accuracy)",
-                first,
-                second,
-                accuracy_ratio(right_a, right_b, level=level),
-                higher_is_better=True,
-                detail=_range_detail(
-                    [a.test_accuracy for a, _ in with_predictions],
-                    [b.test_accuracy for _, b in with_predictions],
-                    "{:.4f}",
-                ),
-            )
-        )
-    spec = pairs[0][0].spec
-    if spec.HasField("target_accuracy"):
-        # Every repeat counts: a run that never reached the target is censored at its end (its
-        # training time), a failed one is the worst; mixed pairs go to an exact sign test.
-        everyone = list(zip(arms[0].jobs, arms[1].jobs, strict=False))
-        reached = [(a, b) for a, b in everyone if a.target_epoch and b.target_epoch]
-        question = f"faster to {spec.target_accuracy:g} validation accuracy (seconds, warm-up in)"
-        note = f"reached by both in {len(reached)} of {len(everyone)} repeats" + "".join(
-            f"; {arm.label} alone in {n}"
-            for arm, n in (
-                (arms[0], sum(bool(a.target_epoch and not b.target_epoch) for a, b in everyone)),
-                (arms[1], sum(bool(b.target_epoch and not a.target_epoch) for a, b in everyone)),
-            )
-            if n
-        )
-        times = [(_to_target(a), _to_target(b)) for a, b in everyone]
-        lines.append(
-            Line(
-                question,
-                first,
-                second,
-                paired_with_failures(
-                    [t for (t, _), _ in times],
-                    [t for _, (t, _) in times],
-                    [c for (_, c), _ in times],
-                    [c for _, (_, c) in times],
-                    level=level,
-                ),
-                higher_is_better=False,
-                detail=note,
-            )
-        )
-    return lines + failures
-
-
-def _to_target(job: tpb.Job) -> tuple[float, bool]:
-    """(seconds, censored): the time to the target; a run that never reached it at its end,
-    censored; a failed run, the worst."""
-    if job.state != tpb.SUCCEEDED:
-        return float("inf"), False
-    if job.target_epoch:
-        return max(job.time_to_target_seconds, 1e-9), False
-    return max(job.train_seconds, 1e-9), True
-
-
-def _test_labels(job: tpb.Job, settings: Settings) -> np.ndarray:
-    from twinbench.data.datasets import load_dataset
-    from twinbench.jobs.request import job_model
-
-    data = load_dataset(job.spec.dataset, job_model(job.spec), settings.data)
-    return data.test.y
-
-
-def _range_detail(first: list[float], second: list[float], fmt: str) -> str:
-    def span(values: list[float]) -> str:
-        if len(values) == 1:
-            return fmt.format(values[0])
-        return f"{fmt.format(min(values))} to {fmt.format(max(values))}"
-
-    return f"{span(first)} vs {span(second)}"
-
-
-def serving_lines(arms: list[Arm], serving: list[dict], level: float) -> list[Line]:
-    """Median latency per served format, first arm's exports over the second's.
-
-    The paired unit is a pair of exports (one repeat's), not a round: rounds that served the
-    same two exports again are averaged into their pair first, so a steady difference between
-    two particular exports counts once, as one draw of the models a framework trains.
-    """
-    lines = []
-    for kind, formats in (("onnx", ("onnx",)), ("native format", NATIVE_FORMATS)):
-        pick = {
-            s["arm"]: s for s in serving if s["format"] in formats and s["requests"] and s["rounds"]
-        }
-        a, b = pick.get(arms[0].label), pick.get(arms[1].label)
-        if not (a and b):
-            continue
-        by_exports: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
-            if ra["latency_ms"]["p50"] > 0 and rb["latency_ms"]["p50"] > 0:
-                key = (ra.get("version", a["version"]), rb.get("version", b["version"]))
-                by_exports.setdefault(key, []).append(
-                    (ra["latency_ms"]["p50"], rb["latency_ms"]["p50"])
-                )
-        if not by_exports:
-            continue
-        pairs = [
-            (
-                statistics.geometric_mean(x for x, _ in rs),
-                statistics.geometric_mean(y for _, y in rs),
-            )
-            for rs in by_exports.values()
-        ]
-        lines.append(
-            Line(
-                f"faster to serve, {kind} (p50 latency)",
-                _versions_label(a, [va for va, _ in by_exports]),
-                _versions_label(b, [vb for _, vb in by_exports]),
-                paired_ratio([x for x, _ in pairs], [y for _, y in pairs], level=level),
-                higher_is_better=False,
-                detail=_range_detail([x for x, _ in pairs], [y for _, y in pairs], "{:.2f} ms"),
-            )
-        )
-    return lines
-
-
-def _versions_label(served: dict, versions: list[str]) -> str:
-    return f"{served['model_name']} v{','.join(versions)}"
 
 
 # --- the terminal ---

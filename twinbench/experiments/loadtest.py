@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twinbench.experiments.report import read_locust_stats
+from twinbench.experiments.results import read_locust_stats
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
 

@@ -25,14 +25,9 @@ from twinbench.api import trainer_pb2 as tpb
 from twinbench.client.stack import services
 from twinbench.config import Settings
 from twinbench.experiments.code_size import compare_task
-from twinbench.experiments.compare import (
-    Arm,
-    CompareOptions,
-    hardware_of,
-    plan_arms,
-    run_order,
-    train_arms,
-)
+from twinbench.experiments.compare import train_arms
+from twinbench.experiments.compare_lines import hardware_of
+from twinbench.experiments.compare_plan import Arm, CompareOptions, plan_arms, run_order
 from twinbench.experiments.report import (
     code_html,
     code_markdown,
@@ -48,15 +43,8 @@ from twinbench.experiments.report_kit import (
     render_markdown,
     write_files,
 )
-from twinbench.experiments.verdicts import (
-    Line,
-    bootstrap_interval,
-    decide,
-    failed_runs,
-    family_note,
-    iqm,
-    paired_iqm_ratio,
-)
+from twinbench.experiments.rl_verdicts import bootstrap_interval, iqm, paired_iqm_ratio
+from twinbench.experiments.verdicts import Line, decide, failed_runs, family_note
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client
 

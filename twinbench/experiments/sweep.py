@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client.stack import services
 from twinbench.config import FRAMEWORKS, Settings
-from twinbench.experiments.compare import describe_hardware
+from twinbench.experiments.compare_lines import describe_hardware
 from twinbench.experiments.sweep_report import (
     build_sweep_results,
     print_sweep_summary,
