@@ -20,7 +20,8 @@ from twinbench.rpc.channel import Client
 
 
 def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
-    from twinbench.experiments.compare import CompareOptions, run_compare
+    from twinbench.experiments.compare import run_compare
+    from twinbench.experiments.compare_plan import CompareOptions
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(","))
     if len(frameworks) != 2 or not set(frameworks) <= set(FRAMEWORKS):
