@@ -15,7 +15,6 @@ is corrected together (Holm).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +24,9 @@ from typing import Any
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.experiments.bench_training import BenchOptions, _geomean, _record, _run_job, job_spec
 from twinbench.experiments.report_kit import (
-    Made,
     environment,
-    render_html,
-    render_markdown,
-    write_files,
+    table_report,
+    write_table_report,
 )
 from twinbench.experiments.verdicts import Line, decide, describe, paired_ratio
 from twinbench.rpc.channel import Client
@@ -223,29 +220,14 @@ def _threads(runs: list[dict]) -> str:
 def report_pages(results: dict) -> tuple[str, str]:
     """The scaling bench's report as Markdown and as HTML, from the report kit."""
     headers, rows = table_rows(results)
-    env = results["environment"]
-    made = Made(results["created"], results["options"].get("command", ""))
     notes = [
-        f"Machine: {env['cpu']}, {env['cpu_count']} CPUs.",
         "Efficiency at N workers: throughput(N) / (N x throughput(baseline)), with the interval"
         " of the paired ratio divided by N.",
         *(f"- {describe(v)}" for v in results["verdicts"]),
     ]
-    sections = [("Throughput and scaling", headers, rows)]
-    title = "bench training --workers"
-    return (
-        render_markdown(title, made, sections, {}, notes),
-        render_html(title, made, sections, {}, notes),
-    )
+    section = ("Throughput and scaling", headers, rows)
+    return table_report("bench training --workers", results, section, notes)
 
 
 def write_scaling_report(directory: Path, results: dict) -> list[Path]:
-    markdown, page = report_pages(results)
-    return write_files(
-        directory,
-        {
-            "bench-scaling.json": json.dumps(results, indent=1).encode(),
-            "bench-scaling.md": markdown.encode(),
-            "bench-scaling.html": page.encode(),
-        },
-    )
+    return write_table_report(directory, "bench-scaling", results, report_pages(results))

@@ -12,7 +12,6 @@ hardware, another year: compare the ratios, not the numbers) and writes JSON, Ma
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from collections.abc import Callable
@@ -24,11 +23,9 @@ from twinbench.api import trainer_pb2 as tpb
 from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.preflight import summary as preflight_summary
 from twinbench.experiments.report_kit import (
-    Made,
     environment,
-    render_html,
-    render_markdown,
-    write_files,
+    table_report,
+    write_table_report,
 )
 from twinbench.experiments.sequential import anytime_lines, describe_stopping, until_decided
 from twinbench.experiments.verdicts import LEVEL, Line, decide, describe, paired_ratio
@@ -284,20 +281,13 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 def report_pages(results: dict) -> tuple[str, str]:
     """The bench's report as Markdown and as HTML, from the report kit."""
     headers, rows = table_rows(results)
-    env = results["environment"]
-    made = Made(results["created"], results["options"].get("command", ""))
     notes = [
-        f"Machine: {env['cpu']}, {env['cpu_count']} CPUs.",
         f"Published figures: {results['published_hardware']}; other hardware and versions,"
         " so compare ratios, not absolute numbers.",
         *(f"- {describe(v)}" for v in results["verdicts"]),
         *_timing_notes(results),
     ]
-    sections = [("Training throughput", headers, rows)]
-    return (
-        render_markdown("bench training", made, sections, {}, notes),
-        render_html("bench training", made, sections, {}, notes),
-    )
+    return table_report("bench training", results, ("Training throughput", headers, rows), notes)
 
 
 def _timing_notes(results: dict) -> list[str]:
@@ -323,12 +313,4 @@ def _timing_notes(results: dict) -> list[str]:
 
 
 def write_bench_report(directory: Path, results: dict) -> list[Path]:
-    markdown, page = report_pages(results)
-    return write_files(
-        directory,
-        {
-            "bench-training.json": json.dumps(results, indent=1).encode(),
-            "bench-training.md": markdown.encode(),
-            "bench-training.html": page.encode(),
-        },
-    )
+    return write_table_report(directory, "bench-training", results, report_pages(results))

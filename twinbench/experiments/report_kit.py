@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import platform
 from collections.abc import Sequence
@@ -146,3 +147,32 @@ def write_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
         tmp.replace(directory / name)
         written.append(directory / name)
     return written
+
+
+def table_report(
+    title: str, results: dict, section: Section, notes: Sequence[str]
+) -> tuple[str, str]:
+    """A bench's report, one table and its notes, as Markdown and as HTML; `results` records when
+    it was made (`created`), by which command (`options.command`) and on what (`environment`)."""
+    env = results["environment"]
+    made = Made(results["created"], results["options"].get("command", ""))
+    notes = [f"Machine: {env['cpu']}, {env['cpu_count']} CPUs.", *notes]
+    return (
+        render_markdown(title, made, [section], {}, notes),
+        render_html(title, made, [section], {}, notes),
+    )
+
+
+def write_table_report(
+    directory: Path, stem: str, results: dict, pages: tuple[str, str]
+) -> list[Path]:
+    """<stem>.json (the results), <stem>.md and <stem>.html, each appearing whole."""
+    markdown, page = pages
+    return write_files(
+        directory,
+        {
+            f"{stem}.json": json.dumps(results, indent=1).encode(),
+            f"{stem}.md": markdown.encode(),
+            f"{stem}.html": page.encode(),
+        },
+    )
