@@ -37,6 +37,8 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         args.rounds = args.repeats
     if args.repeats < 1 or args.rounds < 1:
         raise SystemExit("--repeats and --rounds must be 1 or more")
+    if args.lockstep_pairs is not None and args.lockstep_pairs < 0:
+        raise SystemExit(f"--lockstep-pairs must be 0 or more, got {args.lockstep_pairs}")
     if not 0.5 <= args.confidence < 1:
         raise SystemExit(f"--confidence must be in [0.5, 1), got {args.confidence}")
     budget_s = until_decided_args(args)
@@ -55,7 +57,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         bench_seconds=args.bench_seconds,
         command="twinbench " + " ".join(args.argv),
         level=args.confidence,
-        lockstep_pairs=args.lockstep_pairs,
+        lockstep_pairs=args.lockstep_pairs,  # None: the plan's default (compare_plan.py)
         until_decided=args.until_decided,
         budget_s=budget_s,
         max_pairs=args.max_pairs,

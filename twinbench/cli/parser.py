@@ -339,10 +339,10 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--lockstep-pairs",
         type=int,
-        default=0,
+        default=None,
         help="after the repeats, also time training speed in this many lockstep process pairs on"
         " this host, both arms alive and trained in alternating short blocks (docs/lockstep.md);"
-        " 0: none (default: %(default)s)",
+        " 0: none (default: 3 when compare starts the services on this host itself, else none)",
     )
     sweep = sub.add_parser(
         "sweep",

@@ -30,7 +30,13 @@ from twinbench.client.inference import infer_sample
 from twinbench.client.stack import LocalStack, services
 from twinbench.config import Settings
 from twinbench.experiments.compare_lines import hardware_of, serving_lines, training_lines
-from twinbench.experiments.compare_plan import Arm, CompareOptions, plan_arms, run_order
+from twinbench.experiments.compare_plan import (
+    LOCAL_LOCKSTEP_PAIRS,
+    Arm,
+    CompareOptions,
+    plan_arms,
+    run_order,
+)
 from twinbench.experiments.disturbance import Monitor
 from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.preflight import summary as preflight_summary
@@ -63,6 +69,7 @@ def run_compare(
     serving_cost: dict | None = None
     predictions: dict[str, np.ndarray] = {}
     with services(settings, gateway) as (address, stack):
+        started_here = stack is not None
         client = Client(address, settings)
         if options.until_decided:
             stopping = train_until_decided(client, arms, base_spec, settings, options)
@@ -85,10 +92,13 @@ def run_compare(
     lines = training_lines(arms, settings, options.level)
     lines += serving_lines(arms, serving, options.level)
     speed: dict | None = None
-    if options.lockstep_pairs:  # after the services stopped: nothing else of ours runs
+    lockstep_pairs = options.lockstep_pairs
+    if lockstep_pairs is None:
+        lockstep_pairs = LOCAL_LOCKSTEP_PAIRS if started_here else 0
+    if lockstep_pairs:  # after the services stopped: nothing else of ours runs
         from twinbench.experiments.lockstep import compare_speed_pairs
 
-        pairs = plan_arms(options.frameworks, options.lockstep_pairs, base_spec.seed)
+        pairs = plan_arms(options.frameworks, lockstep_pairs, base_spec.seed)
         speed, speed_lines = compare_speed_pairs(
             settings, options.frameworks, [a.label for a in arms], base_spec,
             list(zip(pairs[0].seeds, pairs[1].seeds, strict=True)), options.level,

@@ -10,6 +10,11 @@ from twinbench.api import trainer_pb2 as tpb
 
 NATIVE_FORMATS = ("torchscript", "savedmodel")
 
+# Lockstep pairs decide training speed where sequential repeats on a shared machine rarely can
+# (LeNet-5 on 2 cores: 1.19x [1.12, 1.27] from 3 pairs, against [0.62, 1.70] from the repeats of
+# the same run), for about a minute more.
+LOCAL_LOCKSTEP_PAIRS = 3
+
 
 @dataclass
 class Arm:
@@ -34,7 +39,10 @@ class CompareOptions:
     bench_seconds: float  # per serving-cost measurement; 0 skips it
     command: str
     level: float = 0.95  # of every interval; Holm keeps the report's false winners under 1 - level
-    lockstep_pairs: int = 0  # speed-only lockstep process pairs after the repeats (lockstep.md)
+    # Speed-only lockstep process pairs after the repeats (lockstep.md); None: LOCAL_LOCKSTEP_PAIRS
+    # when compare started the services on this host itself, else none (the host that trains
+    # is then another, and a pair timed here would time this one).
+    lockstep_pairs: int | None = None
     # Add pairs of repeats until every line is decided (sequential.py), within a budget.
     until_decided: bool = False
     budget_s: float | None = None
