@@ -43,7 +43,7 @@ HARDWARE = {
 }
 # The requests a new user found accepted though wrong, and what each must be refused with.
 NAMED_BAD = [
-    ("target accuracy 7.0", dict(target_accuracy=7.0), "target_accuracy must be in (0, 1]"),
+    ("target accuracy 7.0", dict(target_accuracy=7.0), "target_accuracy must be in [0, 1]"),
     ("image size 0", dict(model="resnet50", image_size=0), "image_size must be 16..1024"),
     ("workers 0", dict(workers=0), "workers must be 1..64"),
     ("workers -1", dict(workers=-1), "workers must be 1..64"),
@@ -84,8 +84,8 @@ def test_each_named_bad_request_is_refused_naming_the_field_and_its_range(_, fie
         (dict(batch_size=65_537), "batch_size must be 1..65536"),
         (dict(train_samples=0), "train_samples must be 1..2147483647"),
         (dict(warmup_steps=-1), "warmup_steps must be 0..1000000"),
-        (dict(target_accuracy=0.0), "target_accuracy must be in (0, 1]"),
-        (dict(target_accuracy=math.nan), "target_accuracy must be in (0, 1]"),
+        (dict(target_accuracy=-0.1), "target_accuracy must be in [0, 1]"),
+        (dict(target_accuracy=math.nan), "target_accuracy must be in [0, 1]"),
         (dict(model="resnet50", width=0.0), "width must be in (0, 4]"),
         (dict(model="resnet50", width=math.inf), "width must be in (0, 4]"),
         (dict(model="resnet50", image_size=2000), "image_size must be 16..1024"),
