@@ -139,7 +139,7 @@ def run_distributed(
                 message = conn.recv()
             except (EOFError, OSError):
                 raise TwinbenchError(
-                    group.wait_for_death(DEATH_GRACE_S) or "rank 0 stopped reporting"
+                    group.wait_for_death(DEATH_GRACE_S, symptom=0) or "rank 0 stopped reporting"
                 ) from None
             outcome = relay_message(message, ctx)
             if outcome is None:
@@ -149,7 +149,7 @@ def run_distributed(
                 group.wait_all(EXIT_GRACE_S)
             elif kind not in ("cancelled", "invalid"):
                 # A worker's death shows in rank 0 as a collective's error: name the cause.
-                dead = group.wait_for_death(DEATH_GRACE_S)
+                dead = group.wait_for_death(DEATH_GRACE_S, symptom=0)
                 if dead:
                     raise TwinbenchError(f"{dead}; rank 0 reported: {text}")
             raise_outcome(kind, text)
@@ -190,25 +190,44 @@ class WorkerGroup:
     def _done(self, rank: int) -> bool:
         return (self.rundir / f"rank-{rank}.done").exists()
 
-    def first_dead(self) -> str | None:
-        """Why the job cannot go on: a worker that ended before its end (each writes
-        rank-<r>.done as it leaves normally), or None while all run."""
+    def dead_workers(self) -> list[tuple[int | None, str]]:
+        """(rank, why) of each worker that ended before its end (each writes rank-<r>.done as it
+        leaves normally); the rank is None for torchrun itself."""
+        dead: list[tuple[int | None, str]] = []
         for index, proc in enumerate(self.procs):
             code = proc.poll()
             if code is not None and (code != 0 or not self._done(index)):
-                what = "torchrun" if len(self.procs) == 1 else f"worker rank {index}"
                 if len(self.procs) == 1 and code == 0:
                     continue  # its workers all left normally: rank 0's end is on its way
-                return f"{what} (pid {proc.pid}) ended ({_how(code)}) before the job finished"
+                what = "torchrun" if len(self.procs) == 1 else f"worker rank {index}"
+                rank = None if len(self.procs) == 1 else index
+                dead.append(
+                    (rank, f"{what} (pid {proc.pid}) ended ({_how(code)}) before the job finished")
+                )
         for rank, pid in sorted(self._known_pids().items()):
             if not _running(pid) and not self._done(rank):
-                return f"worker rank {rank} (pid {pid}) ended before the job finished"
-        return None
+                dead.append((rank, f"worker rank {rank} (pid {pid}) ended before the job finished"))
+        return dead
 
-    def wait_for_death(self, grace_s: float) -> str | None:
+    def first_dead(self, symptom: int | None = None) -> str | None:
+        """Why the job cannot go on, or None while all run. `symptom`: a rank known to have
+        failed because of another (rank 0 reporting a collective's error): another dead rank is
+        named as the cause. Otherwise, when several have died by the time anyone looks, all are
+        named: which died first cannot be told from here."""
+        dead = self.dead_workers()
+        if not dead:
+            return None
+        if symptom is not None:
+            causes = [why for rank, why in dead if rank is not None and rank != symptom]
+            if causes:
+                return causes[0]
+        whys = list(dict.fromkeys(why for _, why in dead))
+        return "; ".join(whys)
+
+    def wait_for_death(self, grace_s: float, symptom: int | None = None) -> str | None:
         deadline = time.monotonic() + grace_s
         while True:
-            dead = self.first_dead()
+            dead = self.first_dead(symptom)
             if dead or time.monotonic() >= deadline:
                 return dead
             time.sleep(POLL_S)  # polling processes that signal nothing else
