@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests_support import spinning
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.experiments.disturbance import Monitor, Snapshot
 from twinbench.experiments.lockstep import lockstep_estimate, pair_summary, resume_cost
@@ -202,7 +202,8 @@ class Disturber:
             cpus = len(Monitor().cpus)
             self.running = [subprocess.Popen([sys.executable, "-S", "-c", "while True: pass"])
                             for _ in range(2 * cpus)]  # fmt: skip
-            time.sleep(0.3)
+            for p in self.running:
+                spinning(p)
 
     def after(self, attempt: int, position: int) -> None:
         for p in self.running:

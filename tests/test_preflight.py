@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 
+from tests_support import spinning
 from twinbench.experiments import preflight as pf
 
 
@@ -29,7 +29,7 @@ def test_the_record_holds_every_check_and_its_warnings():
 def test_a_busy_process_is_found_unless_it_is_ours():
     busy = subprocess.Popen([sys.executable, "-S", "-c", "while True: pass"])
     try:
-        time.sleep(0.3)
+        spinning(busy)
         found = pf.busy_processes(ignore=set(), sample_s=0.5)
         assert busy.pid in [b["pid"] for b in found["value"]]
         assert not found["ok"] and str(busy.pid) in found["note"]

@@ -1,5 +1,6 @@
 """Helpers the test modules share."""
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,3 +67,13 @@ def front_pid(stack) -> int | None:
         if int(fields[1]) == gateway and comm == FRONT_PROGRAM[:15]:  # comm is cut at 15
             return int(stat.parent.name)
     return None
+
+
+def spinning(process, cpu_s: float = 0.05, timeout_s: float = 30) -> None:
+    """Waits until a busy-loop process has used `cpu_s` of CPU: it is running, not starting."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    until(lambda: used() >= cpu_s, f"process {process.pid} to spin", timeout_s)
