@@ -12,7 +12,6 @@ runs stop early: where optional stopping does its harm.
 from __future__ import annotations
 
 import math
-import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,6 +23,7 @@ from test_verdict_simulations import (
     training_speeds,
 )
 
+from tests_support import hang_guard
 from twinbench.experiments import sequential
 from twinbench.experiments.sequential import (
     BUDGET,
@@ -42,14 +42,8 @@ CAP_S = 300  # a hang guard per test; the largest takes about a minute here
 
 @pytest.fixture(autouse=True)
 def runtime_cap() -> Iterator[None]:
-    def stop(signum, frame):
-        raise TimeoutError(f"a simulation ran past its cap of {CAP_S} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(CAP_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    with hang_guard(CAP_S):
+        yield
 
 
 def _shrink(values: list[float], center: float, by: float) -> list[float]:

@@ -12,13 +12,13 @@ one model serving at steadily different paces (1.26x), windows within one job fr
 from __future__ import annotations
 
 import math
-import signal
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from tests_support import hang_guard
 from twinbench.experiments import verdicts
 from twinbench.experiments.rl_verdicts import paired_iqm_ratio
 from twinbench.experiments.verdicts import (
@@ -36,14 +36,8 @@ CAP_S = 120  # a hang guard per test; each takes seconds
 
 @pytest.fixture(autouse=True)
 def runtime_cap() -> Iterator[None]:
-    def stop(signum, frame):
-        raise TimeoutError(f"a simulation ran past its cap of {CAP_S} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(CAP_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    with hang_guard(CAP_S):
+        yield
 
 
 def at_most(rate: float, runs: int, nominal: float = 0.05) -> bool:

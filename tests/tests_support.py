@@ -1,8 +1,10 @@
 """Helpers the test modules share."""
 
+import contextlib
 import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -77,3 +79,20 @@ def spinning(process, cpu_s: float = 0.05, timeout_s: float = 30) -> None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     until(lambda: used() >= cpu_s, f"process {process.pid} to spin", timeout_s)
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int) -> Iterator[None]:
+    """Fails what runs inside with TimeoutError past `seconds`: a simulation that hangs ends, and
+    says so, instead of holding the suite (SIGALRM: the main thread only)."""
+
+    def stop(signum, frame):
+        raise TimeoutError(f"ran past its cap of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
