@@ -1,7 +1,6 @@
 """Helpers the test modules share."""
 
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -9,6 +8,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from twinbench.config import FRONT_PROGRAM
+from twinbench.experiments.disturbance import process_cpu_seconds
 
 T = TypeVar("T")
 
@@ -73,12 +73,11 @@ def front_pid(stack) -> int | None:
 
 def spinning(process, cpu_s: float = 0.05, timeout_s: float = 30) -> None:
     """Waits until a busy-loop process has used `cpu_s` of CPU: it is running, not starting."""
-
-    def used() -> float:
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-    until(lambda: used() >= cpu_s, f"process {process.pid} to spin", timeout_s)
+    until(
+        lambda: (process_cpu_seconds(process.pid) or 0.0) >= cpu_s,
+        f"process {process.pid} to spin",
+        timeout_s,
+    )
 
 
 @contextlib.contextmanager

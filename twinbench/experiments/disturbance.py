@@ -46,12 +46,6 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rfind(")") + 2 :].split()
 
 
-def process_state(pid: int) -> str:
-    """The process's state letter (R, S, T for stopped, Z, ...); "" when it is gone."""
-    fields = _stat_fields(pid)
-    return fields[0] if fields else ""
-
-
 def process_cpu_seconds(pid: int) -> float | None:
     """utime + stime of the whole process (all its threads), or None when it is gone."""
     fields = _stat_fields(pid)
