@@ -1,19 +1,29 @@
-// twinbench-loadgen: the closed-loop V2 load generator of `twinbench bench serving`.
+// twinbench-loadgen: the V2 load generator of `twinbench bench serving`.
 //
-//	twinbench-loadgen ADDRESS REQUEST_FILE CONCURRENCY SECONDS
+//	twinbench-loadgen [-rate R [-arrivals poisson|constant] [-seed N]] [-warm-up S]
+//	                  [-latency-file F] ADDRESS REQUEST_FILE CONCURRENCY SECONDS
 //
-// sends the serialized ModelInferRequest in REQUEST_FILE over and over from CONCURRENCY callers on
-// one connection, and prints one JSON line: requests, p50_ms, p99_ms, rps, and client_cpu, the
-// share of one CPU it used (near 1.0: the figures are the client's limit, not the server's). In
-// Go because a Python gRPC client costs more per call than the gateway's front it measures.
+// sends the serialized ModelInferRequest in REQUEST_FILE over one connection and prints one JSON
+// line: requests, p50_ms, p99_ms, rps, completed (every call that finished, warm-up included: what
+// the server's CPU time is divided by), and client_cpu, the share of one CPU it used (near 1.0:
+// the figures are the client's limit, not the server's). In Go because a Python gRPC client
+// costs more per call than the gateway's front it measures.
+//
+// Without -rate it is a closed loop: CONCURRENCY callers each send the next request when the
+// last one is answered. With -rate it is an open loop (openloop.go): requests fall due at R per
+// second whatever the server does, each timed from when it was due, and CONCURRENCY bounds the
+// requests in flight. -latency-file writes every counted latency (ms, float64, little-endian).
 package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sort"
 	"strconv"
@@ -52,13 +62,32 @@ func percentile(sorted []float64, p float64) float64 {
 type settings struct {
 	address     string
 	request     []byte
-	concurrency int
+	concurrency int // closed loop: the callers; open loop: the most requests in flight
 	duration    time.Duration
+	warm        time.Duration
+	rate        float64 // requests per second; 0: a closed loop
+	arrivals    string  // open loop: "poisson" or "constant"
+	seed        uint64  // open loop: the Poisson arrivals' seed
+	latencyFile string
 }
 
+const usage = "usage: twinbench-loadgen [-rate R [-arrivals poisson|constant] [-seed N]] [-warm-up S]" +
+	" [-latency-file F] ADDRESS REQUEST_FILE CONCURRENCY SECONDS"
+
 func parseArgs(args []string) (settings, error) {
+	flags := flag.NewFlagSet("twinbench-loadgen", flag.ContinueOnError)
+	flags.SetOutput(io.Discard)
+	rate := flags.Float64("rate", 0, "requests per second (an open loop); 0: a closed loop")
+	arrivals := flags.String("arrivals", "poisson", "poisson or constant")
+	seed := flags.Uint64("seed", 1, "the Poisson arrivals' seed")
+	warm := flags.Float64("warm-up", warmUp.Seconds(), "seconds sent before counting")
+	latencyFile := flags.String("latency-file", "", "where to write every counted latency")
+	if err := flags.Parse(args); err != nil {
+		return settings{}, fmt.Errorf("%v\n%s", err, usage)
+	}
+	args = flags.Args()
 	if len(args) != 4 {
-		return settings{}, errors.New("usage: twinbench-loadgen ADDRESS REQUEST_FILE CONCURRENCY SECONDS")
+		return settings{}, errors.New(usage)
 	}
 	request, err := os.ReadFile(args[1])
 	if err != nil {
@@ -69,20 +98,47 @@ func parseArgs(args []string) (settings, error) {
 	if err1 != nil || err2 != nil || concurrency < 1 || !(seconds > 0) {
 		return settings{}, errors.New("CONCURRENCY is a positive integer and SECONDS a positive number")
 	}
-	return settings{args[0], request, concurrency, time.Duration(seconds * float64(time.Second))}, nil
+	if !(*rate >= 0) || math.IsInf(*rate, 0) || !(*warm >= 0) || (*arrivals != "poisson" && *arrivals != "constant") {
+		return settings{}, errors.New("-rate and -warm-up are numbers from 0 up and -arrivals poisson or constant")
+	}
+	return settings{
+		address: args[0], request: request, concurrency: concurrency,
+		duration: time.Duration(seconds * float64(time.Second)), warm: time.Duration(*warm * float64(time.Second)),
+		rate: *rate, arrivals: *arrivals, seed: *seed, latencyFile: *latencyFile,
+	}, nil
 }
 
-// run measures for s.duration after a warm-up and writes the one JSON line to out; the first
-// failed call ends it with that call's error.
-func run(s settings, warm time.Duration, out io.Writer) error {
-	conn, err := grpc.NewClient(s.address,
+func dial(address string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(address,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
 			grpc.ForceCodec(rawCodec{}), grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30)))
+}
+
+// writeLatencies writes the latencies (ms) to path as little-endian float64s ("" writes nothing).
+func writeLatencies(path string, latencies []float64) error {
+	if path == "" {
+		return nil
+	}
+	data := make([]byte, 8*len(latencies))
+	for i, v := range latencies {
+		binary.LittleEndian.PutUint64(data[8*i:], math.Float64bits(v))
+	}
+	return os.WriteFile(path, data, 0o644)
+}
+
+// run measures for s.duration after s.warm and writes the one JSON line to out; the first
+// failed call ends it with that call's error. An open loop when s.rate is set.
+func run(s settings, out io.Writer) error {
+	if s.rate > 0 {
+		return runOpenLoop(s, time.Sleep, out)
+	}
+	conn, err := dial(s.address)
 	if err != nil {
 		return err
 	}
 	var counting, stop atomic.Bool
+	var completed atomic.Int64
 	latencies := make([][]float64, s.concurrency)
 	failures := make(chan error, s.concurrency)
 	var callers sync.WaitGroup
@@ -100,6 +156,7 @@ func run(s settings, warm time.Duration, out io.Writer) error {
 					failures <- err
 					return
 				}
+				completed.Add(1)
 				if counting.Load() {
 					*mine = append(*mine, float64(time.Since(start).Nanoseconds())/1e6)
 				}
@@ -114,7 +171,7 @@ func run(s settings, warm time.Duration, out io.Writer) error {
 	select {
 	case err := <-failures:
 		return fmt.Errorf("a call failed: %w", err)
-	case <-time.After(warm):
+	case <-time.After(s.warm):
 	}
 	counting.Store(true)
 	cpu, start := cpuSeconds(), time.Now()
@@ -134,9 +191,13 @@ func run(s settings, warm time.Duration, out io.Writer) error {
 	if len(all) == 0 {
 		return fmt.Errorf("no call finished in %g s", s.duration.Seconds())
 	}
+	if err := writeLatencies(s.latencyFile, all); err != nil {
+		return err
+	}
 	sort.Float64s(all)
 	return json.NewEncoder(out).Encode(map[string]float64{
 		"requests":   float64(len(all)),
+		"completed":  float64(completed.Load()),
 		"p50_ms":     percentile(all, 50),
 		"p99_ms":     percentile(all, 99),
 		"rps":        float64(len(all)) / elapsed,
@@ -147,7 +208,7 @@ func run(s settings, warm time.Duration, out io.Writer) error {
 func main() {
 	s, err := parseArgs(os.Args[1:])
 	if err == nil {
-		err = run(s, warmUp, os.Stdout)
+		err = run(s, os.Stdout)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "twinbench-loadgen: %v\n", err)
