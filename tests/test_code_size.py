@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twinbench.experiments.code_size import compare_task, count_code, size_rows
+from twinbench.experiments.code_size import compare_task, count_code, size_headers, size_rows
 
 SOURCE = '''"""A module docstring,
 over two lines."""
@@ -42,15 +42,34 @@ def test_comments_and_docstrings_do_not_count_as_code():
         assert getattr(bare, key) == getattr(commented, key)
 
 
-def test_compare_task_reads_both_scripts():
+def test_compare_task_reads_every_frameworks_script():
     code = compare_task("mnist_cnn")
     assert code is not None
-    assert set(code["scripts"]) == {"torch", "tf"}
+    assert list(code["scripts"]) == ["torch", "tf", "jax"]
     assert code["scripts"]["torch"]["path"] == "examples/mnist_cnn/in_pytorch.py"
+    assert code["scripts"]["jax"]["path"] == "examples/mnist_cnn/in_jax.py"
+    assert "from flax import nnx" in code["scripts"]["jax"]["source"]
+    headers = size_headers(code)
+    assert headers == ["measure", "PyTorch", "Keras", "JAX", "PyTorch / Keras", "PyTorch / JAX"]
     rows = size_rows(code)
+    assert all(len(r) == len(headers) for r in rows)
     assert [r[0] for r in rows[:3]] == ["logical lines", "statements", "tokens"]
-    assert all(int(r[1]) > 0 and int(r[2]) > 0 for r in rows[:3])
+    for row in rows[:3]:
+        torch_count, tf_count, jax_count = (int(c) for c in row[1:4])
+        assert min(torch_count, tf_count, jax_count) > 0
+        assert (
+            row[4] == f"{torch_count / tf_count:.2f}" and row[5] == f"{torch_count / jax_count:.2f}"
+        )
     assert compare_task("no-such-task") is None
+
+
+def test_compare_task_keeps_the_compared_frameworks_only():
+    pair = compare_task("lenet5", frameworks=["torch", "jax"])
+    assert pair is not None and list(pair["scripts"]) == ["torch", "jax"]
+    assert size_headers(pair) == ["measure", "PyTorch", "JAX", "PyTorch / JAX"]
+    alone = compare_task("lenet5", frameworks=["jax", "jax"])  # an A/A comparison
+    assert alone is not None and size_headers(alone) == ["measure", "JAX"]
+    assert all(len(row) == 2 for row in size_rows(alone))
 
 
 def test_the_report_shows_sizes_and_both_scripts_side_by_side():

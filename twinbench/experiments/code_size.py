@@ -18,8 +18,11 @@ from pathlib import Path
 # The example scripts live beside the package in a checkout; an installed package has none.
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Named so that neither shadows a package when run as a script: a file named keras.py would be
-# imported by its own `import keras`, and torchvision imports a module named `pytorch`.
-FRAMEWORK_SCRIPTS = {"torch": "in_pytorch.py", "tf": "in_keras.py"}
+# imported by its own `import keras`, torchvision imports a module named `pytorch`, and jax.py
+# would shadow jax.
+FRAMEWORK_SCRIPTS = {"torch": "in_pytorch.py", "tf": "in_keras.py", "jax": "in_jax.py"}
+# What a user writes in each: the TensorFlow scripts are Keras, the JAX ones Flax (NNX) and Optax.
+SCRIPT_LABELS = {"torch": "PyTorch", "tf": "Keras", "jax": "JAX"}
 LAYOUT_TOKENS = {
     tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
     tokenize.ENDMARKER, tokenize.ENCODING,
@@ -99,12 +102,17 @@ def example_tasks(root: Path = EXAMPLES) -> list[str]:
     )
 
 
-def compare_task(task: str, root: Path = EXAMPLES) -> dict | None:
-    """Both scripts of a task with their counts, as results.json stores them; None: no scripts."""
+def compare_task(
+    task: str, root: Path = EXAMPLES, frameworks: list[str] | None = None
+) -> dict | None:
+    """The task's scripts (every framework's, or those named) with their counts, as results.json
+    stores them; None: no scripts."""
     if task not in example_tasks(root):
         return None
     scripts = {}
     for framework, name in FRAMEWORK_SCRIPTS.items():
+        if frameworks is not None and framework not in frameworks:
+            continue
         source = (root / task / name).read_text()
         scripts[framework] = {
             "path": f"examples/{task}/{name}",
@@ -126,11 +134,19 @@ MEASURES = (
 )
 
 
+def size_headers(code: dict) -> list[str]:
+    """The columns of size_rows: a measure, each framework's count, the first's ratio to each other's."""
+    labels = [SCRIPT_LABELS[f] for f in code["scripts"]]
+    return ["measure", *labels, *(f"{labels[0]} / {other}" for other in labels[1:])]
+
+
 def size_rows(code: dict) -> list[list[str]]:
-    """[measure, PyTorch, Keras, PyTorch / Keras] for the report and the command line."""
-    torch_size, tf_size = (code["scripts"][f]["size"] for f in FRAMEWORK_SCRIPTS)
+    """[measure, PyTorch, Keras, JAX, PyTorch / Keras, PyTorch / JAX] (the frameworks the code
+    holds, in that order) for the report and the command line."""
+    sizes = [script["size"] for script in code["scripts"].values()]
     rows = []
     for key, label in MEASURES:
-        a, b = torch_size[key], tf_size[key]
-        rows.append([label, str(a), str(b), f"{a / b:.2f}" if b else "-"])
+        counts = [size[key] for size in sizes]
+        ratios = [f"{counts[0] / b:.2f}" if b else "-" for b in counts[1:]]
+        rows.append([label, *(str(c) for c in counts), *ratios])
     return rows

@@ -407,13 +407,13 @@ def code_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """The "Code" table of a report whose results carry the task's example scripts, else none."""
     if not results.get("code"):
         return []
-    from twinbench.experiments.code_size import size_rows
+    from twinbench.experiments.code_size import size_headers, size_rows
 
     return [
         (
             f"Code: {results['code']['task']} as a user writes it in each framework"
             " (Python's tokenizer and parser; comments, docstrings and blank lines apart)",
-            ["measure", "PyTorch", "Keras", "PyTorch / Keras"],
+            size_headers(results["code"]),
             size_rows(results["code"]),
         )
     ]

@@ -194,5 +194,6 @@ def _code_of(arms: dict[str, tuple[str, list[tpb.Job]]]) -> dict:
     from twinbench.experiments.code_size import compare_task
 
     models = {job.spec.model for _, jobs in arms.values() for job in jobs}
-    code = compare_task(models.pop()) if len(models) == 1 else None
+    frameworks = [framework for framework, _ in arms.values()]  # the compared ones' scripts only
+    code = compare_task(models.pop(), frameworks=frameworks) if len(models) == 1 else None
     return {"code": code} if code else {}

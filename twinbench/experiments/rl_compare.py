@@ -146,7 +146,7 @@ def run_rl_compare(
         },
         "verdict": decide(lines, hardware_of(arms), options.level),
     }
-    code = compare_task(base_spec.model)  # the coder's view, as the supervised report has it
+    code = compare_task(base_spec.model, frameworks=[arm.framework for arm in arms])  # coder's view
     if code:
         results["code"] = code
     write_rl_report(report_dir, results)
