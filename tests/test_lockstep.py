@@ -298,7 +298,7 @@ def test_the_lockstep_bench_reports_its_pairs_discards_and_preflight(monkeypatch
     from twinbench.experiments import lockstep
     from twinbench.experiments.bench_training import BenchOptions, report_pages, table_rows
 
-    monkeypatch.setattr(lockstep, "starter", lambda settings, fw, spec, label: fake_arm(label))
+    monkeypatch.setattr(lockstep, "starter", lambda settings, fw, spec, label, *t: fake_arm(label))
     bench = BenchOptions(models=("lenet5",), repeats=2, warmup_steps=1)
     quiet = LockstepOptions(block_pairs=3, block_steps=10, calibration_steps=3,
                             disturbance_limit=math.inf)  # fmt: skip

@@ -61,6 +61,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         until_decided=args.until_decided,
         budget_s=budget_s,
         max_pairs=args.max_pairs,
+        lockstep_threads=arm_threads(args),
     )
     if reinforcement and args.until_decided:
         raise SystemExit("--until-decided takes speed, accuracy and serving lines, not dqn's")
@@ -69,6 +70,19 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
 
         return run_rl_compare(settings, args.gateway, spec, options)
     return run_compare(settings, args.gateway, spec, options)
+
+
+def arm_threads(args: argparse.Namespace) -> tuple[int, int] | None:
+    """--arm-threads FIRST,SECOND: each lockstep arm's intra-op threads (a positive control)."""
+    if getattr(args, "arm_threads", None) is None:
+        return None
+    try:
+        first, second = (int(x) for x in args.arm_threads.split(","))
+    except ValueError:
+        raise SystemExit(f"--arm-threads takes two counts, e.g. 1,2: {args.arm_threads!r}") from None
+    if min(first, second) < 1:
+        raise SystemExit(f"--arm-threads must be 1 or more each: {args.arm_threads!r}")
+    return first, second
 
 
 def until_decided_args(args: argparse.Namespace) -> float | None:
@@ -178,7 +192,7 @@ def cmd_parity(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_code(settings: Settings, args: argparse.Namespace) -> int:
-    from twinbench.experiments.code_size import compare_task, example_tasks, size_rows
+    from twinbench.experiments.code_size import compare_task, example_tasks, size_headers, size_rows
 
     tasks = example_tasks()
     if not tasks:
@@ -188,8 +202,7 @@ def cmd_code(settings: Settings, args: argparse.Namespace) -> int:
         if code is None:
             raise SystemExit(f"no examples/{task}/; tasks: {', '.join(tasks)}")
         print(f"{task} ({', '.join(s['path'] for s in code['scripts'].values())}):")
-        headers = ["measure", "PyTorch", "Keras", "PyTorch / Keras"]
-        print("  " + table(headers, size_rows(code)).replace("\n", "\n  "))
+        print("  " + table(size_headers(code), size_rows(code)).replace("\n", "\n  "))
     return 0
 
 
@@ -250,8 +263,6 @@ def cmd_bench_lockstep(settings: Settings, args: argparse.Namespace) -> int:
     )
 
     options = bench_options(args)
-    if options.until_decided:
-        raise SystemExit("--until-decided adds pairs of sequential jobs: not with --lockstep yet")
     if min(args.block_pairs, args.block_steps or 2) < 1 or args.block_seconds <= 0:
         raise SystemExit("--block-pairs, --block-steps and --block-seconds must be positive")
     lockstep = LockstepOptions(
@@ -260,6 +271,7 @@ def cmd_bench_lockstep(settings: Settings, args: argparse.Namespace) -> int:
         block_steps=args.block_steps,
         disturbance_limit=args.disturbance_limit,
         max_discards=args.max_discards,
+        arm_threads=arm_threads(args),
     )
     reason = unavailable(options.frameworks, options.models)
     if args.workers:
@@ -330,48 +342,6 @@ def cmd_bench_scaling(client: Client, args: argparse.Namespace, options) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from twinbench.experiments.bench_serving import (
-        capacity_lines,
-        perf_analyzer_command,
-        run_serving_bench,
-        setup,
-        summary,
-    )
-    from twinbench.experiments.preflight import preflight, warn
-    from twinbench.experiments.preflight import summary as preflight_summary
+    from twinbench.experiments.serving_console import bench_serving_command
 
-    checked = preflight()  # what makes this machine noisy now: warned here, repeated at the end
-    warn(checked)
-    use_perf_analyzer = args.perf_analyzer == "on" or (
-        args.perf_analyzer == "auto" and perf_analyzer_command() is not None
-    )
-    how = setup(settings)
-    print(f"gateway front: {how['gateway_front']}; load generator: {how['load_generator']}")
-    print(
-        f"{'path':<24} {'model':<26} {'conc':>4} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'req/s':>9} {'client cpu':>10}"
-    )
-
-    def report(f) -> None:
-        cpu = "" if f.client_cpu is None else f"{f.client_cpu:.0%}"
-        print(
-            f"{f.path:<24} {f.model:<26} {f.concurrency:>4} {f.requests:>9,} {f.p50_ms:>8.3f}"
-            f" {f.p99_ms:>8.3f} {f.rps:>9,.0f} {cpu:>10}",
-            flush=True,
-        )
-
-    figures = run_serving_bench(
-        settings,
-        model=args.model,
-        formats=tuple(args.formats.split(",")),
-        concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
-        seconds=args.seconds,
-        rounds=args.rounds,
-        report=report,
-        perf_analyzer=use_perf_analyzer,
-        width=args.width,
-    )
-    for line in summary(figures) + capacity_lines(figures, args.p99_target_ms):
-        print(line)
-    print(f"preflight: {preflight_summary(checked)}")
-    return 0
+    return bench_serving_command(settings, args)

@@ -239,6 +239,7 @@ def parser() -> argparse.ArgumentParser:
         help="a block pair is redone when, in either block, other processes and steal took more"
         " than this share of the job's CPUs (default: %(default)s)",
     )
+    add_arm_threads(lockstep)
     lockstep.add_argument(
         "--max-discards",
         type=int,
@@ -344,6 +345,7 @@ def parser() -> argparse.ArgumentParser:
         " this host, both arms alive and trained in alternating short blocks (docs/lockstep.md);"
         " 0: none (default: 3 when compare starts the services on this host itself, else none)",
     )
+    add_arm_threads(compare)
     sweep = sub.add_parser(
         "sweep",
         help="Optuna: tune each framework (TPE), compare both at the same points, cross-check",
@@ -403,6 +405,15 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--reports", default="reports", help="report folder (default: reports)")
     return p
+
+
+def add_arm_threads(command) -> None:
+    command.add_argument(
+        "--arm-threads",
+        metavar="FIRST,SECOND",
+        help="lockstep pairs only: each arm's intra-op threads, e.g. 1,2 to handicap the first"
+        " arm in a positive control (default: the settings' own, the same for both)",
+    )
 
 
 def add_until_decided(command: argparse.ArgumentParser, unit: str) -> None:

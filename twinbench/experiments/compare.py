@@ -38,6 +38,7 @@ from twinbench.experiments.compare_plan import (
     run_order,
 )
 from twinbench.experiments.disturbance import Monitor
+from twinbench.experiments.lockstep import lockstep_decides_speed, set_aside_sequential_speed
 from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.preflight import summary as preflight_summary
 from twinbench.experiments.report import write_report
@@ -58,6 +59,7 @@ NATIVE_FORMATS = ("torchscript", "savedmodel")
 def run_compare(
     settings: Settings, gateway: str, base_spec: tpb.JobSpec, options: CompareOptions
 ) -> int:
+    began = time.monotonic()
     checked = preflight()  # what makes this machine noisy now: recorded, warned about
     warn(checked)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -70,9 +72,18 @@ def run_compare(
     predictions: dict[str, np.ndarray] = {}
     with services(settings, gateway) as (address, stack):
         started_here = stack is not None
+        lockstep_pairs = options.lockstep_pairs
+        if lockstep_pairs is None:
+            lockstep_pairs = LOCAL_LOCKSTEP_PAIRS if started_here else 0
+        # Until decided with lockstep pairs, those pairs decide training speed (lockstep.md).
+        speed_in_lockstep = options.until_decided and lockstep_decides_speed(
+            lockstep_pairs, options.frameworks, base_spec.model
+        )
         client = Client(address, settings)
         if options.until_decided:
-            stopping = train_until_decided(client, arms, base_spec, settings, options)
+            stopping = train_until_decided(
+                client, arms, base_spec, settings, options, speed_in_lockstep
+            )
             ran = stopping["pairs"]  # serving: at least one round per pair of exports
             options = dataclasses.replace(options, repeats=ran, rounds=max(options.rounds, ran))
             for arm in arms:
@@ -92,17 +103,22 @@ def run_compare(
     lines = training_lines(arms, settings, options.level)
     lines += serving_lines(arms, serving, options.level)
     speed: dict | None = None
-    lockstep_pairs = options.lockstep_pairs
-    if lockstep_pairs is None:
-        lockstep_pairs = LOCAL_LOCKSTEP_PAIRS if started_here else 0
     if lockstep_pairs:  # after the services stopped: nothing else of ours runs
         from twinbench.experiments.lockstep import compare_speed_pairs
+        from twinbench.experiments.lockstep_pairs import LockstepOptions
 
-        pairs = plan_arms(options.frameworks, lockstep_pairs, base_spec.seed)
+        pairs = plan_arms(options.frameworks, options.max_pairs if speed_in_lockstep
+                          else lockstep_pairs, base_spec.seed)  # fmt: skip
+        others = set_aside_sequential_speed(lines) if speed_in_lockstep else None
+        spent = time.monotonic() - began
         speed, speed_lines = compare_speed_pairs(
             settings, options.frameworks, [a.label for a in arms], base_spec,
             list(zip(pairs[0].seeds, pairs[1].seeds, strict=True)), options.level,
+            LockstepOptions(arm_threads=options.lockstep_threads), until_decided_with=others,
+            budget_s=max(options.budget_s - spent, 0.0) if options.budget_s else None,
         )  # fmt: skip
+        if others is not None and speed_lines:  # else the sequential line stays the speed line
+            lines = others
         lines += speed_lines
     if stopping is not None:
         lines = anytime_lines(lines, options.level)
@@ -155,18 +171,25 @@ def train_until_decided(
     base_spec: tpb.JobSpec,
     settings: Settings,
     options: CompareOptions,
+    speed_in_lockstep: bool = False,
 ) -> dict:
     """Pairs of repeats (a new seed each, A B then B A) until every training line is decided,
-    the budget is spent or max_pairs ran; every job exports (the serving rounds pair them)."""
+    the budget is spent or max_pairs ran; every job exports (the serving rounds pair them).
+    With `speed_in_lockstep`, lockstep pairs decide training speed afterwards: the repeats do
+    not wait on their own speed line and take half of the budget."""
     done = [0]
 
     def add_pair() -> None:
         train_arms(client, arms, base_spec, done[0] + 1, export_all=True, start=done[0])
         done[0] += 1
 
+    def lines_now() -> list:
+        lines = training_lines(arms, settings, options.level)
+        return set_aside_sequential_speed(lines) if speed_in_lockstep else lines
+
+    budget = options.budget_s / 2 if options.budget_s and speed_in_lockstep else options.budget_s
     return until_decided(
-        add_pair, lambda: training_lines(arms, settings, options.level), options.budget_s,
-        options.max_pairs, options.level, progress=print,
+        add_pair, lines_now, budget, options.max_pairs, options.level, progress=print,
     )  # fmt: skip
 
 

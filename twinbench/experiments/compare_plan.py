@@ -43,6 +43,8 @@ class CompareOptions:
     # when compare started the services on this host itself, else none (the host that trains
     # is then another, and a pair timed here would time this one).
     lockstep_pairs: int | None = None
+    # Each lockstep arm's intra-op threads (a positive control's handicap); None: the settings'.
+    lockstep_threads: tuple[int, int] | None = None
     # Add pairs of repeats until every line is decided (sequential.py), within a budget.
     until_decided: bool = False
     budget_s: float | None = None

@@ -50,6 +50,12 @@ from twinbench.experiments.lockstep_pairs import (
 )
 from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.report_kit import environment
+from twinbench.experiments.sequential import (
+    anytime_lines,
+    describe_stopping,
+    set_aside,
+    until_decided,
+)
 from twinbench.experiments.verdicts import LEVEL, Estimate, Line, decide, paired_ratio
 from twinbench.jobs.request import resolve_spec
 from twinbench.training.loop import DEFAULT_WARMUP_STEPS
@@ -156,20 +162,28 @@ def lockstep_spec(options: BenchOptions, model: str, framework: str, mode: str, 
     return spec
 
 
-def start_arm(settings: Settings, framework: str, spec: tpb.JobSpec, label: str) -> ArmProcess:
+def start_arm(
+    settings: Settings, framework: str, spec: tpb.JobSpec, label: str, threads: int | None = None
+) -> ArmProcess:
     job_id = f"{framework}-{uuid.uuid4().hex[:12]}"
     job = tpb.Job(id=job_id, spec=resolve_spec(spec), state=tpb.RUNNING,
                   created_at=time.time(), started_at=time.time())  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads is not None:  # a handicap for a positive control; the job records it as read back
+        env["TWINBENCH_TRAIN_THREADS"] = str(threads)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log = settings.logs / "lockstep" / f"{job_id}.log"
     return ArmProcess(label, worker_command(framework), job, env, log)
 
 
 def starter(
-    settings: Settings, framework: str, spec: tpb.JobSpec, label: str
+    settings: Settings, framework: str, spec: tpb.JobSpec, label: str, threads: int | None = None
 ) -> Callable[[], ArmProcess]:
-    return lambda: start_arm(settings, framework, spec, label)
+    return lambda: start_arm(settings, framework, spec, label, threads)
+
+
+def _threads(lockstep: LockstepOptions, k: int) -> int | None:
+    return lockstep.arm_threads[k] if lockstep.arm_threads else None
 
 
 def run_lockstep_bench(
@@ -184,23 +198,45 @@ def run_lockstep_bench(
     warn(checked)
     first, second = options.frameworks
     rows, lines, notes = [], [], []
+    rows_planned = len(options.models) * len(options.modes) * len(options.precisions)
     for model in options.models:
         for mode, precision in ((m, p) for m in options.modes for p in options.precisions):
             label = f"{mode} {precision}"
-            process_pairs = []
-            for repeat in range(options.repeats):
+            process_pairs: list[dict] = []
+
+            def add_pair(model=model, mode=mode, precision=precision, label=label,
+                         process_pairs=process_pairs) -> None:  # fmt: skip
+                repeat = len(process_pairs)
                 specs = [lockstep_spec(options, model, fw, mode, repeat, precision)
                          for fw in options.frameworks]  # fmt: skip
                 starters = [
-                    starter(settings, fw, spec, fw)
-                    for fw, spec in zip(options.frameworks, specs, strict=True)
+                    starter(settings, fw, spec, fw, _threads(lockstep, k))
+                    for k, (fw, spec) in enumerate(zip(options.frameworks, specs, strict=True))
                 ]
                 pp = run_process_pair(starters, repeat % 2, repeat, lockstep, options.warmup_steps)
                 process_pairs.append(pp)
                 progress(
                     f"{model} {label} process pair {repeat + 1}: {_pair_line(pp, first, second)}"
                 )
+
+            stopping = None
+            if options.until_decided:
+                share = options.budget_s / rows_planned if options.budget_s else None
+
+                def row_lines(model=model, mode=mode, precision=precision,
+                              process_pairs=process_pairs) -> list[Line]:  # fmt: skip
+                    line = _row(model, mode, precision, options, process_pairs, lockstep)[1]
+                    return [line] if line is not None else []
+
+                stopping = until_decided(add_pair, row_lines, share, options.max_pairs,
+                                         options.level, progress=progress)  # fmt: skip
+                progress(f"{model} {label}: {describe_stopping(stopping)}")
+            else:
+                for _ in range(options.repeats):
+                    add_pair()
             row, line, note = _row(model, mode, precision, options, process_pairs, lockstep)
+            if stopping is not None:
+                row["stopping"] = stopping
             rows.append(row)
             notes.append(note)
             if line is not None:
@@ -215,7 +251,14 @@ def run_lockstep_bench(
         "timing": "lockstep",
         "published_hardware": PUBLISHED_HARDWARE,
         "rows": rows,
-        "verdicts": decide(lines, hardware, options.level) if lines else [],
+        # With pairs added until decided, every line is judged by its anytime-valid test.
+        "verdicts": decide(
+            anytime_lines(lines, options.level) if options.until_decided else lines,
+            hardware,
+            options.level,
+        )
+        if lines
+        else [],
         "notes": notes,
         "preflight": checked,
     }
@@ -369,6 +412,22 @@ def speed_spec(spec: tpb.JobSpec, framework: str, seed: int) -> tpb.JobSpec:
     return out
 
 
+SPEED_QUESTION = "faster to train, in lockstep (steady samples/s)"
+SEQUENTIAL_SPEED_QUESTION = "faster to train (steady samples/s)"  # compare_lines.training_lines
+
+
+def lockstep_decides_speed(pairs: int, frameworks: Sequence[str], model: str) -> bool:
+    """Whether compare's lockstep pairs, added until decided, will decide training speed: they
+    are asked for and can run here."""
+    return pairs > 0 and unavailable(frameworks, [model]) is None
+
+
+def set_aside_sequential_speed(lines: Sequence[Line]) -> list[Line]:
+    """compare's lines with the sequential repeats' speed line set aside: lockstep pairs decide
+    that question, and the repeats (minutes apart on a shared machine) rarely could."""
+    return [set_aside(x) if x.question == SEQUENTIAL_SPEED_QUESTION else x for x in lines]
+
+
 def compare_speed_pairs(
     settings: Settings,
     frameworks: Sequence[str],
@@ -378,32 +437,64 @@ def compare_speed_pairs(
     level: float,
     lockstep: LockstepOptions | None = None,
     progress: Callable[[str], None] = print,
+    until_decided_with: Sequence[Line] | None = None,
+    budget_s: float | None = None,
 ) -> tuple[dict, list[Line]]:
     """`compare --lockstep-pairs`: training speed in lockstep process pairs, one per seed pair,
     beside the accuracy repeats; its record for results.json and its verdict line (none where
-    lockstep cannot run here: the record says why)."""
+    lockstep cannot run here: the record says why).
+
+    With `until_decided_with` (the report's other lines, already stopped), process pairs are
+    added until the speed line is decided, within `budget_s` and at most len(seeds) of them,
+    each look judging every line by its anytime-valid test (sequential.py); the record then
+    holds the stopping record under "stopping"."""
     lockstep = lockstep or LockstepOptions()
     reason = unavailable(frameworks, [spec.model])
     if reason is not None:
         progress(f"lockstep: {reason}; no lockstep speed pairs")
         return {"unavailable": reason}, []
     warmup = spec.warmup_steps if spec.HasField("warmup_steps") else DEFAULT_WARMUP_STEPS
-    process_pairs = []
+    process_pairs: list[dict] = []
+    planned = len(seeds)
+
+    def add_pair() -> None:
+        i = len(process_pairs)
+        starters = [
+            starter(settings, fw, speed_spec(spec, fw, seed), label, _threads(lockstep, k))
+            for k, (fw, seed, label) in enumerate(zip(frameworks, seeds[i], labels, strict=True))
+        ]
+        pp = run_process_pair(starters, i % 2, seeds[i][0], lockstep, warmup)
+        process_pairs.append(pp)
+        total = f"{planned}" if until_decided_with is None else f"at most {planned}"
+        progress(f"lockstep speed, process pair {i + 1} ({total}): "
+                 + _pair_line(pp, labels[0], labels[1]))  # fmt: skip
+
+    def line_now() -> Line | None:
+        summary = speed_summary(labels, process_pairs, lockstep)
+        return speed_line(SPEED_QUESTION, labels, process_pairs, summary, level)
+
+    stopping = None
     try:
-        for i, pair_seeds in enumerate(seeds):
-            starters = [
-                starter(settings, fw, speed_spec(spec, fw, seed), label)
-                for fw, seed, label in zip(frameworks, pair_seeds, labels, strict=True)
-            ]
-            pp = run_process_pair(starters, i % 2, pair_seeds[0], lockstep, warmup)
-            process_pairs.append(pp)
-            progress(f"lockstep speed, process pair {i + 1}/{len(seeds)}: "
-                     + _pair_line(pp, labels[0], labels[1]))  # fmt: skip
+        if until_decided_with is None:
+            for _ in seeds:
+                add_pair()
+        else:
+            others = list(until_decided_with)
+
+            def lines_now() -> list[Line]:
+                line = line_now()
+                return others + ([line] if line is not None else [])
+
+            stopping = until_decided(add_pair, lines_now, budget_s, planned, level,
+                                     progress=progress, questions={SPEED_QUESTION})  # fmt: skip
+            progress(f"lockstep speed: {describe_stopping(stopping)}")
     except LockstepUnavailable as exc:
         progress(f"lockstep: {exc}; no lockstep speed pairs")
         return {"unavailable": str(exc), "process_pairs": process_pairs}, []
     summary = speed_summary(labels, process_pairs, lockstep)
-    line = speed_line("faster to train, in lockstep (steady samples/s)", labels, process_pairs,
-                      summary, level)  # fmt: skip
+    line = speed_line(SPEED_QUESTION, labels, process_pairs, summary, level)
     record = {"options": lockstep.__dict__, "process_pairs": process_pairs, "summary": summary}
+    if stopping is not None:
+        record["stopping"] = stopping
+        summary["note"] += " " + describe_stopping(stopping) + "."
     return record, [line] if line else []

@@ -72,6 +72,9 @@ class LockstepOptions:
     calibration_steps: int = CALIBRATION_STEPS
     disturbance_limit: float = DISTURBANCE_LIMIT
     max_discards: int | None = None  # per process pair; None: as many as block_pairs
+    # Intra-op threads per arm, first and second (None: the settings' own, the same for both).
+    # Only for a positive control: an arm given fewer threads than the other is handicapped.
+    arm_threads: tuple[int, int] | None = None
 
 
 def block_orders(pairs: int, first: int, seed: int) -> list[tuple[int, int]]:

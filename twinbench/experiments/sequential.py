@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -132,6 +132,20 @@ def anytime_estimate(e: Estimate, level: float = LEVEL, g: float = MIXTURE_G) ->
 
 
 NO_ANYTIME_TEST = "no anytime-valid test: decides nothing when pairs are added until decided"
+# A line whose question another line answers better (compare's sequential speed line beside the
+# lockstep pairs added until decided): reported for reading, outside Holm's family, and the run
+# never waits on it.
+SET_ASIDE = "set aside: training speed is decided by the lockstep pairs"
+
+
+def set_aside(line: Line, reason: str = SET_ASIDE) -> Line:
+    """The line kept for reading, unable to decide or to make the other lines pay for it."""
+    detail = "; ".join(x for x in (line.detail, reason) if x)
+    return dataclasses.replace(line, detail=detail)
+
+
+def _decides(detail: str) -> bool:
+    return NO_ANYTIME_TEST not in detail and SET_ASIDE not in detail
 
 
 def anytime_lines(lines: Sequence[Line], level: float = LEVEL) -> list[Line]:
@@ -139,7 +153,9 @@ def anytime_lines(lines: Sequence[Line], level: float = LEVEL) -> list[Line]:
     out = []
     for line in lines:
         e = anytime_estimate(line.estimate, level)
-        if e is None:
+        if e is not None and SET_ASIDE in line.detail:
+            out.append(dataclasses.replace(line, estimate=dataclasses.replace(e, min_p=1.0)))
+        elif e is None:
             e = dataclasses.replace(line.estimate, min_p=1.0)  # outside Holm's family
             detail = "; ".join(x for x in (line.detail, NO_ANYTIME_TEST) if x)
             out.append(dataclasses.replace(line, estimate=e, detail=detail))
@@ -148,9 +164,11 @@ def anytime_lines(lines: Sequence[Line], level: float = LEVEL) -> list[Line]:
     return out
 
 
-def decided(entries: Sequence[dict]) -> bool:
-    """Every line that can decide has: a winner or "equivalent"."""
-    able = [e for e in entries if NO_ANYTIME_TEST not in e.get("detail", "")]
+def decided(entries: Sequence[dict], questions: Collection[str] | None = None) -> bool:
+    """Every line that can decide has (of `questions` only, when given): a winner or
+    "equivalent"."""
+    able = [e for e in entries if _decides(e.get("detail", ""))
+            and (questions is None or e["question"] in questions)]  # fmt: skip
     return bool(able) and all(e["outcome"] in ("winner", "equivalent") for e in able)
 
 
@@ -162,9 +180,12 @@ def until_decided(
     level: float = LEVEL,
     clock: Callable[[], float] = time.monotonic,
     progress: Callable[[str], None] | None = None,
+    questions: Collection[str] | None = None,
 ) -> dict:
     """Add pairs until every line is decided, the budget is spent or max_pairs are run (or no
-    line can decide at all: every job failed).
+    line can decide at all: every job failed). With `questions`, the run waits only on those
+    lines; the others (decided by pairs of another kind, already stopped) are looked at with
+    them, so that Holm's correction at each look is the report's.
 
     The first MIN_LOOK_PAIRS pairs always run; after that, one look after every new pair.
     A next pair is not started when the last one's duration would take the run past the budget.
@@ -190,10 +211,11 @@ def until_decided(
                 if first.get(entry["question"]) is None:
                     done = entry["outcome"] in ("winner", "equivalent")
                     first[entry["question"]] = pairs if done else None
-            if decided(entries):
+            if decided(entries, questions):
                 reason = DECIDED
                 break
-            if not any(NO_ANYTIME_TEST not in e.get("detail", "") for e in entries):
+            waited = [e for e in entries if questions is None or e["question"] in questions]
+            if not any(_decides(e.get("detail", "")) for e in waited):
                 reason = NOTHING
                 break
         if budget_s is not None and pairs >= MIN_LOOK_PAIRS and clock() - start + last > budget_s:
