@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds every twinbench image (gateway, both trainers, Locust) with whichever builder is installed: docker or podman.
+# Builds every twinbench image (gateway, the three trainers, Locust) with whichever builder is installed: docker or podman.
 #
 #   deploy/build-images.sh                  # what `make images` runs
 #   DEVICE=cpu deploy/build-images.sh       # trainers with the CPU requirements, for hosts without a GPU
 #
 # Settings, from the environment:
 #   CONTAINER_BUILDER  docker or podman (default: docker if its daemon answers, else podman)
-#   DEVICE             cuda (default: the CUDA builds of both frameworks) or cpu
+#   DEVICE             cuda (default: the CUDA builds of the three frameworks) or cpu
 #   BASE_IMAGE         the Python image to build on (default python:3.11.7-slim-bookworm). Left
 #                      unset and with no registry answering, the local stand-in of
 #                      deploy/base-image/make-base-image.sh is used (and made, if missing: root)
@@ -71,6 +71,7 @@ images=(
   "gateway services/gateway/Dockerfile --build-arg GO_BASE_IMAGE=$GO_BASE_IMAGE${GOPROXY:+ --build-arg GOPROXY=$GOPROXY}"
   "torch_trainer services/torch_trainer/Dockerfile --build-arg REQUIREMENTS=requirements/torch_trainer$suffix.txt"
   "tf_trainer services/tf_trainer/Dockerfile --build-arg REQUIREMENTS=requirements/tf_trainer$suffix.txt"
+  "jax_trainer services/jax_trainer/Dockerfile --build-arg REQUIREMENTS=requirements/jax_trainer$suffix.txt"
   "locust loadtests/Dockerfile"
 )
 summary=()

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests_support import until
-from twinbench.config import DEFAULT_METRICS_PORTS
+from twinbench.config import DEFAULT_LINK_PORTS, DEFAULT_METRICS_PORTS, DEFAULT_PORTS, FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted([*ROOT.glob("services/*/Dockerfile"), ROOT / "loadtests" / "Dockerfile"])
@@ -22,7 +22,7 @@ COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "deploy" / "docker-compose.cpu.yml"
 COMPOSE_SCHEMA = Path(sys.prefix) / "share" / "compose_spec.json"  # fetched by `make venv`
 K8S = ROOT / "deploy" / "k8s"
-TRAINERS = ("torch_trainer", "tf_trainer")
+TRAINERS = ("torch_trainer", "tf_trainer", "jax_trainer")
 
 
 class ComposeLoader(yaml.SafeLoader):
@@ -37,7 +37,7 @@ def load_compose(path: Path) -> dict:
 
 
 def test_every_dockerfile_passes_hadolint():
-    assert len(DOCKERFILES) == 4
+    assert len(DOCKERFILES) == 5  # the gateway, three trainers, Locust
     hadolint = Path(sys.prefix) / "bin" / "hadolint"
     done = subprocess.run([hadolint, *DOCKERFILES], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -72,6 +72,33 @@ def test_compose_reserves_gpus_and_keeps_trainers_internal():
     assert all(cpu[name]["deploy"] is None for name in TRAINERS)
 
 
+def test_the_gateway_finds_every_framework_s_trainer_and_its_link():
+    """Compose's and Kubernetes' gateway: each framework's trainer at its service name and port."""
+    compose_env = load_compose(COMPOSE)["services"]["gateway"]["environment"]
+    docs = yaml.safe_load_all((K8S / "gateway.yaml").read_text())
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    k8s_env = {e["name"]: e["value"] for e in container["env"]}
+    for framework in FRAMEWORKS:
+        service, variable = f"{framework}_trainer", f"TWINBENCH_{framework.upper()}_TRAINER"
+        for env, host in ((compose_env, service), (k8s_env, service.replace("_", "-"))):
+            assert env[variable] == f"{host}:{DEFAULT_PORTS[service]}"
+            assert env[f"{variable}_LINK"] == f"{host}:{DEFAULT_LINK_PORTS[service]}"
+        trainer = load_compose(COMPOSE)["services"][service]["environment"]
+        assert trainer["TWINBENCH_LISTEN"] == f"0.0.0.0:{DEFAULT_PORTS[service]}"
+        assert trainer["TWINBENCH_LINK_LISTEN"] == f"0.0.0.0:{DEFAULT_LINK_PORTS[service]}"
+
+
+def test_build_images_builds_every_dockerfile_with_its_requirements():
+    script = (ROOT / "deploy" / "build-images.sh").read_text()
+    for dockerfile in DOCKERFILES:
+        assert str(dockerfile.relative_to(ROOT)) in script, dockerfile
+    for service in TRAINERS:
+        assert f"--build-arg REQUIREMENTS=requirements/{service}$suffix.txt" in script
+        for suffix in ("", "-cuda"):
+            assert (ROOT / "requirements" / f"{service}{suffix}.txt").is_file()
+
+
 def test_kubernetes_manifests_validate_and_ask_for_gpus():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     kinds = {}
@@ -80,7 +107,7 @@ def test_kubernetes_manifests_validate_and_ask_for_gpus():
             kubernetes_validate.validate(doc, "1.30.0", strict=True)
             kinds.setdefault(doc["kind"], []).append(doc)
     deployments = {d["metadata"]["name"]: d for d in kinds["Deployment"]}
-    assert set(deployments) == {"gateway", "torch-trainer", "tf-trainer"}
+    assert set(deployments) == {"gateway", "torch-trainer", "tf-trainer", "jax-trainer"}
     assert deployments["gateway"]["spec"]["replicas"] > 1
     for name, deployment in deployments.items():
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -121,7 +148,7 @@ def test_monitoring_scrapes_every_service_on_its_metrics_port():
 
 def test_kubernetes_pods_carry_scrape_annotations_for_their_metrics_port():
     for name, service in (("gateway", "gateway"), ("torch-trainer", "torch_trainer"),
-                          ("tf-trainer", "tf_trainer")):  # fmt: skip
+                          ("tf-trainer", "tf_trainer"), ("jax-trainer", "jax_trainer")):  # fmt: skip
         docs = yaml.safe_load_all((K8S / f"{name}.yaml").read_text())
         (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
         template = deployment["spec"]["template"]
@@ -165,12 +192,13 @@ def free_port() -> int:
 @pytest.mark.integration
 def test_each_image_command_starts_its_service_with_the_compose_environment(tmp_path):
     compose = load_compose(COMPOSE)["services"]
-    ports = {p: free_port() for p in ("50051", "50052", "50053", "50062", "50063")}
+    ports = {str(p): free_port() for p in (*DEFAULT_PORTS.values(), *DEFAULT_LINK_PORTS.values())}
 
     def local(value: str) -> str:
         value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), value)  # Compose's defaults
         # Container addresses (service:port, 0.0.0.0:port) become loopback with a free port.
-        match = re.fullmatch(r"[\w.\-]+:(5005[123]|5006[23])", value)
+        match = re.fullmatch(r"[\w.\-]+:(\d+)", value)
+        match = match if match and match.group(1) in ports else None
         return f"127.0.0.1:{ports[match.group(1)]}" if match else value
 
     procs = {}
