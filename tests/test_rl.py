@@ -292,7 +292,7 @@ def test_the_rl_comparison_reports_solve_rates_iqms_and_reward_curves(tmp_path):
 
     for a in arms:
         results["arms"][a.label]["runs"] = [run_record(j) for j in a.jobs]
-    results["code"] = compare_task("dqn_cartpole")
+    results["code"] = compare_task("dqn_cartpole", frameworks=[a.framework for a in arms])
     write_rl_report(tmp_path, results)
     assert (tmp_path / "rewards.png").read_bytes().startswith(b"\x89PNG")
     page = (tmp_path / "report.md").read_text()
