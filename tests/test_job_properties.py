@@ -148,7 +148,7 @@ def job_specs(draw, tiny: bool = False) -> tpb.JobSpec:
         return _choose(draw, style, good, bad)
 
     spec = tpb.JobSpec()
-    spec.framework = choose(["torch", "tf"], [] if tiny else ["both", "jax", ""])
+    spec.framework = choose(["torch", "tf"], [] if tiny else ["both", "mxnet", ""])
     if tiny:
         spec.model = choose(["mlp", "mlp", "lenet5"], [])
         spec.dataset = choose(["", "mnist-5k", "digits", "synthetic"], [])

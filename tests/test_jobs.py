@@ -27,7 +27,7 @@ def test_defaults_are_filled_in_and_recorded():
 
 
 BAD_SPECS = [
-    (dict(framework="jax", model="lenet5"), "unknown framework"),
+    (dict(framework="mxnet", model="lenet5"), "unknown framework"),
     (dict(framework="torch", model="resnet"), "unknown model"),
     (dict(framework="torch", model="lenet5", dataset="imagenet"), "unknown dataset"),
     (dict(framework="torch", model="lenet5", epochs=0), "epochs"),

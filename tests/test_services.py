@@ -158,7 +158,7 @@ BAD_JOB_CALLS = [
     (
         "unknown framework",
         "CreateJob",
-        tpb.CreateJobRequest(spec=tpb.JobSpec(framework="jax", model="lenet5")),
+        tpb.CreateJobRequest(spec=tpb.JobSpec(framework="mxnet", model="lenet5")),
         "INVALID_ARGUMENT",
     ),
     (

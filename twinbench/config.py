@@ -8,13 +8,28 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
-DEFAULT_PORTS = {"gateway": 50051, "torch_trainer": 50052, "tf_trainer": 50053}
+DEFAULT_PORTS = {
+    "gateway": 50051,
+    "torch_trainer": 50052,
+    "tf_trainer": 50053,
+    "jax_trainer": 50054,
+}
 # Each trainer's inference link (twinbench.serving.link), which only the gateway calls.
-DEFAULT_LINK_PORTS = {"torch_trainer": 50062, "tf_trainer": 50063}
+DEFAULT_LINK_PORTS = {"torch_trainer": 50062, "tf_trainer": 50063, "jax_trainer": 50064}
 # Each service's Prometheus metrics (HTTP, /metrics); 8002 is Triton's metrics port.
-DEFAULT_METRICS_PORTS = {"gateway": 8002, "torch_trainer": 8012, "tf_trainer": 8013}
-FRAMEWORKS = ("torch", "tf")
+DEFAULT_METRICS_PORTS = {
+    "gateway": 8002,
+    "torch_trainer": 8012,
+    "tf_trainer": 8013,
+    "jax_trainer": 8014,
+}
+# Every framework with a trainer service; each one's trainer is the service `<framework>_trainer`.
+FRAMEWORKS = ("torch", "tf", "jax")
+# What a JobSpec's framework "both" means: the original pair, kept so that existing requests and
+# scripts still ask for exactly two jobs; "all" asks for one job per framework.
+BOTH = ("torch", "tf")
 # The Go programs that `make` builds when it can (see the Makefile's `native`).
 FRONT_PROGRAM = "twinbench-front"
 LOADGEN_PROGRAM = "twinbench-loadgen"
@@ -25,10 +40,13 @@ class Settings:
     home: Path
     data: Path  # dataset files: mnist/, fashion-mnist/, image folders
     gateway: str  # where clients (CLI, Locust) find the gateway
-    torch_trainer: str  # where the gateway finds each trainer
-    tf_trainer: str
-    torch_trainer_link: str  # where the gateway finds each trainer's inference link
-    tf_trainer_link: str
+    # Where the gateway finds each framework's trainer and its inference link, by framework name
+    # (TWINBENCH_<FRAMEWORK>_TRAINER and TWINBENCH_<FRAMEWORK>_TRAINER_LINK).
+    trainers: Mapping[str, str]
+    trainer_links: Mapping[str, str]
+    # The frameworks whose trainers this deployment runs (TWINBENCH_FRAMEWORKS): the gateway waits
+    # for these and answers UNAVAILABLE, saying so, for the others.
+    frameworks: tuple[str, ...]
     listen: str | None  # this service's bind address; None: loopback on its default port
     link_listen: str | None  # a trainer's inference link; None: the host of `listen`, port 5006x
     metrics_listen: str | None  # this service's /metrics; None: the host of `listen`, 8002/801x
@@ -85,10 +103,10 @@ class Settings:
         return self.home / "jobs" / f"{framework}.sqlite"
 
     def trainer_address(self, framework: str) -> str:
-        return {"torch": self.torch_trainer, "tf": self.tf_trainer}[framework]
+        return self.trainers[framework]
 
     def trainer_link_address(self, framework: str) -> str:
-        return {"torch": self.torch_trainer_link, "tf": self.tf_trainer_link}[framework]
+        return self.trainer_links[framework]
 
     def listen_address(self, service: str) -> str:
         return self.listen or f"127.0.0.1:{DEFAULT_PORTS[service]}"
@@ -133,21 +151,26 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return env.get(f"TWINBENCH_{name}", default) or default
 
     home = Path(get("HOME", str(Path.home() / ".twinbench"))).expanduser().resolve()
-    torch_trainer = get("TORCH_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['torch_trainer']}")
-    tf_trainer = get("TF_TRAINER", f"127.0.0.1:{DEFAULT_PORTS['tf_trainer']}")
-
-    def link(trainer_address: str, service: str) -> str:
-        """By default a trainer's link is on the host of its gRPC address."""
-        return f"{trainer_address.rsplit(':', 1)[0]}:{DEFAULT_LINK_PORTS[service]}"
+    trainers = {
+        fw: get(f"{fw.upper()}_TRAINER", f"127.0.0.1:{DEFAULT_PORTS[f'{fw}_trainer']}")
+        for fw in FRAMEWORKS
+    }
+    # By default a trainer's link is on the host of its gRPC address.
+    trainer_links = {
+        fw: get(
+            f"{fw.upper()}_TRAINER_LINK",
+            f"{trainers[fw].rsplit(':', 1)[0]}:{DEFAULT_LINK_PORTS[f'{fw}_trainer']}",
+        )
+        for fw in FRAMEWORKS
+    }
 
     return Settings(
         home=home,
         data=Path(get("DATA", str(home / "data"))).expanduser().resolve(),
         gateway=get("GATEWAY", f"127.0.0.1:{DEFAULT_PORTS['gateway']}"),
-        torch_trainer=torch_trainer,
-        tf_trainer=tf_trainer,
-        torch_trainer_link=get("TORCH_TRAINER_LINK", link(torch_trainer, "torch_trainer")),
-        tf_trainer_link=get("TF_TRAINER_LINK", link(tf_trainer, "tf_trainer")),
+        frameworks=parse_frameworks(get("FRAMEWORKS", ",".join(BOTH))),
+        trainers=MappingProxyType(trainers),
+        trainer_links=MappingProxyType(trainer_links),
         listen=env.get("TWINBENCH_LISTEN") or None,
         link_listen=env.get("TWINBENCH_LINK_LISTEN") or None,
         metrics_listen=env.get("TWINBENCH_METRICS_LISTEN") or None,
@@ -173,6 +196,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         train_interop_threads=int(get("TRAIN_INTEROP_THREADS", "0")),
         max_workers=int(get("MAX_WORKERS", "0")),
     )
+
+
+def parse_frameworks(value: str) -> tuple[str, ...]:
+    """A comma-separated list of frameworks, each known and named once."""
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in FRAMEWORKS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise SystemExit(
+            f"TWINBENCH_FRAMEWORKS={value}: name each of {', '.join(FRAMEWORKS)} at most once"
+        )
+    return names
 
 
 def _path(value: str | None) -> Path | None:

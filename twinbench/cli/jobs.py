@@ -11,7 +11,7 @@ from twinbench.api import inference_pb2 as ipb
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client.console import describe_job, table, watch_all
 from twinbench.client.inference import infer_one, sample_input
-from twinbench.config import FRAMEWORKS
+from twinbench.config import BOTH, FRAMEWORKS
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client
 
@@ -51,11 +51,11 @@ def spec_from_args(args: argparse.Namespace, framework: str) -> tpb.JobSpec:
 
 
 def cmd_train(client: Client, args: argparse.Namespace) -> int:
-    if args.framework == "both" and not args.overlap and not args.detach:
+    if args.framework in ("both", "all") and not args.overlap and not args.detach:
         # One after the other: run together, each job's figures would be taken under the other's
         # load (a job records whether that happened).
         finished = []
-        for framework in FRAMEWORKS:
+        for framework in BOTH if args.framework == "both" else FRAMEWORKS:
             spec = spec_from_args(args, framework)
             (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
             print(f"queued {job.id}")

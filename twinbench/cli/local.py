@@ -7,8 +7,10 @@ import signal
 import threading
 from pathlib import Path
 
-from twinbench.client.stack import LocalStack
-from twinbench.config import Settings
+from twinbench.client.stack import LocalStack, installed_frameworks, trainer_service
+from twinbench.config import Settings, parse_frameworks
+
+INSTALL_JAX = "pip install -r requirements/jax_trainer.txt"
 
 
 def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
@@ -22,10 +24,22 @@ def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    with LocalStack(settings) as stack:
+    installed = installed_frameworks()
+    if args.frameworks:
+        frameworks = parse_frameworks(args.frameworks)
+        missing = [fw for fw in frameworks if fw not in installed]
+        if missing:
+            raise SystemExit(f"{', '.join(missing)} is not installed here ({INSTALL_JAX})")
+    else:
+        frameworks = installed
+        if "jax" not in installed:
+            print(f"jax is not installed: starting the torch and tf trainers only ({INSTALL_JAX})")
+    with LocalStack(settings, frameworks=frameworks) as stack:
+        trainers = ", ".join(
+            f"{fw} trainer {stack.address(trainer_service(fw))}" for fw in frameworks
+        )
         print(
-            f"gateway {stack.gateway_address} (torch trainer {stack.address('torch_trainer')},"
-            f" tf trainer {stack.address('tf_trainer')}); state and logs in {settings.home};"
+            f"gateway {stack.gateway_address} ({trainers}); state and logs in {settings.home};"
             " Ctrl-C stops"
         )
         stopped = threading.Event()

@@ -6,6 +6,7 @@ import argparse
 
 from twinbench.config import load_settings
 from twinbench.experiments.disturbance import DISTURBANCE_LIMIT
+from twinbench.experiments.serving_console import add_serving_options
 from twinbench.jobs.precision import PRECISIONS
 from twinbench.models.catalogue import MODELS
 from twinbench.models.id_models import ID_MODELS
@@ -91,9 +92,15 @@ def parser() -> argparse.ArgumentParser:
         help="gateway address (default: TWINBENCH_GATEWAY or %(default)s)",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the three services on loopback until Ctrl-C")
+    up = sub.add_parser("up", help="start the gateway and the trainers on loopback until Ctrl-C")
+    up.add_argument(
+        "--frameworks",
+        default="",
+        help="the trainers to start, e.g. torch,tf (default: every installed one; jax needs"
+        " requirements/jax_trainer.txt)",
+    )
     train = sub.add_parser("train", help="train a model and follow its progress")
-    train.add_argument("--framework", choices=["torch", "tf", "both"], default="both")
+    train.add_argument("--framework", choices=["torch", "tf", "jax", "both", "all"], default="both")
     train.add_argument("--detach", action="store_true", help="queue the job and return")
     train.add_argument(
         "--overlap",
@@ -161,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
         help="also measure with Triton's perf_analyzer through the gateway (path e);"
         " auto: when it is installed (default: %(default)s)",
     )
+    add_serving_options(serving)
     training = bench_sub.add_parser(
         "training",
         help="steady training throughput per model, framework and mode, as jobs on the trainers",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -11,25 +12,58 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from twinbench.config import DEFAULT_LINK_PORTS, DEFAULT_METRICS_PORTS, DEFAULT_PORTS, Settings
+from twinbench.config import (
+    DEFAULT_LINK_PORTS,
+    DEFAULT_METRICS_PORTS,
+    DEFAULT_PORTS,
+    FRAMEWORKS,
+    Settings,
+)
 from twinbench.rpc.channel import is_serving
 
-TRAINERS = ("torch_trainer", "tf_trainer")
+
+def trainer_service(framework: str) -> str:
+    return f"{framework}_trainer"
+
+
+def installed_frameworks() -> tuple[str, ...]:
+    """The frameworks whose trainer can start here: torch and tf always (the base install), jax
+    when its packages and its trainer service are there."""
+    jax_there = (
+        all(importlib.util.find_spec(name) is not None for name in ("jax", "flax", "optax"))
+        and (
+            Path(__file__).resolve().parents[2] / "services" / "jax_trainer" / "__main__.py"
+        ).is_file()
+    )
+    return tuple(fw for fw in FRAMEWORKS if fw != "jax" or jax_there)
 
 
 class LocalStack:
-    """Starts torch_trainer, tf_trainer and the gateway; `ports` of 0 let each pick a free one."""
+    """Starts the trainers of `frameworks` (by default the settings' TWINBENCH_FRAMEWORKS) and
+    the gateway; `ports` of 0 let each pick a free one."""
 
     def __init__(
         self,
         settings: Settings,
         ports: dict[str, int] | None = None,
         env: dict[str, str] | None = None,
+        frameworks: tuple[str, ...] | None = None,
     ) -> None:
         self.settings = settings
-        self.ports = dict(DEFAULT_PORTS if ports is None else ports)
+        self.frameworks = tuple(settings.frameworks if frameworks is None else frameworks)
+        unknown = set(self.frameworks) - set(FRAMEWORKS)
+        if unknown or not self.frameworks:
+            raise ValueError(f"frameworks {self.frameworks}: each one of {FRAMEWORKS}")
+        self.trainers = tuple(trainer_service(fw) for fw in self.frameworks)
+        ports = {**DEFAULT_PORTS, **(ports or {})}
+        if any(ports.get(name) == 0 for name in ("gateway", *self.trainers)):
+            # Asked for free ports: every service gets one.
+            ports = {name: 0 for name in ports}
+        self.ports = ports
         # A trainer asked to pick a free port picks a free one for its inference link too.
-        self.link_ports = {t: 0 if self.ports[t] == 0 else DEFAULT_LINK_PORTS[t] for t in TRAINERS}
+        self.link_ports = {
+            t: 0 if self.ports[t] == 0 else DEFAULT_LINK_PORTS[t] for t in DEFAULT_LINK_PORTS
+        }
         self.extra_env = env or {}  # more TWINBENCH_* settings for the services
         self.procs: dict[str, subprocess.Popen] = {}
         # Each service's /metrics port, known once it serves (free ones with free service ports).
@@ -56,9 +90,9 @@ class LocalStack:
 
     def start(self, timeout_s: float = 180.0) -> None:
         try:
-            for service in TRAINERS:
+            for service in self.trainers:
                 self._spawn(service)
-            for service in TRAINERS:
+            for service in self.trainers:
                 self._await(service, timeout_s)
             self._spawn("gateway")
             self._await("gateway", timeout_s)
@@ -71,13 +105,14 @@ class LocalStack:
         env.update(
             TWINBENCH_HOME=str(self.settings.home),
             TWINBENCH_LISTEN=f"127.0.0.1:{self.ports[service]}",
-            TWINBENCH_TORCH_TRAINER=self.address("torch_trainer"),
-            TWINBENCH_TF_TRAINER=self.address("tf_trainer"),
-            TWINBENCH_TORCH_TRAINER_LINK=f"127.0.0.1:{self.link_ports['torch_trainer']}",
-            TWINBENCH_TF_TRAINER_LINK=f"127.0.0.1:{self.link_ports['tf_trainer']}",
+            TWINBENCH_FRAMEWORKS=",".join(self.frameworks),
             PYTHONUNBUFFERED="1",
         )
-        if service in TRAINERS:
+        for fw in self.frameworks:
+            trainer = trainer_service(fw)
+            env[f"TWINBENCH_{fw.upper()}_TRAINER"] = self.address(trainer)
+            env[f"TWINBENCH_{fw.upper()}_TRAINER_LINK"] = f"127.0.0.1:{self.link_ports[trainer]}"
+        if service in self.trainers:
             env["TWINBENCH_LINK_LISTEN"] = f"127.0.0.1:{self.link_ports[service]}"
         metrics_port = 0 if self.ports[service] == 0 else DEFAULT_METRICS_PORTS[service]
         env["TWINBENCH_METRICS_LISTEN"] = (
@@ -115,7 +150,7 @@ class LocalStack:
             port_file = self._port_file(service)
             if port_file.exists():
                 self.ports[service] = int(port_file.read_text())
-                if service in TRAINERS:  # its link's port file was written first
+                if service in self.trainers:  # its link's port file was written first
                     self.link_ports[service] = int(self._port_file(service, ".link").read_text())
                 # Written before the gRPC port file, like the link's.
                 self.metrics_ports[service] = int(self._port_file(service, ".metrics").read_text())
@@ -160,18 +195,25 @@ class LocalStack:
         proc.wait()
 
     def stop(self) -> None:
-        for service in ("gateway", *TRAINERS):
+        for service in ("gateway", *self.trainers):
             self.stop_service(service)
 
 
 @contextlib.contextmanager
-def services(settings: Settings, address: str) -> Iterator[tuple[str, LocalStack | None]]:
+def services(
+    settings: Settings, address: str, frameworks: tuple[str, ...] | None = None
+) -> Iterator[tuple[str, LocalStack | None]]:
     """The gateway's address and the stack behind it: the running one (no stack), or a local
-    stack started now and stopped after."""
+    stack started now, with the trainers of `frameworks` (default: the settings'), and stopped
+    after."""
     if is_serving(address, tls_ca=settings.tls_ca):
         yield address, None
         return
-    print(f"no gateway at {address}; starting the services (state in {settings.home})")
-    with LocalStack(settings) as stack:
+    needed = tuple(dict.fromkeys(frameworks or settings.frameworks))  # each once, in order
+    print(
+        f"no gateway at {address}; starting the services ({', '.join(needed)} trainers;"
+        f" state in {settings.home})"
+    )
+    with LocalStack(settings, frameworks=needed) as stack:
         yield stack.gateway_address, stack
     print("stopped the services it started")

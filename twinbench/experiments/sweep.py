@@ -35,7 +35,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client.stack import services
-from twinbench.config import FRAMEWORKS, Settings
+from twinbench.config import BOTH as FRAMEWORKS
+from twinbench.config import Settings
 from twinbench.experiments.compare_lines import describe_hardware
 from twinbench.experiments.sweep_report import (
     build_sweep_results,

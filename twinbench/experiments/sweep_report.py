@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from twinbench.client.console import table
-from twinbench.config import FRAMEWORKS
+from twinbench.config import BOTH as FRAMEWORKS
 from twinbench.experiments.report_kit import (
     COLORS,
     LABELS,

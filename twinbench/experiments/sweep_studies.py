@@ -16,7 +16,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.config import FRAMEWORKS, Settings
+from twinbench.config import BOTH as FRAMEWORKS
+from twinbench.config import Settings
 from twinbench.errors import InvalidArgument
 from twinbench.experiments.verdicts import Line, decide, paired_with_failures
 from twinbench.models.catalogue import get_model_spec

@@ -15,7 +15,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from twinbench.config import FRAMEWORKS, Settings
+from twinbench.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ class Front:
 
     def _args(self, listen: str) -> list[str]:
         s = self.settings
-        links = ",".join(f"{fw}={s.trainer_link_address(fw)}" for fw in FRAMEWORKS)
+        # The running trainers' links; a model of another framework goes to the gateway, which
+        # says that its trainer does not run.
+        links = ",".join(f"{fw}={s.trainer_link_address(fw)}" for fw in s.frameworks)
         args = [
             str(self.binary),
             f"-listen={listen}",

@@ -12,7 +12,7 @@ import grpc
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.config import FRAMEWORKS, Settings
+from twinbench.config import BOTH, FRAMEWORKS, Settings
 from twinbench.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -116,8 +116,10 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.timeout_s = settings.backend_timeout_s
+        # Only the trainers this deployment runs: the gateway waits for them, lists their jobs and
+        # models; a request for another framework is UNAVAILABLE and says why.
         self.backends = {
-            fw: Backend(fw, settings.trainer_address(fw), settings) for fw in FRAMEWORKS
+            fw: Backend(fw, settings.trainer_address(fw), settings) for fw in settings.frameworks
         }
         # model name -> its backend, as last listed: what RepositoryIndex reports UNAVAILABLE
         # when that backend is down
@@ -133,6 +135,17 @@ class Gateway:
     def _timeout(self, remaining: float | None) -> float:
         """Our deadline towards a backend, never longer than what the caller has left."""
         return self.timeout_s if remaining is None else max(0.0, min(self.timeout_s, remaining))
+
+    def backend(self, framework: str) -> Backend:
+        """The trainer of `framework`, or Unavailable when this deployment runs none."""
+        backend = self.backends.get(framework)
+        if backend is None:
+            running = ",".join(self.settings.frameworks)
+            raise Unavailable(
+                f"no {framework} trainer runs behind this gateway (TWINBENCH_FRAMEWORKS={running});"
+                f" start one and add {framework} to TWINBENCH_FRAMEWORKS"
+            )
+        return backend
 
     def wait_ready(self, stop: threading.Event) -> None:
         """Blocks until every backend says it is ready (or `stop` is set)."""
@@ -151,10 +164,12 @@ class Gateway:
 
     def _job_backend(self, job_id: str) -> Backend:
         check_job_id(job_id)  # its prefix names the trainer that owns it
-        return self.backends[job_id.split("-", 1)[0]]
+        return self.backend(job_id.split("-", 1)[0])
 
     def create_job(self, spec: tpb.JobSpec, remaining: float | None) -> tpb.CreateJobResponse:
-        frameworks = list(FRAMEWORKS) if spec.framework == "both" else [spec.framework]
+        frameworks = {"both": list(BOTH), "all": list(FRAMEWORKS)}.get(
+            spec.framework, [spec.framework]
+        )
         specs = []
         for fw in frameworks:
             one = tpb.JobSpec()
@@ -162,9 +177,9 @@ class Gateway:
             one.framework = fw
             # Checked here first, so "both" never starts one half of a pair that the other refuses.
             specs.append(resolve_spec(one))
+        backends = [self.backend(one.framework) for one in specs]  # all there, or none started
         response = tpb.CreateJobResponse()
-        for one in specs:
-            backend = self.backends[one.framework]
+        for one, backend in zip(specs, backends, strict=True):
             created = backend.call(
                 backend.trainer.CreateJob, tpb.CreateJobRequest(spec=one), self._timeout(remaining)
             )
@@ -241,10 +256,10 @@ class Gateway:
         if not name:
             raise InvalidArgument("the request names no model")
         check_model_name(name)  # garbage never costs a look at the backends
-        backend = self.backends.get(framework_of(name))
-        if backend is None:
+        framework = framework_of(name)
+        if framework not in FRAMEWORKS:
             raise NotFound(f"unknown model {name!r}; `twinbench models` lists the served ones")
-        return backend
+        return self.backend(framework)
 
     def infer(self, raw_request: bytes, remaining: float | None) -> bytes:
         """A serialized ModelInferRequest in, a serialized ModelInferResponse out."""
