@@ -14,8 +14,17 @@ Options (each also read from the environment variable in brackets):
   --latency-file F  on exit, save every latency (ms, float64) to this .npy; Locust's own CSV
                     percentiles are rounded to whole milliseconds, too coarse for fast models
   --totals-file F   on exit, save the run's final request and failure counts and requests/s
-                    as JSON; Locust's stats CSV holds its last periodic flush, which can miss
-                    the end of a short run
+                    as JSON (and, in an open loop, the requests sent late and over the bound);
+                    Locust's stats CSV holds its last periodic flush, which can miss the end of a
+                    short run
+  --rate R          an open loop: each user's requests fall due at R per second whatever the
+                    server does, each timed from when it was due (a closed loop, the default,
+                    sends less while the server stalls and so hides the stall: coordinated
+                    omission); users x R in all                           [TWINBENCH_LOAD_RATE]
+  --arrivals A      poisson (default) or constant gaps between a user's arrivals
+  --max-in-flight N an open loop's bound on each user's requests in flight (default 100): a
+                    request due while N are in flight is not sent and counts as a failure;
+                    one sent more than 1 ms after it fell due counts as late
 The host defaults to TWINBENCH_GATEWAY or 127.0.0.1:50051; load goes nowhere else.
 TWINBENCH_TOKEN (a bearer token) and TWINBENCH_TLS_CA (a CA file: TLS) are used as the CLI uses them.
 """
@@ -25,12 +34,15 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import time
 
 import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()  # before any channel exists
 
+import gevent  # noqa: E402
+import gevent.pool  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, events, task  # noqa: E402
@@ -54,9 +66,20 @@ def _options(parser) -> None:
     parser.add_argument("--input-file", default=os.environ.get("TWINBENCH_LOAD_INPUT", ""))
     parser.add_argument("--latency-file", default="")
     parser.add_argument("--totals-file", default="")
+    parser.add_argument(
+        "--rate", type=float, default=float(os.environ.get("TWINBENCH_LOAD_RATE", "0"))
+    )
+    parser.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson")
+    parser.add_argument("--max-in-flight", type=int, default=100)
 
 
 LATENCIES_MS: list[float] = []  # successful requests only, in this process
+LATE_S = 0.001  # an open loop's request sent more than this after it fell due is late
+OPEN_LOOP = {"late": 0, "over_bound": 0}  # an open loop's counts, in this process
+
+
+class OverTheBound(Exception):
+    """An open loop's request that fell due while the user's bound of requests was in flight."""
 
 
 @events.quitting.add_listener
@@ -71,6 +94,8 @@ def _save_latencies(environment, **_kwargs) -> None:
             "failures": total.num_failures,
             "requests_per_second": total.total_rps,
         }
+        if options.rate > 0:
+            totals.update(OPEN_LOOP)
         with open(options.totals_file, "w") as f:
             json.dump(totals, f)
 
@@ -141,17 +166,44 @@ class V2User(User):
 
     @task
     def infer(self) -> None:
-        request = next(self.requests)
-        start = time.perf_counter()
+        options = self.environment.parsed_options
+        if options.rate > 0:
+            self.open_loop(options.rate, options.arrivals, max(1, options.max_in_flight))
+        else:
+            self.send(next(self.requests), time.perf_counter())
+
+    def open_loop(self, rate: float, arrivals: str, bound: int) -> None:
+        """Sends on the schedule until the user is stopped; each request in a greenlet of its
+        own, so that a slow answer delays no other request."""
+        gaps = random.Random()
+        in_flight = gevent.pool.Pool(bound)
+        due = time.perf_counter()
+        while True:
+            due += 1 / rate if arrivals == "constant" else gaps.expovariate(rate)
+            if (wait := due - time.perf_counter()) > 0:
+                gevent.sleep(wait)
+            request = next(self.requests)
+            if in_flight.full():
+                OPEN_LOOP["over_bound"] += 1
+                self._fire(request, (time.perf_counter() - due) * 1000, 0, OverTheBound(bound))
+                continue
+            OPEN_LOOP["late"] += time.perf_counter() - due > LATE_S
+            in_flight.spawn(self.send, request, due)
+
+    def send(self, request, since: float) -> None:
+        """One call, its latency counted from `since` (when it was sent, or when it fell due)."""
         exception, length = None, 0
         try:
             reply = self.stub.ModelInfer(request, timeout=30, metadata=self.metadata)
             length = reply.ByteSize()
         except grpc.RpcError as exc:
             exception = exc
-        elapsed_ms = (time.perf_counter() - start) * 1000
+        elapsed_ms = (time.perf_counter() - since) * 1000
         if exception is None:
             LATENCIES_MS.append(elapsed_ms)
+        self._fire(request, elapsed_ms, length, exception)
+
+    def _fire(self, request, elapsed_ms: float, length: int, exception) -> None:
         events.request.fire(
             request_type="grpc",
             name=request.model_name,

@@ -15,6 +15,7 @@ otherwise `twinbench.experiments.loadgen`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from twinbench.api import trainer_pb2 as tpb
 from twinbench.client.inputs import model_inputs
 from twinbench.client.stack import LocalStack
 from twinbench.config import LOADGEN_PROGRAM, Settings, installed_program
+from twinbench.experiments.disturbance import process_cpu_seconds
 from twinbench.rpc.channel import Client
 from twinbench.serving.repository import ModelRepository, framework_of, model_name
 from twinbench.serving.tensors import infer_request
@@ -61,6 +63,13 @@ class Figures:
     rps: float
     client_cpu: float | None = None  # the load generator's share of one CPU; None: in process
     round: int = 0  # c and d are measured in alternating rounds
+    # An open loop's (concurrency is then its bound on the requests in flight): the arrival
+    # rate, and of the requests due, those sent more than 1 ms late and those over the bound.
+    rate: float | None = None
+    late: int | None = None
+    over_bound: int | None = None
+    # The services' own CPU seconds (every process of the stack) per 1,000 requests answered.
+    server_cpu_s_per_1k: float | None = None
 
 
 def cpu_split() -> tuple[set[int], set[int]]:
@@ -137,6 +146,31 @@ def setup(settings: Settings) -> dict[str, str]:
     }
 
 
+def run_load_generator(
+    address: str,
+    request: bytes,
+    concurrency: int,
+    seconds: float,
+    cpus: set[int] | None,
+    generator: list[str] | None = None,
+    flags: tuple[str, ...] = (),
+) -> dict:
+    """A load generator's JSON figures (by default `load_generator()`'s) against `address`, run on
+    `cpus` (None: wherever) with its `flags` (`--rate`, `--arrivals`, ...) before the arguments."""
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(request)
+        f.flush()
+        out = subprocess.run(
+            [*(generator or load_generator()), *flags, address, f.name, str(concurrency),
+             str(seconds)],
+            capture_output=True, text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )  # fmt: skip
+    if out.returncode != 0:  # a figure of failed calls is no figure; say what failed
+        raise RuntimeError(f"the load generator failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def measure_remote(
     address: str,
     request: bytes,
@@ -145,20 +179,42 @@ def measure_remote(
     cpus: set[int] | None,
     generator: list[str] | None = None,
 ) -> tuple[int, float, float, float, float]:
-    """Runs a load generator (by default `load_generator()`) against `address`, on `cpus` (None:
-    wherever)."""
-    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
-        f.write(request)
-        f.flush()
-        out = subprocess.run(
-            [*(generator or load_generator()), address, f.name, str(concurrency), str(seconds)],
-            capture_output=True, text=True,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-        )  # fmt: skip
-    if out.returncode != 0:  # a figure of failed calls is no figure; say what failed
-        raise RuntimeError(f"the load generator failed: {out.stderr.strip()[-2000:]}")
-    r = json.loads(out.stdout.splitlines()[-1])
+    """A closed loop of `concurrency` callers against `address` (`run_load_generator`)."""
+    r = run_load_generator(address, request, concurrency, seconds, cpus, generator)
+    if not r["requests"]:
+        raise RuntimeError(f"no call finished in {seconds:g} s")
     return r["requests"], r["p50_ms"], r["p99_ms"], r["rps"], r["client_cpu"]
+
+
+def open_loop_flags(
+    rate: float, arrivals: str = "poisson", seed: int = 1, warm_up_s: float | None = None
+) -> tuple[str, ...]:
+    """The load generator's flags for an open loop at `rate` requests per second."""
+    warm = () if warm_up_s is None else ("--warm-up", str(warm_up_s))
+    return ("--rate", str(rate), "--arrivals", arrivals, "--seed", str(seed), *warm)
+
+
+def stack_pids(stack: LocalStack) -> list[int]:
+    """The stack's processes and their children (the gateway's front is one)."""
+    parents = {p.pid for p in stack.procs.values() if p.poll() is None}
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid in parents:
+            children.append(int(stat.parent.name))
+    return sorted(parents) + children
+
+
+def cpu_of(pids: list[int]) -> float:
+    """The processes' own CPU seconds (user and system, all their threads), summed."""
+    return sum(s for pid in pids if (s := process_cpu_seconds(pid)) is not None)
+
+
+def server_cpu_per_1k(cpu_s: float, completed: float) -> float | None:
+    return cpu_s / completed * 1000 if completed else None
 
 
 def _restart_gateway(stack: LocalStack, batching: str | None) -> None:
@@ -178,23 +234,41 @@ def bench_stack(
     rounds: int = 1,
     report: Callable[[Figures], None] = print,
     client_cpus: set[int] | None = None,
+    rates: tuple[float, ...] = (),
+    arrivals: str = "poisson",
+    bound: int = 1024,
 ) -> list[Figures]:
     """Paths b, c and d for each served model (name -> a serialized request) of a running stack.
 
     c and d alternate `rounds` times, so that a slow minute of a shared machine does not land
     on one side only; the gateway is restarted with batching off, then on, and left as it was.
-    The load generator runs on `client_cpus` (None: wherever the system puts it).
+    The load generator runs on `client_cpus` (None: wherever the system puts it). With `rates`,
+    each is an open loop at that rate (`arrivals`), at most `bound` requests in flight, instead
+    of a closed loop at each concurrency. Every figure has the services' CPU per 1,000 requests.
     """
     out: list[Figures] = []
+    loads = [(bound, rate) for rate in rates] or [(c, None) for c in concurrencies]
 
     def record(path: str, address: str, round_: int = 0) -> None:
+        pids = stack_pids(stack)  # after a restart: the new gateway's
         for name, request in requests.items():
             target = address or stack.address(f"{framework_of(name)}_trainer")
-            for concurrency in concurrencies:
-                n, p50, p99, rps, cpu = measure_remote(
-                    target, request, concurrency, seconds, client_cpus
-                )
-                out.append(Figures(PATHS[path], name, concurrency, n, p50, p99, rps, cpu, round_))
+            for concurrency, rate in loads:
+                flags = open_loop_flags(rate, arrivals, seed=len(out) + 1) if rate else ()
+                cpu_before = cpu_of(pids)
+                r = run_load_generator(target, request, concurrency, seconds, client_cpus,
+                                       flags=flags)  # fmt: skip
+                cost = server_cpu_per_1k(cpu_of(pids) - cpu_before, r["completed"])
+                if not r["requests"]:
+                    raise RuntimeError(f"no call to {name} finished in {seconds:g} s")
+                out.append(
+                    Figures(
+                        PATHS[path], name, concurrency, int(r["requests"]), r["p50_ms"],
+                        r["p99_ms"], r["rps"], r["client_cpu"], round_, rate,
+                        None if rate is None else int(r["late"]),
+                        None if rate is None else int(r["over_bound"]), cost,
+                    )
+                )  # fmt: skip
                 report(out[-1])
 
     before = stack.extra_env.get("TWINBENCH_DYNAMIC_BATCHING")
@@ -210,6 +284,47 @@ def bench_stack(
     return out
 
 
+@dataclasses.dataclass
+class BenchServices:
+    """The bench's own services, its model's exports and one row of the model's inputs."""
+
+    stack: LocalStack
+    settings: Settings  # the services' (their home is the bench's own)
+    names: list[str]  # the served exports, one per format
+    inputs: dict[str, np.ndarray]  # one row of what the model takes, the same for every path
+    client_cpus: set[int]  # where the load generator runs
+
+    def requests(self) -> dict[str, bytes]:
+        """Each export's request, serialized once."""
+        return {n: infer_request(n, self.inputs).SerializeToString() for n in self.names}
+
+
+@contextlib.contextmanager
+def bench_services(
+    settings: Settings,
+    model: str = "lenet5",
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    width: float | None = None,
+) -> Iterator[BenchServices]:
+    """Services of the bench's own, on the CPUs `cpu_split` leaves them, with `model` trained and
+    exported in `formats`."""
+    home = Path(tempfile.mkdtemp(prefix="twinbench-bench-"))
+    local = dataclasses.replace(settings, home=home, data=settings.data)
+    client_cpus, server_cpus = cpu_split()
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, server_cpus)  # the services started below inherit it
+    try:
+        with LocalStack(local, FREE_PORTS, {"TWINBENCH_HOME": str(home)}) as stack:
+            _ensure_exports(stack, local, model, width)
+            repository = ModelRepository(local.model_repository)
+            names = [model_name(model, "torch", fmt) for fmt in formats]
+            first = repository.info(names[0], repository.versions(names[0])[-1])
+            inputs, _ = model_inputs(first.input_specs, rows=1)  # twinbench.client.inputs
+            yield BenchServices(stack, local, names, inputs, client_cpus)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def run_serving_bench(
     settings: Settings,
     model: str = "lenet5",
@@ -222,42 +337,48 @@ def run_serving_bench(
     width: float | None = None,
 ) -> list[Figures]:
     """Paths a-d (and e, perf_analyzer through the gateway, with `perf_analyzer`)."""
+    with bench_services(settings, model, formats, width) as services:
+        return serving_figures(services, concurrencies, seconds, rounds, report, perf_analyzer)
+
+
+def serving_figures(
+    services: BenchServices,
+    concurrencies: tuple[int, ...] = (1, 8, 32),
+    seconds: float = 3.0,
+    rounds: int = 1,
+    report: Callable[[Figures], None] = print,
+    perf_analyzer: bool = False,
+    rates: tuple[float, ...] = (),
+    arrivals: str = "poisson",
+    bound: int = 1024,
+) -> list[Figures]:
+    """Paths a-d (and e, perf_analyzer through the gateway, with `perf_analyzer`) on the bench's
+    services; with `rates`, b-d in an open loop at each rate (`bench_stack`)."""
     from twinbench.frameworks.torch.framework import TorchFramework  # the runtimes, in process
 
-    home = Path(tempfile.mkdtemp(prefix="twinbench-bench-"))
-    local = dataclasses.replace(settings, home=home, data=settings.data)
-    client_cpus, server_cpus = cpu_split()
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, server_cpus)  # the services started below inherit it
+    stack, local, inputs = services.stack, services.settings, services.inputs
+    repository = ModelRepository(local.model_repository)
     out: list[Figures] = []
-    try:
-        with LocalStack(local, FREE_PORTS, {"TWINBENCH_HOME": str(home)}) as stack:
-            _ensure_exports(stack, local, model, width)
-            repository = ModelRepository(local.model_repository)
-            names = [model_name(model, "torch", fmt) for fmt in formats]
-            first = repository.info(names[0], repository.versions(names[0])[-1])
-            # One row of what the model takes (twinbench.client.inputs), the same for every path.
-            inputs, _ = model_inputs(first.input_specs, rows=1)
-            for name in names:
-                version = repository.versions(name)[-1]
-                info = repository.info(name, version)
-                path = repository.version_dir(name, version) / info.filename
-                runtime = TorchFramework.loaders[info.format](path, local.serving_threads or None)
-                for concurrency in concurrencies:
-                    n, p50, p99, rps = measure(
-                        partial(runtime.infer, *inputs.values()), concurrency, seconds
-                    )
-                    out.append(Figures(PATHS["a"], name, concurrency, n, p50, p99, rps))
-                    report(out[-1])
-            requests = {name: infer_request(name, inputs).SerializeToString() for name in names}
-            out += bench_stack(stack, requests, concurrencies, seconds, rounds, report, client_cpus)
-            if perf_analyzer:
-                for name in names:
-                    out += run_perf_analyzer(
-                        stack.gateway_address, name, concurrencies, seconds, client_cpus, report
-                    )
-    finally:
-        os.sched_setaffinity(0, before)
+    for name in services.names:
+        version = repository.versions(name)[-1]
+        info = repository.info(name, version)
+        path = repository.version_dir(name, version) / info.filename
+        runtime = TorchFramework.loaders[info.format](path, local.serving_threads or None)
+        for concurrency in concurrencies:
+            n, p50, p99, rps = measure(
+                partial(runtime.infer, *inputs.values()), concurrency, seconds
+            )
+            out.append(Figures(PATHS["a"], name, concurrency, n, p50, p99, rps))
+            report(out[-1])
+    out += bench_stack(
+        stack, services.requests(), concurrencies, seconds, rounds, report, services.client_cpus,
+        rates, arrivals, bound,
+    )  # fmt: skip
+    if perf_analyzer:
+        for name in services.names:
+            out += run_perf_analyzer(
+                stack.gateway_address, name, concurrencies, seconds, services.client_cpus, report
+            )
     return out
 
 
@@ -337,11 +458,12 @@ def run_perf_analyzer(
     return out
 
 
-def parse_perf_analyzer_csv(text: str) -> list[dict[str, str]]:
-    """perf_analyzer's `-f` file: a header, one row per concurrency (a blank line may follow)."""
+def parse_perf_analyzer_csv(text: str, load: str = "Concurrency") -> list[dict[str, str]]:
+    """perf_analyzer's `-f` file: a header, one row per concurrency (a blank line may follow), or
+    per request rate (`load` "Request Rate", its first column then)."""
     rows = list(csv.DictReader(io.StringIO(text.strip())))
     for row in rows:
-        for column in ("Concurrency", "Inferences/Second", "p50 latency", "p99 latency"):
+        for column in (load, "Inferences/Second", "p50 latency", "p99 latency"):
             if not row.get(column):
                 raise RuntimeError(f"perf_analyzer's CSV has no {column!r}: {text[:300]!r}")
     return rows
@@ -351,17 +473,21 @@ def capacity(figures: list[Figures], p99_target_ms: float) -> list[dict]:
     """Per path and model, the most requests per second measured with p99 under the target
     (MLPerf's server scenario): the figure capacity planning needs. Over several rounds, the
     median of each concurrency's figures is taken first."""
-    groups: dict[tuple[str, str], dict[int, list[Figures]]] = {}
+    groups: dict[tuple[str, str], dict[tuple[int, float], list[Figures]]] = {}
     for f in figures:
-        groups.setdefault((f.path, f.model), {}).setdefault(f.concurrency, []).append(f)
+        load = (f.concurrency, f.rate or 0.0)
+        groups.setdefault((f.path, f.model), {}).setdefault(load, []).append(f)
     out = []
-    for (path, model), by_concurrency in sorted(groups.items()):
+    for (path, model), by_load in sorted(groups.items()):
         best: dict | None = None
-        for concurrency, runs in sorted(by_concurrency.items()):
+        for (concurrency, rate), runs in sorted(by_load.items()):
             p99 = float(np.median([f.p99_ms for f in runs]))
             rps = float(np.median([f.rps for f in runs]))
-            if p99 <= p99_target_ms and (best is None or rps > best["rps"]):
+            failed = any(f.over_bound for f in runs)  # an open loop's requests over its bound
+            if p99 <= p99_target_ms and not failed and (best is None or rps > best["rps"]):
                 best = {"concurrency": concurrency, "rps": rps, "p99_ms": p99}
+                if rate:
+                    best["rate"] = rate
         out.append({"path": path, "model": model, "p99_target_ms": p99_target_ms, "best": best})
     return out
 
@@ -373,10 +499,11 @@ def capacity_lines(figures: list[Figures], p99_target_ms: float) -> list[str]:
         if best is None:
             said = f"no concurrency kept p99 under {p99_target_ms:g} ms"
         else:
-            said = (
-                f"{best['rps']:,.0f} requests/s with p99 {best['p99_ms']:.3f} ms"
-                f" (concurrency {best['concurrency']})"
-            )
+            load = (
+                f"rate {best['rate']:,.0f}/s" if "rate" in best
+                else f"concurrency {best['concurrency']}"
+            )  # fmt: skip
+            said = f"{best['rps']:,.0f} requests/s with p99 {best['p99_ms']:.3f} ms ({load})"
         lines.append(f"{c['model']}, {c['path']}: under p99 {p99_target_ms:g} ms: {said}")
     return lines
 

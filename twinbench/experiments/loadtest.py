@@ -23,9 +23,15 @@ def run_locust(
     batch_size: int,
     input_file: Path | None,
     csv_prefix: Path,
+    rate: float = 0.0,
+    arrivals: str = "poisson",
+    max_in_flight: int = 100,
 ) -> dict:
     """Locust's figures for `model` (requests, failures, req/s, latency percentiles in ms).
-    Without `input_file`, the requests are built from the model's metadata and dataset."""
+    Without `input_file`, the requests are built from the model's metadata and dataset. With
+    `rate`, an open loop: each user's requests fall due at `rate` per second (`arrivals`), timed
+    from when they fell due, at most `max_in_flight` of them in flight (the others fail); the
+    figures then count the requests sent late and over the bound."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     latency_file = csv_prefix.with_name(csv_prefix.name + "_latencies.npy")
     totals_file = csv_prefix.with_name(csv_prefix.name + "_totals.json")
@@ -43,6 +49,15 @@ def run_locust(
         "--totals-file", str(totals_file),
         "--loglevel", "WARNING",
     ]  # fmt: skip
+    if rate > 0:
+        command += [
+            "--rate",
+            str(rate),
+            "--arrivals",
+            arrivals,
+            "--max-in-flight",
+            str(max_in_flight),
+        ]
     log = csv_prefix.with_name(csv_prefix.name + ".log")
     with open(log, "wb") as out:
         # Locust exits 1 when any request failed: that is a result to report, not an error.
