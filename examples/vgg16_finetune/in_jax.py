@@ -78,9 +78,7 @@ class VGG16FineTune(nnx.Module):
         ]
         with h5py.File(path) as weights:
             for conv, name in zip(self.base, names, strict=True):
-                kernel, bias = (
-                    weights[name][w][()] for w in weights[name].attrs["weight_names"]
-                )
+                kernel, bias = (weights[name][w][()] for w in weights[name].attrs["weight_names"])
                 conv.kernel.value, conv.bias.value = kernel, bias
 
 
