@@ -79,6 +79,8 @@ def test_the_gateway_finds_every_framework_s_trainer_and_its_link():
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     k8s_env = {e["name"]: e["value"] for e in container["env"]}
+    for env in (compose_env, k8s_env):  # the gateway routes to, and waits for, all three
+        assert env["TWINBENCH_FRAMEWORKS"].split(",") == list(FRAMEWORKS)
     for framework in FRAMEWORKS:
         service, variable = f"{framework}_trainer", f"TWINBENCH_{framework.upper()}_TRAINER"
         for env, host in ((compose_env, service), (k8s_env, service.replace("_", "-"))):
