@@ -1,4 +1,5 @@
-"""The parity check: the PyTorch model's weights copied into the Keras model give the same logits.
+"""The parity check: the PyTorch model's weights copied into the Keras model (or the Flax one)
+give the same logits.
 
 It needs both frameworks in one process, so it is run from the CLI, never inside a service.
 """
@@ -47,6 +48,9 @@ class Parity:
     # A fine-tuning model's pretrained file that both frameworks loaded (a random stand-in in
     # torchvision's format, in a temporary folder, where the real one is absent).
     weights_file: str | None = None
+    # The framework compared with PyTorch ("tf" or "jax"); keras_parameters, keras_expected and
+    # the logits compared are that framework's.
+    against: str = "tf"
 
     @property
     def relative(self) -> float:
@@ -79,14 +83,14 @@ def check_parity(
     width: float | None = None,
     image_size: int | None = None,
     hidden_units: tuple[int, ...] = (),
+    against: str = "tf",
 ) -> Parity:
-    """Copies PyTorch's weights into Keras and compares logits in eval mode, then one train-mode
-    forward pass, which moves batch norm's running statistics in both."""
+    """Copies PyTorch's weights into the other framework's model (Keras, or Flax with
+    against="jax") and compares logits in eval mode, then one train-mode forward pass, which
+    moves batch norm's running statistics in both."""
     _import_torch_first()
     import torch
 
-    from twinbench.frameworks.tf.models import build_model as build_keras
-    from twinbench.frameworks.tf.models import set_weights, trainable_count, weighted_layers
     from twinbench.frameworks.torch.models import build_model as build_torch
     from twinbench.frameworks.torch.models import load_base, model_weights, weighted_modules
 
@@ -112,51 +116,105 @@ def check_parity(
                 for tensor in (module.weight, module.bias, mean):
                     tensor.uniform_(-0.5, 0.5)
                 var.uniform_(0.5, 1.5)
-    keras_model = build_keras(spec)
-    set_weights(keras_model, spec, model_weights(torch_model))
 
     if spec.input_shape == (1, 28, 28):
         batch = load_dataset("mnist-5k", spec).test.x[:rows]
     else:
         batch = np.random.default_rng(seed).random((rows, *spec.input_shape), dtype=np.float32)
     nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) if batch.ndim == 4 else batch
+    torch_bn = [m for m in weighted_modules(torch_model) if isinstance(m, torch.nn.BatchNorm2d)]
+    side = _jax_side if against == "jax" else _keras_side
+    other = side(spec, model_weights(torch_model), nhwc, bool(torch_bn))
     with torch.inference_mode():
         torch_logits = torch_model(torch.from_numpy(batch)).numpy()
-    keras_logits = np.asarray(keras_model(nhwc, training=False))
 
     # Train mode: one forward pass moves batch norm's running statistics in both; the moves
     # (after - before) are compared, relative to the largest move of each statistic.
-    torch_bn = [m for m in weighted_modules(torch_model) if isinstance(m, torch.nn.BatchNorm2d)]
-    keras_bn = [
-        layer
-        for layer, (declared, _) in zip(
-            weighted_layers(keras_model, spec), spec.weighted(), strict=True
-        )
-        if isinstance(declared, BatchNorm)
-    ]
     before = [tuple(s.clone().numpy() for s in _running_statistics(m)) for m in torch_bn]
     if torch_bn:  # without batch norm, train mode differs from eval only by dropout
         torch_model.train()
         with torch.no_grad():
             torch_train = torch_model(torch.from_numpy(batch)).numpy()
-        keras_train = np.asarray(keras_model(nhwc, training=True))
     stats = []
-    for module, layer, (mean, var) in zip(torch_bn, keras_bn, before, strict=True):
+    for module, (other_mean, other_var), (mean, var) in zip(
+        torch_bn, other.statistics, before, strict=True
+    ):
         running_mean, running_var = (s.numpy() for s in _running_statistics(module))
-        stats.append(_relative(running_mean - mean, np.asarray(layer.moving_mean) - mean))
-        stats.append(_relative(running_var - var, np.asarray(layer.moving_variance) - var))
+        stats.append(_relative(running_mean - mean, other_mean - mean))
+        stats.append(_relative(running_var - var, other_var - var))
     has_dropout = any(isinstance(layer, Dropout) for layer, _, _ in spec.walk())
     return Parity(
         model=model_name,
         parameters=sum(p.numel() for p in torch_model.parameters() if p.requires_grad),
-        keras_parameters=trainable_count(keras_model),
+        keras_parameters=other.parameters,
         rows=rows,
-        max_abs_diff=float(np.max(np.abs(torch_logits - keras_logits))),
+        max_abs_diff=float(np.max(np.abs(torch_logits - other.logits))),
         scale=float(np.max(np.abs(torch_logits))),
         train_stats=max(stats) if stats else None,
-        train_logits=None if has_dropout or not torch_bn else _relative(torch_train, keras_train),
+        train_logits=None
+        if has_dropout or not torch_bn
+        else _relative(torch_train, other.train_logits),
         weights_file=str(weights_file) if weights_file else None,
+        against=against,
     )
+
+
+@dataclass
+class _Side:
+    """The other framework's model on the parity batch."""
+
+    parameters: int  # trainable
+    logits: np.ndarray  # eval mode
+    train_logits: np.ndarray | None  # after one train-mode pass (models with batch norm)
+    statistics: list[tuple[np.ndarray, np.ndarray]]  # each batch norm's after that pass
+
+
+def _keras_side(spec, weights, nhwc: np.ndarray, train: bool) -> _Side:
+    from twinbench.frameworks.tf.models import build_model as build_keras
+    from twinbench.frameworks.tf.models import set_weights, trainable_count, weighted_layers
+
+    keras_model = build_keras(spec)
+    set_weights(keras_model, spec, weights)
+    logits = np.asarray(keras_model(nhwc, training=False))
+    train_logits = np.asarray(keras_model(nhwc, training=True)) if train else None
+    layers = weighted_layers(keras_model, spec)
+    statistics = [
+        (np.asarray(layer.moving_mean), np.asarray(layer.moving_variance))
+        for layer, (declared, _) in zip(layers, spec.weighted(), strict=True)
+        if isinstance(declared, BatchNorm)
+    ]
+    return _Side(trainable_count(keras_model), logits, train_logits, statistics)
+
+
+def _jax_side(spec, weights, nhwc: np.ndarray, train: bool) -> _Side:
+    """Flax's model, run compiled (jax.jit), as the jax trainer runs it."""
+    import jax
+    from flax import nnx
+
+    from twinbench.frameworks.jax.models import build_model, load_weights, trainable_count
+
+    model = build_model(spec)
+    load_weights(model, spec, weights)
+    graphdef, state = nnx.split(model)
+
+    def run(state, x, train):
+        model = nnx.merge(graphdef, state)
+        logits = model(x, train=train, key=jax.random.key(0))
+        return logits, nnx.split(model)[1]
+
+    run = jax.jit(run, static_argnums=2)
+    logits = np.asarray(run(state, nhwc, False)[0])
+    train_logits, statistics = None, []
+    if train:
+        out, state = run(state, nhwc, True)
+        train_logits = np.asarray(out)
+        nnx.update(model, state)
+        statistics = [
+            (np.asarray(m.mean[...]), np.asarray(m.var[...]))
+            for m in model.weighted()
+            if isinstance(m, nnx.BatchNorm)
+        ]
+    return _Side(trainable_count(model), logits, train_logits, statistics)
 
 
 def _pretrained_file(spec, seed: int) -> tuple[Path, bool]:
@@ -174,23 +232,25 @@ def _pretrained_file(spec, seed: int) -> tuple[Path, bool]:
         return make_random_weights_file(spec, stand_in, seed), True
 
 
-def check_id_parity(model_name: str, seed: int = 0, rows: int | None = None, scale: float = 1.0):
-    """The parity check of the id-input models (NCF, GNMT): PyTorch's weights in Keras, the same
-    ids in, logits compared relative to their scale. Neither has batch norm or dropout, so train
-    mode computes what eval mode does."""
+def check_id_parity(
+    model_name: str,
+    seed: int = 0,
+    rows: int | None = None,
+    scale: float = 1.0,
+    against: str = "tf",
+):
+    """The parity check of the id-input models (NCF, GNMT): PyTorch's weights in Keras (or Flax,
+    against="jax"), the same ids in, logits compared relative to their scale. Neither has batch
+    norm or dropout, so train mode computes what eval mode does."""
     _import_torch_first()
     import torch
 
-    from twinbench.frameworks.tf.models import build_id_model as build_keras
-    from twinbench.frameworks.tf.models import set_id_weights, trainable_count
     from twinbench.frameworks.torch.models import build_id_model as build_torch
     from twinbench.frameworks.torch.models import id_model_weights
 
     declared = id_model(model_name, scale)
     torch.manual_seed(seed)
     torch_model = build_torch(declared).eval()
-    keras_model = build_keras(declared)
-    set_id_weights(keras_model, id_model_weights(torch_model))
     rng = np.random.default_rng(seed)
     keras_expected = None
     if isinstance(declared, NeuMF):
@@ -202,20 +262,44 @@ def check_id_parity(model_name: str, seed: int = 0, rows: int | None = None, sca
             rng.integers(0, declared.vocab, (rows, declared.source_length)),
             rng.integers(0, declared.vocab, (rows, declared.target_length)),
         ]
+        # One LSTM bias vector per layer, in Keras and in Flax alike (PyTorch's two summed).
         keras_expected = declared.parameter_count(lstm_biases=1)
     with torch.inference_mode():
         torch_logits = torch_model(*(torch.from_numpy(x) for x in inputs)).numpy()
-    keras_logits = np.asarray(keras_model(inputs, training=False))
+    weights = id_model_weights(torch_model)
+    if against == "jax":
+        import jax
+        from flax import nnx
+
+        from twinbench.frameworks.jax.models import build_id_model as build_flax
+        from twinbench.frameworks.jax.models import load_id_weights, trainable_count
+
+        flax_model = build_flax(declared)
+        load_id_weights(flax_model, weights)
+        graphdef, state = nnx.split(flax_model)
+        run = jax.jit(lambda state, *xs: nnx.merge(graphdef, state)(*xs))
+        other_logits = np.asarray(run(state, *(x.astype(np.int32) for x in inputs)))
+        other_count = trainable_count(flax_model)
+    else:
+        from twinbench.frameworks.tf.models import build_id_model as build_keras
+        from twinbench.frameworks.tf.models import set_id_weights
+        from twinbench.frameworks.tf.models import trainable_count as keras_count
+
+        keras_model = build_keras(declared)
+        set_id_weights(keras_model, weights)
+        other_logits = np.asarray(keras_model(inputs, training=False))
+        other_count = keras_count(keras_model)
     return Parity(
         model=model_name,
         parameters=sum(p.numel() for p in torch_model.parameters()),
-        keras_parameters=trainable_count(keras_model),
+        keras_parameters=other_count,
         rows=rows,
-        max_abs_diff=float(np.max(np.abs(torch_logits - keras_logits))),
+        max_abs_diff=float(np.max(np.abs(torch_logits - other_logits))),
         scale=float(np.max(np.abs(torch_logits))),
         train_stats=None,
         train_logits=None,
         keras_expected=keras_expected,
+        against=against,
     )
 
 

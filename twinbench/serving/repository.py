@@ -22,8 +22,15 @@ FORMATS: dict[str, tuple[str, str]] = {
     "torchscript": ("model.pt", "pytorch_libtorch"),
     "onnx": ("model.onnx", "onnxruntime_onnx"),
     "savedmodel": ("model.savedmodel", "tensorflow_savedmodel"),
+    # A folder: jax.export's serialized StableHLO and its weights (twinbench.frameworks.jax).
+    # Triton has no JAX backend; "jax_stablehlo" names what a custom (Python) backend would load.
+    "stablehlo": ("model.stablehlo", "jax_stablehlo"),
 }
-FRAMEWORK_FORMATS = {"torch": ("torchscript", "onnx"), "tf": ("savedmodel", "onnx")}
+FRAMEWORK_FORMATS = {
+    "torch": ("torchscript", "onnx"),
+    "tf": ("savedmodel", "onnx"),
+    "jax": ("stablehlo", "onnx"),
+}
 INFO_FILE = "export.json"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
