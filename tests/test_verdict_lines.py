@@ -121,7 +121,7 @@ def test_a_sweep_with_every_figure_there_is_a_paired_t_on_log_ratios():
     assert paired["detectable"] == pytest.approx(paired["detectable"]) and paired["power"] == 0.8
 
 
-@pytest.mark.parametrize("schema", ["results-v2", "sweep-v1"])
+@pytest.mark.parametrize("schema", ["results-v3", "sweep-v1"])
 def test_every_kind_of_verdict_entry_matches_the_results_schemas(schema):
     import json
     from pathlib import Path

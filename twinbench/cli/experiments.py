@@ -23,12 +23,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     from twinbench.experiments.compare import run_compare
     from twinbench.experiments.compare_plan import CompareOptions
 
-    frameworks = tuple(f.strip() for f in args.frameworks.split(","))
-    if len(frameworks) != 2 or not set(frameworks) <= set(FRAMEWORKS):
-        raise SystemExit(
-            f"--frameworks takes two of {', '.join(FRAMEWORKS)}, e.g. torch,tf or torch,torch;"
-            f" got {args.frameworks!r}"
-        )
+    frameworks = compare_frameworks(args.frameworks)
     declared = MODELS.get(args.model)  # None for the id models (ncf, gnmt)
     reinforcement = declared is not None and declared.reinforcement is not None
     if args.repeats is None:
@@ -63,6 +58,11 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         max_pairs=args.max_pairs,
         lockstep_threads=arm_threads(args),
     )
+    if len(frameworks) > 2 and args.lockstep_pairs:
+        raise SystemExit(
+            "--lockstep-pairs runs two arms side by side: compare three arms with"
+            " --lockstep-pairs 0 (the default for three), or a pair of them with lockstep"
+        )
     if reinforcement and args.until_decided:
         raise SystemExit("--until-decided takes speed, accuracy and serving lines, not dqn's")
     if reinforcement:
@@ -72,6 +72,20 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     return run_compare(settings, args.gateway, spec, options)
 
 
+def compare_frameworks(value: str) -> tuple[str, ...]:
+    """--frameworks of compare: two arms (torch,tf; torch,jax; jax,jax for an A/A run) or three
+    (torch,tf,jax), each pair of arms then compared."""
+    from twinbench.experiments.compare_plan import MAX_ARMS
+
+    frameworks = tuple(f.strip() for f in value.split(","))
+    if not 2 <= len(frameworks) <= MAX_ARMS or not set(frameworks) <= set(FRAMEWORKS):
+        raise SystemExit(
+            f"--frameworks takes two or three of {', '.join(FRAMEWORKS)}, e.g. torch,tf,"
+            f" torch,jax, torch,torch or torch,tf,jax; got {value!r}"
+        )
+    return frameworks
+
+
 def arm_threads(args: argparse.Namespace) -> tuple[int, int] | None:
     """--arm-threads FIRST,SECOND: each lockstep arm's intra-op threads (a positive control)."""
     if getattr(args, "arm_threads", None) is None:
@@ -79,7 +93,9 @@ def arm_threads(args: argparse.Namespace) -> tuple[int, int] | None:
     try:
         first, second = (int(x) for x in args.arm_threads.split(","))
     except ValueError:
-        raise SystemExit(f"--arm-threads takes two counts, e.g. 1,2: {args.arm_threads!r}") from None
+        raise SystemExit(
+            f"--arm-threads takes two counts, e.g. 1,2: {args.arm_threads!r}"
+        ) from None
     if min(first, second) < 1:
         raise SystemExit(f"--arm-threads must be 1 or more each: {args.arm_threads!r}")
     return first, second
@@ -153,19 +169,23 @@ def cmd_parity(settings: Settings, args: argparse.Namespace) -> int:
     )
 
     failed = 0
+    other = args.frameworks.split(",")[1]  # the framework PyTorch's weights are copied into
+    label = {"tf": "Keras", "jax": "Flax"}[other]
+    if args.trajectory and other != "tf":
+        raise SystemExit("--trajectory trains PyTorch and Keras side by side: use torch,tf")
     for name in args.model or [*sorted(MODELS), *ID_MODELS]:
         if name in ID_MODELS:
-            result = check_id_parity(name, args.seed, args.rows, args.scale)
+            result = check_id_parity(name, args.seed, args.rows, args.scale, against=other)
         else:
             sized = name in ARCHITECTURES or name in FINE_TUNING
             knobs = (args.width, args.image_size) if sized else (None, None)
-            result = check_parity(name, args.seed, args.rows, *knobs)
+            result = check_parity(name, args.seed, args.rows, *knobs, against=other)
         failed += not result.ok
         parts = [f"{result.parameters:,} trainable parameters"]
         if result.keras_parameters != result.parameters:
-            parts[0] += f" (Keras, with one LSTM bias vector: {result.keras_parameters:,})"
+            parts[0] += f" ({label}, with one LSTM bias vector: {result.keras_parameters:,})"
         parts.append(
-            f"{result.rows} inputs; eval: max |torch - keras| logits {result.max_abs_diff:.2e}"
+            f"{result.rows} inputs; eval: max |torch - {other}| logits {result.max_abs_diff:.2e}"
             f" = {result.relative:.2e} of their scale {result.scale:.3g}"
         )
         if result.train_stats is not None:

@@ -271,6 +271,13 @@ def parser() -> argparse.ArgumentParser:
     )
     parity.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parity.add_argument(
+        "--frameworks",
+        default="torch,tf",
+        choices=["torch,tf", "torch,jax"],
+        help="PyTorch's weights copied into Keras (torch,tf) or Flax (torch,jax)"
+        " (default: %(default)s)",
+    )
+    parity.add_argument(
         "--rows",
         type=int,
         help="inputs compared (default: 16 for ImageNet models, 4 sentences for gnmt, else 64)",
@@ -288,14 +295,16 @@ def parser() -> argparse.ArgumentParser:
     )
     code.add_argument("--task", action="append", help="(default: every task)")
     compare = sub.add_parser(
-        "compare", help="train in both frameworks, serve every export, compare (the main job)"
+        "compare",
+        help="train in two or three frameworks, serve every export, compare (the main job)",
     )
     add_spec_options(compare, 5)
     compare.add_argument(
         "--frameworks",
         default="torch,tf",
-        help="the two arms, first over second in every ratio; one framework twice (torch,torch)"
-        " is an A/A run that shows the noise floor (default: %(default)s)",
+        help="the two arms, first over second in every ratio (torch,jax); one framework twice"
+        " (torch,torch) is an A/A run that shows the noise floor; three (torch,tf,jax) compare"
+        " every pair, all lines one Holm family (default: %(default)s)",
     )
     compare.add_argument(
         "--repeats",

@@ -1,7 +1,8 @@
-"""`twinbench compare`: two arms trained in repeats, their exports served and load-tested, one report.
+"""`twinbench compare`: two or three arms trained in repeats, their exports served and load-tested, one report.
 
-The arms are two frameworks (an A/B run) or one framework twice (an A/A run, which shows this
-machine's noise floor and must name no winner). Each repeat gives both arms a new seed (the
+The arms are two frameworks (an A/B run), one framework twice (an A/A run, which shows this
+machine's noise floor and must name no winner), or three (torch,tf,jax: every pair of arms is
+compared, and all their lines are one Holm family). Each repeat gives both arms a new seed (the
 same one in an A/B run; in an A/A run each arm its own, since one seed twice gives bit-identical
 runs that prove nothing). Jobs run one at a time, in the order A B B A A B ..., so a drift of
 the machine over the run weighs on both arms alike. Serving is measured in rounds that alternate
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,10 +34,10 @@ from twinbench.experiments.compare_plan import (
     LOCAL_LOCKSTEP_PAIRS,
     Arm,
     CompareOptions,
+    arm_pairs,
     plan_arms,
     run_order,
 )
-from twinbench.experiments.disturbance import Monitor
 from twinbench.experiments.lockstep import lockstep_decides_speed, set_aside_sequential_speed
 from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.preflight import summary as preflight_summary
@@ -52,8 +52,6 @@ from twinbench.experiments.verdicts import (
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client
 from twinbench.serving.tensors import infer_request
-
-NATIVE_FORMATS = ("torchscript", "savedmodel")
 
 
 def run_compare(
@@ -70,11 +68,13 @@ def run_compare(
     serving: list[dict] = []
     serving_cost: dict | None = None
     predictions: dict[str, np.ndarray] = {}
-    with services(settings, gateway) as (address, stack):
+    with services(settings, gateway, options.frameworks) as (address, stack):
         started_here = stack is not None
         lockstep_pairs = options.lockstep_pairs
         if lockstep_pairs is None:
-            lockstep_pairs = LOCAL_LOCKSTEP_PAIRS if started_here else 0
+            # Lockstep runs two arms side by side; three arms keep their sequential speed lines.
+            two_arms = len(arms) == 2
+            lockstep_pairs = LOCAL_LOCKSTEP_PAIRS if started_here and two_arms else 0
         # Until decided with lockstep pairs, those pairs decide training speed (lockstep.md).
         speed_in_lockstep = options.until_decided and lockstep_decides_speed(
             lockstep_pairs, options.frameworks, base_spec.model
@@ -97,7 +97,7 @@ def run_compare(
             )
         client.close()
         if options.users > 0 and served:
-            serving = load_test(address, settings, arms, options, report_dir)
+            serving = load_test_pairs(address, settings, arms, options, report_dir, started_here)
         if stack and options.bench_seconds > 0 and served:
             serving_cost = serving_cost_of(stack, [e for _, e in served], options.bench_seconds)
     lines = training_lines(arms, settings, options.level)
@@ -132,9 +132,10 @@ def run_compare(
     }
     design = {
         "frameworks": list(options.frameworks),
-        "a_a": options.frameworks[0] == options.frameworks[1],
+        "a_a": len(set(options.frameworks)) == 1,
+        "pairs": [[a.label, b.label] for a, b in arm_pairs(arms)],
         "repeats": options.repeats,
-        "order": [arms[k].label for _, k in run_order(options.repeats)],
+        "order": [arms[k].label for _, k in run_order(options.repeats, len(arms))],
         "seeds": {arm.label: arm.seeds for arm in arms},
         "hardware": hardware_of(arms),
         "level": options.level,
@@ -205,7 +206,7 @@ def train_arms(
 
     With `export_all`, every repeat exports (the serving rounds pair them); else only the last.
     """
-    for repeat, k in run_order(repeats)[2 * start :]:  # from repeat `start` on
+    for repeat, k in run_order(repeats, len(arms))[len(arms) * start :]:  # from repeat `start` on
         arm = arms[k]
         spec = tpb.JobSpec()
         spec.CopyFrom(base_spec)
@@ -237,23 +238,28 @@ def _served_label(export: tpb.ModelExport) -> str:
     return f"{export.model_name} v{export.version}"
 
 
+def load_test_pairs(
+    address: str,
+    settings: Settings,
+    arms: list[Arm],
+    options: CompareOptions,
+    report_dir: Path,
+    services_ours: bool,
+) -> list[dict]:
+    """Two arms: their load test. Three: each pair of arms load-tested on its own, as two arms
+    are, its records naming the pair (an export then appears once per pair it is in)."""
+    if len(arms) == 2:
+        return load_test(address, settings, arms, options, report_dir, services_ours)
+    records = []
+    for first, second in arm_pairs(arms):
+        print(f"load test of the pair {first.label}, {second.label}")
+        pair = [first, second]
+        for record in load_test(address, settings, pair, options, report_dir, services_ours):
+            records.append({**record, "pair": [first.label, second.label]})
+    return records
+
+
 # --- serving ---
-
-
-def repeat_exports(arms: list[Arm]) -> dict[tuple[str, str], list[tpb.ModelExport]]:
-    """(arm, format): that arm's export of the format from each repeat both arms completed, in
-    repeat order, so that the i-th exports of the two arms were trained from the same seed."""
-    complete = [
-        i
-        for i in range(min(len(arm.jobs) for arm in arms))
-        if all(arm.jobs[i].state == tpb.SUCCEEDED for arm in arms)
-    ]
-    out: dict[tuple[str, str], list[tpb.ModelExport]] = {}
-    for arm in arms:
-        for i in complete:
-            for export in arm.jobs[i].exports:
-                out.setdefault((arm.label, export.format), []).append(export)
-    return out
 
 
 def load_test(
@@ -262,79 +268,16 @@ def load_test(
     arms: list[Arm],
     options: CompareOptions,
     report_dir: Path,
+    services_ours: bool = True,
 ) -> list[dict]:
-    """Locust on each served (arm, format), in rounds whose order alternates (forward, backward,
-    ...); round r serves repeat r's exports (cycling when there are more rounds than repeats)."""
-    from twinbench.experiments.loadtest import run_locust
-    from twinbench.serving.statistics import server_compute_ms
+    """Each format's two exports loaded in alternating short blocks, round r on repeat r's
+    exports (twinbench.experiments.serving_rounds); disturbed block pairs are redone only when
+    the services are this run's own (else their CPU cannot be told from a neighbour's)."""
+    from twinbench.experiments.serving_rounds import alternating_load_test
 
     report_dir.mkdir(parents=True, exist_ok=True)
-    exports = repeat_exports(arms)
-    keys = list(exports)
-    rounds: dict[tuple[str, str], list[dict]] = {k: [] for k in keys}
-    monitor = Monitor()
-    for r in range(options.rounds):
-        for key in keys if r % 2 == 0 else reversed(keys):
-            per_repeat = exports[key]
-            export = per_repeat[r % len(per_repeat)]
-            print(
-                f"load test, round {r + 1}/{options.rounds}: {_served_label(export)},"
-                f" {options.users} users for {options.duration}"
-            )
-            before = monitor.snapshot()
-            stats = run_locust(
-                address, f"{export.model_name}:{export.version}", options.users, options.duration,
-                # Inputs from each model's metadata and dataset (twinbench.client.inputs): the same
-                # real test images for every 1x28x28 model.
-                options.serving_batch_size, None,
-                report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
-            )  # fmt: skip
-            # What else ran during the round: all of this run's processes are its work here
-            # (the load generator and the services), so "outside_fraction" is the disturbance.
-            disturbance = monitor.between(before, monitor.snapshot())
-            rounds[key].append({"version": export.version, **stats, "disturbance": disturbance})
-    out = []
-    for key in keys:
-        arm = next(a for a in arms if a.label == key[0])
-        last = exports[key][-1]
-        per_round = rounds[key]
-        versions = sorted({s["version"] for s in per_round}, key=int)
-        # The exports' own time on their trainer (Triton's ModelStatistics), whatever the load
-        # generator's CPU was doing: the mean over the versions the rounds served.
-        reported = [server_compute_ms(address, settings, last.model_name, v) for v in versions]
-        compute = [c for c in reported if c is not None]
-        out.append(
-            {
-                "model_name": last.model_name,
-                "version": last.version,
-                "versions": versions,
-                "arm": arm.label,
-                "framework": arm.framework,
-                "format": last.format,
-                **_median_of_rounds(per_round),
-                "rounds": per_round,
-                "server_compute_ms": float(np.mean(compute)) if compute else None,
-            }
-        )
-    return out
-
-
-def _median_of_rounds(rounds: list[dict]) -> dict:
-    """The figures of a served model as the median of its rounds (counts are summed)."""
-
-    def med(get) -> float:
-        return float(statistics.median(get(s) for s in rounds))
-
-    keys = rounds[0]["latency_ms"].keys()
-    return {
-        "requests": sum(s["requests"] for s in rounds),
-        "failures": sum(s["failures"] for s in rounds),
-        "requests_per_second": med(lambda s: s["requests_per_second"]),
-        "latency_ms": {k: med(lambda s, k=k: s["latency_ms"][k]) for k in keys},
-        "percentiles_ms": {
-            k: med(lambda s, k=k: s["percentiles_ms"][k]) for k in rounds[0]["percentiles_ms"]
-        },
-    }
+    return alternating_load_test(address, settings, arms, options, report_dir,
+                                 services_ours=services_ours)  # fmt: skip
 
 
 def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:

@@ -1,5 +1,6 @@
 """The verdict lines of a comparison: training speed, accuracy, time to target, failed runs and
-serving, each from the paired repeats of its arms (twinbench.experiments.verdicts decides them)."""
+serving, each from the paired repeats of a pair of its arms (every pair, with three arms), all
+decided together by twinbench.experiments.verdicts (one Holm family)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.config import Settings
-from twinbench.experiments.compare_plan import Arm
+from twinbench.experiments.compare_plan import FORMAT_GROUPS, Arm, arm_pairs
 from twinbench.experiments.report_kit import cpu_name
 from twinbench.experiments.verdicts import (
     Line,
@@ -20,8 +21,6 @@ from twinbench.experiments.verdicts import (
     paired_with_failures,
 )
 from twinbench.jobs.request import state_name
-
-NATIVE_FORMATS = ("torchscript", "savedmodel")
 
 
 def hardware_of(arms: list[Arm]) -> str:
@@ -48,6 +47,15 @@ def _pairs(arms: list[Arm]) -> list[tuple[tpb.Job, tpb.Job]]:
 
 
 def training_lines(arms: list[Arm], settings: Settings, level: float) -> list[Line]:
+    """Every pair of arms' training lines, pair after pair."""
+    return [
+        line
+        for pair in arm_pairs(arms)
+        for line in _pair_training_lines(list(pair), settings, level)
+    ]
+
+
+def _pair_training_lines(arms: list[Arm], settings: Settings, level: float) -> list[Line]:
     first, second = arms[0].label, arms[1].label
     # Jobs that failed are a result with a line of their own, beside the lines of the repeats
     # in which both arms' jobs finished.
@@ -181,6 +189,17 @@ def _range_detail(first: list[float], second: list[float], fmt: str) -> str:
 
 
 def serving_lines(arms: list[Arm], serving: list[dict], level: float) -> list[Line]:
+    """Every pair of arms' serving lines; with three arms each pair was load-tested on its own
+    and its records name the pair ("pair": [first, second])."""
+    lines = []
+    for first, second in arm_pairs(arms):
+        labels = [first.label, second.label]
+        own = [s for s in serving if s.get("pair", labels) == labels]
+        lines += _pair_serving_lines([first, second], own, level)
+    return lines
+
+
+def _pair_serving_lines(arms: list[Arm], serving: list[dict], level: float) -> list[Line]:
     """Median latency per served format, first arm's exports over the second's.
 
     The paired unit is a pair of exports (one repeat's), not a round: rounds that served the
@@ -188,7 +207,7 @@ def serving_lines(arms: list[Arm], serving: list[dict], level: float) -> list[Li
     two particular exports counts once, as one draw of the models a framework trains.
     """
     lines = []
-    for kind, formats in (("onnx", ("onnx",)), ("native format", NATIVE_FORMATS)):
+    for kind, formats in FORMAT_GROUPS:
         pick = {
             s["arm"]: s for s in serving if s["format"] in formats and s["requests"] and s["rounds"]
         }

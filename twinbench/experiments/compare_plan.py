@@ -1,14 +1,23 @@
-"""A comparison's design: its arms (a framework each, A/A runs included), its options, and the
-order in which the arms' repeats run (A B, B A, ... so that drift weighs on both alike)."""
+"""A comparison's design: its arms (a framework each, A/A runs included), its options, the pairs
+of arms its verdicts compare, and the order in which the arms' repeats run (A B, B A, ... or
+A B C, C B A, ... so that drift weighs on every arm alike)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from twinbench.api import trainer_pb2 as tpb
+from twinbench.serving.repository import FRAMEWORK_FORMATS
 
-NATIVE_FORMATS = ("torchscript", "savedmodel")
+# Each framework's own export format (the first of its formats): TorchScript, SavedModel,
+# StableHLO. Serving verdicts compare ONNX with ONNX and native format with native format.
+NATIVE_FORMATS = tuple(dict.fromkeys(formats[0] for formats in FRAMEWORK_FORMATS.values()))
+FORMAT_GROUPS = (("onnx", ("onnx",)), ("native format", NATIVE_FORMATS))
+# The most arms one comparison takes: every framework once (torch,tf,jax); each pair of arms is
+# compared, so three arms ask three times as many questions as two.
+MAX_ARMS = 3
 
 # Lockstep pairs decide training speed where sequential repeats on a shared machine rarely can
 # (LeNet-5 on 2 cores: 1.19x [1.12, 1.27] from 3 pairs, against [0.62, 1.70] from the repeats of
@@ -28,7 +37,7 @@ class Arm:
 
 @dataclass
 class CompareOptions:
-    frameworks: tuple[str, str]
+    frameworks: tuple[str, ...]  # one per arm, two or three; a framework twice is an A/A pair
     repeats: int
     users: int  # Locust users per served model; 0 skips the load test
     duration: str  # Locust run time per model and round
@@ -51,17 +60,27 @@ class CompareOptions:
     max_pairs: int = 20
 
 
-def plan_arms(frameworks: tuple[str, str], repeats: int, seed: int) -> list[Arm]:
-    first, second = frameworks
-    if first == second:
-        return [
-            Arm(f"{first} A", first, [seed + 2 * i for i in range(repeats)]),
-            Arm(f"{second} B", second, [seed + 2 * i + 1 for i in range(repeats)]),
-        ]
-    seeds = [seed + i for i in range(repeats)]
-    return [Arm(first, first, list(seeds)), Arm(second, second, list(seeds))]
+def plan_arms(frameworks: tuple[str, ...], repeats: int, seed: int) -> list[Arm]:
+    """One arm per framework named. Arms of different frameworks share each repeat's seed (one
+    shared init); arms of one framework each get their own, since one seed twice gives
+    bit-identical runs that prove nothing. A framework named more than once gets its arms'
+    letters (A, B, C by position) in its labels."""
+    copies = max(frameworks.count(fw) for fw in frameworks)
+    arms = []
+    for k, fw in enumerate(frameworks):
+        nth = frameworks[:k].count(fw)  # which copy of its framework this arm is
+        label = f"{fw} {chr(ord('A') + k)}" if frameworks.count(fw) > 1 else fw
+        arms.append(Arm(label, fw, [seed + copies * i + nth for i in range(repeats)]))
+    return arms
 
 
-def run_order(repeats: int) -> list[tuple[int, int]]:
-    """(repeat, arm) in the order A B, B A, A B, ...: drift over the run cancels in the pairs."""
-    return [(i, k) for i in range(repeats) for k in ((0, 1) if i % 2 == 0 else (1, 0))]
+def arm_pairs(arms: list[Arm]) -> list[tuple[Arm, Arm]]:
+    """Every pair of arms, in the arms' order: (A, B) for two; (A, B), (A, C), (B, C) for three."""
+    return list(itertools.combinations(arms, 2))
+
+
+def run_order(repeats: int, arms: int = 2) -> list[tuple[int, int]]:
+    """(repeat, arm) in the order A B, B A, A B, ... (A B C, C B A, ... for three): drift over
+    the run cancels in the pairs."""
+    forward = tuple(range(arms))
+    return [(i, k) for i in range(repeats) for k in (forward if i % 2 == 0 else forward[::-1])]

@@ -11,7 +11,7 @@ import numpy as np
 from twinbench.experiments.report_kit import (
     COLORS,
     LABELS,
-    SECOND_ARM_COLOR,
+    REPEATED_ARM_COLORS,
     made,
     png,
     render_html,
@@ -24,11 +24,13 @@ from twinbench.experiments.verdicts import family_note
 
 
 def arm_colors(results: dict) -> dict[str, str]:
-    """A colour per arm: its framework's, or for the second arm of an A/A run one of its own."""
+    """A colour per arm: its framework's, or for an arm whose framework an earlier arm has (the
+    second of an A/A run) one of its own."""
     colors: dict[str, str] = {}
+    spare = iter(REPEATED_ARM_COLORS)
     for label, arm in results["training"].items():
         color = COLORS[arm["framework"]]
-        colors[label] = SECOND_ARM_COLOR if color in colors.values() else color
+        colors[label] = next(spare) if color in colors.values() else color
     return colors
 
 
@@ -219,6 +221,8 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         )
     if design["a_a"]:
         verdict_title += ": an A/A run, one framework against itself: no line may name a winner"
+    elif len(arms) > 2:
+        verdict_title += f": {len(arms)} arms, every pair compared, all lines one Holm family"
     out = [
         (
             verdict_title,
@@ -420,11 +424,11 @@ def code_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 
 def code_markdown(results: dict) -> str:
-    """Both example scripts of the report's task, one after the other."""
+    """The compared frameworks' example scripts of the report's task, one after the other."""
     code = results.get("code")
     if not code:
         return ""
-    lines = [f"## The two scripts ({code['task']})", ""]
+    lines = [f"## The {_count(code['scripts'])} scripts ({code['task']})", ""]
     for framework, script in code["scripts"].items():
         lines += [f"### {LABELS[framework]}: `{script['path']}`", "", "```python"]
         lines += [script["source"].rstrip("\n"), "```", ""]
@@ -432,7 +436,7 @@ def code_markdown(results: dict) -> str:
 
 
 def code_html(results: dict) -> str:
-    """Both example scripts of the report's task, side by side."""
+    """The compared frameworks' example scripts of the report's task, side by side."""
     code = results.get("code")
     if not code:
         return ""
@@ -441,7 +445,14 @@ def code_html(results: dict) -> str:
         f"<pre style='font-size:12px;line-height:1.3;overflow-x:auto;max-width:560px'>{html.escape(s['source'])}</pre></td>"
         for f, s in code["scripts"].items()
     )
-    return f"<h2>The two scripts ({html.escape(code['task'])})</h2><table><tr>{cells}</tr></table>"
+    count = _count(code["scripts"])
+    return (
+        f"<h2>The {count} scripts ({html.escape(code['task'])})</h2><table><tr>{cells}</tr></table>"
+    )
+
+
+def _count(items) -> str:
+    return {2: "two", 3: "three"}.get(len(items), str(len(items)))
 
 
 def _windows(windows: list[float]) -> str:

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 # PyTorch's red; TensorFlow's own orange is too near it to tell twenty thin lines apart.
-COLORS = {"torch": "#ee4c2c", "tf": "#1f6fb4"}
-SECOND_ARM_COLOR = "#5e3c99"  # the second arm of an A/A run, whose framework is the first's
-LABELS = {"torch": "PyTorch", "tf": "TensorFlow"}
+COLORS = {"torch": "#ee4c2c", "tf": "#1f6fb4", "jax": "#2a9d4b"}
+# Arms whose framework an earlier arm already has (an A/A run's second, a third arm that repeats
+# one), in turn: colours of their own, none of a framework's.
+REPEATED_ARM_COLORS = ("#5e3c99", "#b8860b")
+SECOND_ARM_COLOR = REPEATED_ARM_COLORS[0]
+LABELS = {"torch": "PyTorch", "tf": "TensorFlow", "jax": "JAX"}
 
 # A table of a report: its heading, its column headers and its rows of cells.
 Section = tuple[str, list[str], list[list[str]]]

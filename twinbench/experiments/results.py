@@ -1,4 +1,4 @@
-"""The comparison's results.json (schema twinbench.results/v2): every figure of a compare run, gathered from its jobs, Locust's files and its verdicts."""
+"""The comparison's results.json (schema twinbench.results/v3): every figure of a compare run, gathered from its jobs, Locust's files and its verdicts."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from twinbench.experiments.report_kit import (
 )
 from twinbench.jobs.request import state_name
 
-SCHEMA = "twinbench.results/v2"
+SCHEMA = "twinbench.results/v3"
 
 
-SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "results-v2.schema.json"
+SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "results-v3.schema.json"
 
 
 PERCENTILES = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%")
