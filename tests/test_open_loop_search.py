@@ -29,7 +29,7 @@ def server_of_capacity(capacity_rps: float, cost: float = 0.5):
     def measure(rate: float) -> Step:
         rates.append(rate)
         p99 = 2.0 if rate <= capacity_rps else 50.0
-        return Step(rate, 1000, p99, 0, 0, 0.2, cost, p99 <= 10.0)
+        return Step(rate, 1000, p99, 0, 0, 0, 0.2, cost, p99 <= 10.0)
 
     return measure, rates
 
@@ -55,7 +55,7 @@ def test_the_search_says_none_passed_and_stops_at_its_cap():
 def test_a_step_over_the_bound_or_without_answers_fails():
     def measure(rate: float) -> Step:  # the bound fills from 400/s on: a failure, whatever p99
         over = 5 if rate >= 400 else 0
-        return Step(rate, 1000, 1.0, over, 0, 0.2, None, over == 0)
+        return Step(rate, 1000, 1.0, over, 0, 0, 0.2, None, over == 0)
 
     found, _ = search_max_rate(measure, start_rate=100.0)
     assert 400 / 1.1 <= found < 400
@@ -69,8 +69,8 @@ def test_step_length_gives_enough_requests_for_a_p99():
 
 def test_the_summary_is_the_median_of_the_searches_with_their_range():
     def search(i, rate, cost):
-        steps = [Step(rate, 1000, 2.0, 0, 0, 0.2, cost, True),
-                 Step(rate * 1.2, 1000, 20.0, 0, 0, 0.2, 9.9, False)]  # fmt: skip
+        steps = [Step(rate, 1000, 2.0, 0, 0, 0, 0.2, cost, True),
+                 Step(rate * 1.2, 1000, 20.0, 0, 0, 0, 0.2, 9.9, False)]  # fmt: skip
         return Search("b trainer directly", "m", i, rate, steps)
 
     (row,) = summarize([search(0, 900.0, 0.30), search(1, 1000.0, 0.20), search(2, 1300.0, 0.25)])
@@ -98,7 +98,7 @@ def test_steady_is_the_first_call_whose_next_window_is_near_the_final_p50():
 
 def test_the_open_loop_capacity_keys_on_the_rate_and_fails_over_the_bound():
     def figure(rate, p99, rps, over=0):
-        return Figures("b", "m", 1024, 1000, p99 / 2, p99, rps, 0.1, 0, rate, 0, over, 0.3)
+        return Figures("b", "m", 1024, 1000, p99 / 2, p99, rps, 0.1, 0, rate, 0, over, 0.3, 0)
 
     figures = [
         figure(500.0, 2.0, 500.0),

@@ -127,8 +127,9 @@ func writeLatencies(path string, latencies []float64) error {
 	return os.WriteFile(path, data, 0o644)
 }
 
-// run measures for s.duration after s.warm and writes the one JSON line to out; the first
-// failed call ends it with that call's error. An open loop when s.rate is set.
+// run measures for s.duration after s.warm and writes the one JSON line to out. A closed loop
+// ends at the first failed call, with that call's error; an open loop (when s.rate is set)
+// counts failed calls, and ends so only when none succeeded.
 func run(s settings, out io.Writer) error {
 	if s.rate > 0 {
 		return runOpenLoop(s, time.Sleep, out)

@@ -144,15 +144,19 @@ func TestRequestsOverTheBoundInFlightAreCountedAsFailures(t *testing.T) {
 	}
 }
 
-func TestAFailedCallEndsTheOpenLoopWithTheCallsError(t *testing.T) {
-	address, _ := server(t, 20, 0)
-	s := openLoopSettings(t, address, 8, 200, 5, "poisson")
-	start := time.Now()
-	err := runOpenLoop(s, time.Sleep, &bytes.Buffer{})
-	if status.Code(err) != codes.NotFound {
-		t.Fatalf("%v", err)
+func TestFailedCallsAreCountedAndARunWithNoAnswerEndsWithTheError(t *testing.T) {
+	address, served := server(t, 20, 0) // 20 answers, then NOT_FOUND
+	s := openLoopSettings(t, address, 8, 400, 0.2, "constant")
+	f := openLoop(t, s, time.Sleep)
+	if f["due"] != 79 || f["requests"] != 20 || served.Load() != 20 || f["failures"] != 59 ||
+		f["requests"]+f["failures"] != f["sent"] {
+		t.Fatalf("figures %v, served %d", f, served.Load())
 	}
-	if time.Since(start) > 3*time.Second {
-		t.Fatalf("it went on for %v after the failure", time.Since(start))
+	address, _ = server(t, 0, 0)
+	s = openLoopSettings(t, address, 8, 400, 0.2, "constant")
+	s.request = []byte("not the request") // refused, every one
+	err := runOpenLoop(s, time.Sleep, &bytes.Buffer{})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("%v", err)
 	}
 }

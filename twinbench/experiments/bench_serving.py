@@ -70,6 +70,7 @@ class Figures:
     over_bound: int | None = None
     # The services' own CPU seconds (every process of the stack) per 1,000 requests answered.
     server_cpu_s_per_1k: float | None = None
+    failures: int | None = None  # an open loop's failed calls (a closed loop ends at the first)
 
 
 def cpu_split() -> tuple[set[int], set[int]]:
@@ -267,6 +268,7 @@ def bench_stack(
                         r["p99_ms"], r["rps"], r["client_cpu"], round_, rate,
                         None if rate is None else int(r["late"]),
                         None if rate is None else int(r["over_bound"]), cost,
+                        None if rate is None else int(r.get("failures", 0)),
                     )
                 )  # fmt: skip
                 report(out[-1])
@@ -483,7 +485,7 @@ def capacity(figures: list[Figures], p99_target_ms: float) -> list[dict]:
         for (concurrency, rate), runs in sorted(by_load.items()):
             p99 = float(np.median([f.p99_ms for f in runs]))
             rps = float(np.median([f.rps for f in runs]))
-            failed = any(f.over_bound for f in runs)  # an open loop's requests over its bound
+            failed = any(f.over_bound or f.failures for f in runs)  # an open loop's
             if p99 <= p99_target_ms and not failed and (best is None or rps > best["rps"]):
                 best = {"concurrency": concurrency, "rps": rps, "p99_ms": p99}
                 if rate:

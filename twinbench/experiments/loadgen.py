@@ -7,7 +7,8 @@ call that finished, warm-up included) and the share of one CPU it used (near 1.0
 are the client's limit, not the server's). Without `--rate`, CONCURRENCY callers each send the
 next request when the last is answered (a closed loop); with it, requests fall due at R per second
 and are timed from when they were due, CONCURRENCY bounding those in flight (an open loop; the
-Go one's file openloop.go says why), and it adds rate, due, sent, late and over_bound. It uses
+Go one's file openloop.go says why), and it adds rate, due, sent, late, over_bound and failures
+(failed calls, counted; only when none succeeded does the first one's error end it). It uses
 asyncio on one thread, the cheapest client gRPC Python has, and still costs about 0.1 ms of CPU a
 call: against the gateway's front it is often the limit.
 """
@@ -88,14 +89,20 @@ async def open_loop(
     async with grpc.aio.insecure_channel(address) as channel:
         infer = channel.unary_unary(INFER_METHOD)
         latencies: list[float] = []
-        counts = {"due": 0, "sent": 0, "late": 0, "over_bound": 0}
+        counts = {"due": 0, "sent": 0, "late": 0, "over_bound": 0, "failures": 0}
         in_flight = completed = 0
         calls: set[asyncio.Task] = set()
+
+        failed: list[grpc.aio.AioRpcError] = []
 
         async def call(due: float, counted: bool) -> None:
             nonlocal in_flight, completed
             try:
                 await infer(request, timeout=30)
+            except grpc.aio.AioRpcError as exc:  # counted: past capacity a server may refuse
+                failed.append(exc)
+                counts["failures"] += counted
+                return
             finally:
                 in_flight -= 1
             completed += 1
@@ -114,7 +121,6 @@ async def open_loop(
                 await asyncio.sleep(wait)
             for task in [t for t in calls if t.done()]:
                 calls.discard(task)
-                task.result()  # the first failed call ends it
             counted = due >= measured
             counts["due"] += counted
             if in_flight >= bound:
@@ -126,6 +132,8 @@ async def open_loop(
             calls.add(asyncio.create_task(call(due, counted)))
         await asyncio.gather(*calls)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if failed and not completed:  # none answered: the request or the address is wrong
+        raise failed[0]
     figures, ms = _figures(latencies, seconds, completed, cpu, wall)
     return {**figures, "rate": rate, **counts}, ms
 

@@ -4,8 +4,8 @@ search of the same.
 
 Each rate step is an open loop (`loadtests/loadgen -rate`): requests fall due on a Poisson
 schedule whatever the server does and each is timed from when it fell due, so a server that falls
-behind sees its queue in the p99; a step passes when its p99 is at most the target and no request
-found the in-flight bound full. A step runs long enough for about `min_requests` requests (1,000
+behind sees its queue in the p99; a step passes when its p99 is at most the target, no request
+found the in-flight bound full and none failed. A step runs long enough for about `min_requests` requests (1,000
 by default, so that the p99 is the 10th slowest, not the slowest). The search doubles the rate
 from `start_rate` until a step fails, then bisects (geometrically) between the last pass and the
 first failure until they are within `precision`. The whole search is repeated; the rate is given
@@ -47,6 +47,8 @@ from twinbench.experiments.bench_serving import (
 )
 from twinbench.serving.repository import framework_of
 
+# The lowest rate searched: a step there takes min_requests / MIN_RATE seconds.
+MIN_RATE = 50.0
 BOUND = 4096  # requests in flight at most: far above what a p99 target of milliseconds allows
 WARM_UP_S = 0.5
 
@@ -57,6 +59,7 @@ class Step:
     requests: int
     p99_ms: float | None  # None: no request was answered
     over_bound: int
+    failures: int
     late: int
     client_cpu: float
     server_cpu_s_per_1k: float | None
@@ -142,8 +145,9 @@ def open_loop_step(
     )  # fmt: skip
     cost = server_cpu_per_1k(cpu_of(pids) - before, r["completed"])
     p99 = r.get("p99_ms")
-    passed = p99 is not None and p99 <= p99_target_ms and not r["over_bound"]
-    return Step(rate, int(r["requests"]), p99, int(r["over_bound"]), int(r["late"]),
+    failures = int(r.get("failures", 0))
+    passed = p99 is not None and p99 <= p99_target_ms and not r["over_bound"] and not failures
+    return Step(rate, int(r["requests"]), p99, int(r["over_bound"]), failures, int(r["late"]),
                 r["client_cpu"], cost, passed)  # fmt: skip
 
 
@@ -155,6 +159,7 @@ def run_server_scenario(
     min_requests: int = 1000,
     cpus: set[int] | None = None,
     report: Callable[[Search], None] = print,
+    report_step: Callable[[str, str, Step], None] = lambda path, model, step: None,
 ) -> list[Search]:
     """`searches` searches for each served model (name -> a serialized request) on paths b (the
     trainer directly), c (the gateway) and d (the gateway with dynamic batching), interleaved: each
@@ -172,12 +177,16 @@ def run_server_scenario(
                 f"{framework_of(name)}_trainer"
             )  # fmt: skip
 
-            def measure(rate: float, address: str = address, request: bytes = request) -> Step:
-                return open_loop_step(address, request, rate, p99_target_ms, min_requests,
+            def measure(
+                rate: float, address: str = address, request: bytes = request, name: str = name
+            ) -> Step:
+                step = open_loop_step(address, request, rate, p99_target_ms, min_requests,
                                       cpus, pids, next(seeds))  # fmt: skip
+                report_step(PATHS[path], name, step)
+                return step
 
-            start = max(first.get((path, name), 200.0) / 2, 25.0)
-            rate, steps = search_max_rate(measure, start_rate=start)
+            start = max(first.get((path, name), 800.0) / 2, MIN_RATE)
+            rate, steps = search_max_rate(measure, start_rate=start, min_rate=MIN_RATE)
             first.setdefault((path, name), rate)
             out.append(Search(PATHS[path], name, repetition, rate, steps))
             report(out[-1])

@@ -108,7 +108,7 @@ def print_figure(f) -> None:
     cpu = "" if f.client_cpu is None else f"{f.client_cpu:.0%}"
     load = f"{f.concurrency:>5}" if f.rate is None else f"{f.rate:>5,.0f}"
     server = "" if f.server_cpu_s_per_1k is None else f"{f.server_cpu_s_per_1k:.3f}"
-    late = "" if f.rate is None else f"{f.late:>6,} {f.over_bound:>6,}"
+    late = "" if f.rate is None else f"{f.late:>6,} {f.over_bound:>6,} {f.failures:>6,}"
     print(
         f"{f.path:<24} {f.model:<26} {load} {f.requests:>9,} {f.p50_ms:>8.3f}"
         f" {f.p99_ms:>8.3f} {f.rps:>9,.0f} {cpu:>10} {server:>12} {late}",
@@ -137,7 +137,7 @@ def sweep(services, args: argparse.Namespace, use_perf_analyzer: bool) -> list[s
 
     rates = tuple(float(r) for r in args.rate.split(",")) if args.rate else ()
     load = "rate" if rates else "conc"
-    tail = "   late  over" if rates else ""
+    tail = "   late   over failed" if rates else ""
     print(
         f"{'path':<24} {'model':<26} {load:>5} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'req/s':>9} {'client cpu':>10} {'cpu s/1k req':>12}{tail}"
@@ -173,9 +173,17 @@ def server(services, args: argparse.Namespace, use_perf_analyzer: bool) -> list[
         f"server scenario: the highest Poisson rate with p99 under {args.p99_target_ms:g} ms,"
         f" {args.searches} searches per export and path, >= {args.min_requests:,} requests a step"
     )
+
+    def step(path, model, s) -> None:
+        p99 = "no answer" if s.p99_ms is None else f"p99 {s.p99_ms:.2f} ms"
+        print(f"  {model}, {path}: {s.rate:,.0f}/s: {s.requests:,} requests, {p99},"
+              f" {s.late:,} sent late, {s.over_bound:,} over the bound, {s.failures:,} failed,"
+              f" client cpu"
+              f" {s.client_cpu:.0%}: {'passed' if s.passed else 'failed'}", flush=True)  # fmt: skip
+
     searches = run_server_scenario(
         services.stack, services.requests(), args.p99_target_ms, args.searches,
-        args.min_requests, services.client_cpus, progress,
+        args.min_requests, services.client_cpus, progress, step,
     )  # fmt: skip
     rows = summarize(searches)
     theirs: dict[str, str] = {}
