@@ -155,3 +155,46 @@ def test_the_gateway_says_a_framework_without_a_trainer_is_unavailable(client):
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "no jax trainer" in refused.value.details()
     assert client.inference.ServerReady(ipb.ServerReadyRequest()).ready
+
+
+def test_bench_training_prints_every_framework_and_every_pair():
+    """Three frameworks: a column per framework, a ratio and a verdict per pair, and the
+    published figures for the two frameworks the paper measured."""
+    from twinbench.experiments.bench_training import table_rows
+
+    def run(speed: float) -> dict:
+        return {"state": "succeeded", "samples_per_second": speed, "warmup_seconds": 1.0,
+                "peak_rss_bytes": 2**30, "data_peak_rss_bytes": 2**29, "peak_gpu_bytes": 0}  # fmt: skip
+
+    frameworks = ("torch", "tf", "jax")
+    speeds = {"torch": 100.0, "tf": 200.0, "jax": 400.0}
+    row = {"model": "alexnet", "mode": "default", "precision": "fp32", "unit": "samples",
+           "runs": {fw: [run(speeds[fw])] for fw in frameworks}, "published": (50.0, 100.0)}  # fmt: skip
+    verdicts = [
+        {"model": "alexnet", "mode": "default", "precision": "fp32", "first": a, "second": b,
+         "interval": [0.4, 0.6], "ratio": speeds[a] / speeds[b], "winner": b, "outcome": "winner"}
+        for a, b in (("torch", "tf"), ("torch", "jax"), ("tf", "jax"))
+    ]  # fmt: skip
+    results = {"options": {"frameworks": frameworks, "level": 0.95}, "rows": [row],
+               "verdicts": verdicts}  # fmt: skip
+    headers, (cells,) = table_rows(results)
+    by = dict(zip(headers, cells, strict=True))
+    assert [by[f"{fw} per s"] for fw in frameworks] == ["100.0", "200.0", "400.0"]
+    assert by["torch/jax [95% interval]"].startswith("0.250") and by["torch/jax verdict"] == "jax"
+    assert by["tf/jax [95% interval]"].startswith("0.500") and by["torch/tf verdict"] == "tf"
+    assert by["published torch / tf per s (GP100 2019)"] == "100 / 50"
+    two = {**results, "options": {"frameworks": ("torch", "tf"), "level": 0.95},
+           "verdicts": verdicts[:1]}  # fmt: skip
+    headers, _ = table_rows(two)
+    assert "verdict" in headers and "torch/tf [95% interval]" in headers  # as before for two
+
+
+def test_lockstep_refuses_three_frameworks_and_compare_three_with_lockstep_pairs():
+    from twinbench.cli.main import main
+
+    with pytest.raises(SystemExit, match="--lockstep trains two arms side by side"):
+        main(["bench", "training", "--lockstep", "--frameworks", "torch,tf,jax"])
+    with pytest.raises(SystemExit, match="--lockstep-pairs runs two arms"):
+        main(["compare", "--frameworks", "torch,tf,jax", "--lockstep-pairs", "2"])
+    with pytest.raises(SystemExit, match="two or three different ones"):
+        main(["bench", "training", "--frameworks", "torch,torch"])

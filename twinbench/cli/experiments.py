@@ -232,8 +232,15 @@ def bench_options(args: argparse.Namespace):
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(","))
     modes = tuple(m.strip() for m in args.modes.split(","))
-    if len(set(frameworks)) != 2 or not set(frameworks) <= set(FRAMEWORKS):
-        raise SystemExit(f"--frameworks takes two different ones of {', '.join(FRAMEWORKS)}")
+    if (
+        len(set(frameworks)) != len(frameworks)
+        or len(frameworks) not in (2, 3)
+        or not set(frameworks) <= set(FRAMEWORKS)
+    ):
+        raise SystemExit(
+            f"--frameworks takes two or three different ones of {', '.join(FRAMEWORKS)},"
+            f" e.g. torch,tf or torch,tf,jax; got {args.frameworks!r}"
+        )
     if not set(modes) <= {"default", "compiled"}:
         raise SystemExit("--modes takes default and/or compiled")
     precisions = tuple(p.strip() for p in args.precision.split(","))
@@ -283,6 +290,11 @@ def cmd_bench_lockstep(settings: Settings, args: argparse.Namespace) -> int:
     )
 
     options = bench_options(args)
+    if len(options.frameworks) != 2:
+        raise SystemExit(
+            "--lockstep trains two arms side by side: give --frameworks two of them (e.g."
+            " torch,jax), or leave out --lockstep to time all three in sequential jobs"
+        )
     if min(args.block_pairs, args.block_steps or 2) < 1 or args.block_seconds <= 0:
         raise SystemExit("--block-pairs, --block-steps and --block-seconds must be positive")
     lockstep = LockstepOptions(
@@ -304,7 +316,7 @@ def cmd_bench_lockstep(settings: Settings, args: argparse.Namespace) -> int:
             reason = str(exc)
     if results is None:
         print(f"lockstep: {reason}; timing sequential jobs instead", file=sys.stderr)
-        with services(settings, args.gateway) as (address, _):
+        with services(settings, args.gateway, options.frameworks) as (address, _):
             client = Client(address, settings)
             try:
                 if args.workers:
@@ -314,6 +326,39 @@ def cmd_bench_lockstep(settings: Settings, args: argparse.Namespace) -> int:
                 client.close()
         results["fallback"] = reason
     return write_training_bench(results, args)
+
+
+def cmd_bench_reference(settings: Settings, args: argparse.Namespace) -> int:
+    """`bench training --reference bare`: each framework's job worker in lockstep with a bare
+    loop of the same model, here (no services); the harness's cost per framework."""
+    import json
+
+    from twinbench.experiments.harness_reference import (
+        describe_cost,
+        report_text,
+        run_reference,
+    )
+    from twinbench.experiments.lockstep import LockstepOptions, unavailable
+
+    options = bench_options(args)
+    reason = unavailable(options.frameworks, options.models)
+    if reason is not None or args.workers:
+        raise SystemExit(f"--reference bare runs in lockstep here: {reason or '--workers'}")
+    lockstep = LockstepOptions(
+        block_pairs=args.block_pairs, block_seconds=args.block_seconds,
+        block_steps=args.block_steps, disturbance_limit=args.disturbance_limit,
+        max_discards=args.max_discards,
+    )  # fmt: skip
+    results = run_reference(settings, options, lockstep)
+    results["options"]["command"] = "twinbench " + " ".join(args.argv)
+    for row in results["rows"]:
+        print(describe_cost(row))
+    directory = Path(args.reports) / f"{time.strftime('%Y%m%d-%H%M%S')}-bench-reference"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (directory / "report.md").write_text(report_text(results))
+    print(f"wrote {directory / 'results.json'}\nwrote {directory / 'report.md'}")
+    return 0 if all("cost" in row for row in results["rows"]) else 1
 
 
 def write_training_bench(results: dict, args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import grpc
 from twinbench.cli import experiments, jobs, local
 from twinbench.cli.parser import parser
 from twinbench.client.stack import services
-from twinbench.config import Settings, load_settings
+from twinbench.config import BOTH, FRAMEWORKS, Settings, load_settings
 from twinbench.errors import TwinbenchError
 from twinbench.rpc.channel import Client, is_serving
 
@@ -35,6 +35,8 @@ ON_THEIR_OWN: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "bench serving": experiments.cmd_bench,
     # Lockstep pairs run both arms' workers here; sequential jobs, its fallback, start services.
     "bench training --lockstep": experiments.cmd_bench_lockstep,
+    # The harness against a bare loop: lockstep pairs here, no services.
+    "bench training --reference": experiments.cmd_bench_reference,
 }
 
 __all__ = ["main", "parser"]
@@ -43,8 +45,20 @@ __all__ = ["main", "parser"]
 def command_name(args: argparse.Namespace) -> str:
     if args.command != "bench":
         return args.command
+    if getattr(args, "reference", None):
+        return f"bench {args.bench_command} --reference"
     lockstep = " --lockstep" if getattr(args, "lockstep", False) else ""
     return f"bench {args.bench_command}{lockstep}"
+
+
+def needed_frameworks(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The trainers a command's local stack must run, when it starts one; None: the settings'."""
+    framework = getattr(args, "framework", None)
+    if args.command == "train" and framework:
+        return {"both": BOTH, "all": FRAMEWORKS}.get(framework, (framework,))
+    if args.command == "bench" and getattr(args, "frameworks", None):
+        return tuple(f.strip() for f in args.frameworks.split(","))
+    return None
 
 
 def through_the_gateway(settings: Settings, args: argparse.Namespace) -> int:
@@ -55,7 +69,7 @@ def through_the_gateway(settings: Settings, args: argparse.Namespace) -> int:
             f"--detach needs running services; none answers at {args.gateway}:"
             " start them with `twinbench up`"
         )
-    with services(settings, args.gateway) as (address, _):
+    with services(settings, args.gateway, needed_frameworks(args)) as (address, _):
         client = Client(address, settings)
         try:
             return handler(client, args)

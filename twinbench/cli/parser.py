@@ -181,7 +181,10 @@ def parser() -> argparse.ArgumentParser:
     )
     add_architecture_options(training)
     training.add_argument(
-        "--frameworks", default="torch,tf", help="first,second (default: %(default)s)"
+        "--frameworks",
+        default="torch,tf",
+        help="first,second or three (torch,tf,jax: a line per pair; not with --lockstep)"
+        " (default: %(default)s)",
     )
     training.add_argument(
         "--modes",
@@ -248,6 +251,12 @@ def parser() -> argparse.ArgumentParser:
         " than this share of the job's CPUs (default: %(default)s)",
     )
     add_arm_threads(lockstep)
+    lockstep.add_argument(
+        "--reference",
+        choices=["bare"],
+        help="bare: time each framework's job worker in lockstep against a bare loop of the same"
+        " model here, and report the harness's cost per framework (docs/lockstep.md)",
+    )
     lockstep.add_argument(
         "--max-discards",
         type=int,

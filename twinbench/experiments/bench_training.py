@@ -12,6 +12,7 @@ hardware, another year: compare the ratios, not the numbers) and writes JSON, Ma
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -57,7 +58,7 @@ MODES = ("default", "compiled")
 @dataclass(frozen=True)
 class BenchOptions:
     models: tuple[str, ...]
-    frameworks: tuple[str, str] = ("torch", "tf")
+    frameworks: tuple[str, ...] = ("torch", "tf")  # two or three; every pair gets a line
     modes: tuple[str, ...] = ("default",)
     precisions: tuple[str, ...] = ("fp32",)  # twinbench.jobs.precision: "fp32", "mixed"
     repeats: int = 3
@@ -133,17 +134,18 @@ def run_training_bench(
     """Runs every job and returns the results (see write_bench_report for their shape)."""
     checked = preflight()
     warn(checked)
-    first, second = options.frameworks
     rows, lines = [], []
     rows_planned = len(options.models) * len(options.modes) * len(options.precisions)
     for model in options.models:
         for mode, precision in ((m, p) for m in options.modes for p in options.precisions):
             label = f"{mode} {precision}"
-            runs: dict[str, list[dict]] = {first: [], second: []}
+            runs: dict[str, list[dict]] = {fw: [] for fw in options.frameworks}
 
             def add_pair(model=model, mode=mode, precision=precision, label=label, runs=runs):
-                repeat = len(runs[first])
-                order = (first, second) if repeat % 2 == 0 else (second, first)
+                repeat = len(runs[options.frameworks[0]])
+                # A B (C), then (C) B A: drift over the run weighs on every framework alike.
+                forward = options.frameworks
+                order = forward if repeat % 2 == 0 else forward[::-1]
                 for framework in order:
                     spec = job_spec(options, model, framework, mode, repeat, precision)
                     job = _run_job(client, spec)
@@ -202,23 +204,26 @@ def _line(
     precision: str,
     label: str,
 ) -> list[Line]:
-    """The row's verdict line, when every one of its jobs succeeded."""
-    first, second = options.frameworks
+    """The row's verdict lines, one per pair of frameworks, when every one of its jobs succeeded."""
     if not all(r["state"] == "succeeded" for rs in runs.values() for r in rs):
         return []
-    estimate = paired_ratio(
-        [r["samples_per_second"] for r in runs[first]],
-        [r["samples_per_second"] for r in runs[second]],
-        [r["windows"] for r in runs[first]],
-        [r["windows"] for r in runs[second]],
-        level=options.level,
-    )
-    return [
-        Line(
-            f"{model} {label}: steady training throughput", first, second, estimate,
-            higher_is_better=True, extra={"model": model, "mode": mode, "precision": precision},
+    lines = []
+    for first, second in itertools.combinations(options.frameworks, 2):
+        estimate = paired_ratio(
+            [r["samples_per_second"] for r in runs[first]],
+            [r["samples_per_second"] for r in runs[second]],
+            [r["windows"] for r in runs[first]],
+            [r["windows"] for r in runs[second]],
+            level=options.level,
         )
-    ]  # fmt: skip
+        lines.append(
+            Line(
+                f"{model} {label}: steady training throughput", first, second, estimate,
+                higher_is_better=True,
+                extra={"model": model, "mode": mode, "precision": precision},
+            )
+        )  # fmt: skip
+    return lines
 
 
 def _geomean(values: list[float]) -> float:
@@ -226,15 +231,24 @@ def _geomean(values: list[float]) -> float:
 
 
 def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    first, second = results["options"]["frameworks"]
-    verdicts = {(v["model"], v["mode"], v.get("precision", "fp32")): v for v in results["verdicts"]}
+    """Each framework's columns, and each pair's ratio and verdict (one pair for two)."""
+    frameworks = tuple(results["options"]["frameworks"])
+    pairs = list(itertools.combinations(frameworks, 2))
+    # The paper measured torch and tf only: its columns for those of them compared.
+    paper = [fw for fw in frameworks if fw in ("torch", "tf")]
+    verdicts = {
+        (v["model"], v["mode"], v.get("precision", "fp32"), v["first"], v["second"]): v
+        for v in results["verdicts"]
+    }
+    level = f"{results['options']['level']:.0%} interval"
     headers = [
-        "model", "mode", "precision", "unit", f"{first} per s", f"{second} per s",
-        f"{first}/{second} [{results['options']['level']:.0%} interval]", "verdict",
-        f"{first} warm-up s", f"{second} warm-up s",
-        f"{first} peak RSS MiB (data / training)", f"{second} peak RSS MiB (data / training)",
-        f"{first} / {second} peak GPU MiB",
-        f"published {first} / {second} per s (GP100 2019)", f"published {first}/{second}",
+        "model", "mode", "precision", "unit", *(f"{fw} per s" for fw in frameworks),
+        *(h for a, b in pairs
+          for h in (f"{a}/{b} [{level}]", "verdict" if len(pairs) == 1 else f"{a}/{b} verdict")),
+        *(f"{fw} warm-up s" for fw in frameworks),
+        *(f"{fw} peak RSS MiB (data / training)" for fw in frameworks),
+        f"{' / '.join(frameworks)} peak GPU MiB",
+        f"published {' / '.join(paper)} per s (GP100 2019)", f"published {'/'.join(paper)}",
     ]  # fmt: skip
     out = []
     for row in results["rows"]:
@@ -253,27 +267,36 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
             )
 
         gpu = [r["peak_gpu_bytes"] for rs in runs.values() for r in rs]
-        v = verdicts.get((row["model"], row["mode"], row.get("precision", "fp32")))
-        if v is not None:
-            low, high = v["interval"]
-            ratio = f"{v['ratio']:.3f} [{low:.3f}, {high:.3f}]" if high else f"{v['ratio']:.3f}"
-            verdict = v["winner"] or v["outcome"]
-        else:
-            states = {r["state"] for rs in runs.values() for r in rs}
-            ratio = "-"
-            # A lockstep process pair past its cap of discarded blocks is "too disturbed".
-            verdict = "too disturbed" if "too disturbed" in states else "a job failed"
+        judged = []
+        for first, second in pairs:
+            key = (row["model"], row["mode"], row.get("precision", "fp32"), first, second)
+            v = verdicts.get(key)
+            if v is not None:
+                low, high = v["interval"]
+                ratio = f"{v['ratio']:.3f} [{low:.3f}, {high:.3f}]" if high else f"{v['ratio']:.3f}"
+                verdict = v["winner"] or v["outcome"]
+            else:
+                states = {r["state"] for fw in (first, second) for r in runs[fw]}
+                ratio = "-"
+                # A lockstep process pair past its cap of discarded blocks is "too disturbed".
+                verdict = "too disturbed" if "too disturbed" in states else "a job failed"
+            judged += [ratio, verdict]
         # The paper's figures by framework, so the column follows --frameworks' order.
         published = dict(zip(("tf", "torch"), row["published"])) if row["published"] else None  # noqa: B905
+        paper_ratio = (
+            f"{published[paper[0]] / published[paper[1]]:.3f}"
+            if published and len(paper) == 2
+            else "-"
+        )
         out.append([
             row["model"], row["mode"], row.get("precision", "fp32"), row.get("unit", "samples"),
-            fig(first, "samples_per_second"), fig(second, "samples_per_second"), ratio, verdict,
-            fig(first, "warmup_seconds", fmt="{:.2f}"), fig(second, "warmup_seconds", fmt="{:.2f}"),
-            memory(first), memory(second),
-            f"{fig(first, 'peak_gpu_bytes', 2**20, '{:,.0f}')} / "
-            f"{fig(second, 'peak_gpu_bytes', 2**20, '{:,.0f}')}" if any(gpu) else "- (no GPU)",
-            f"{published[first]:,.4g} / {published[second]:,.4g}" if published else "-",
-            f"{published[first] / published[second]:.3f}" if published else "-",
+            *(fig(fw, "samples_per_second") for fw in frameworks), *judged,
+            *(fig(fw, "warmup_seconds", fmt="{:.2f}") for fw in frameworks),
+            *(memory(fw) for fw in frameworks),
+            " / ".join(fig(fw, "peak_gpu_bytes", 2**20, "{:,.0f}") for fw in frameworks)
+            if any(gpu) else "- (no GPU)",
+            " / ".join(f"{published[fw]:,.4g}" for fw in paper) if published and paper else "-",
+            paper_ratio,
         ])  # fmt: skip
     return headers, out
 

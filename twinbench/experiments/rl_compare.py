@@ -27,7 +27,13 @@ from twinbench.config import Settings
 from twinbench.experiments.code_size import compare_task
 from twinbench.experiments.compare import train_arms
 from twinbench.experiments.compare_lines import hardware_of
-from twinbench.experiments.compare_plan import Arm, CompareOptions, plan_arms, run_order
+from twinbench.experiments.compare_plan import (
+    Arm,
+    CompareOptions,
+    arm_pairs,
+    plan_arms,
+    run_order,
+)
 from twinbench.experiments.report import (
     code_html,
     code_markdown,
@@ -116,7 +122,7 @@ def run_rl_compare(
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report_dir = options.reports.resolve() / f"{stamp}-{base_spec.model}"
     arms = plan_arms(options.frameworks, options.repeats, base_spec.seed)
-    with services(settings, gateway) as (address, _):
+    with services(settings, gateway, options.frameworks) as (address, _):
         client = Client(address, settings)
         train_arms(client, arms, base_spec, options.repeats)
         client.close()
@@ -131,7 +137,7 @@ def run_rl_compare(
         "design": {
             "frameworks": list(options.frameworks),
             "seeds": {arm.label: arm.seeds for arm in arms},
-            "order": [arms[k].label for _, k in run_order(options.repeats)],
+            "order": [arms[k].label for _, k in run_order(options.repeats, len(arms))],
             "env_steps_budget": budget,
             "hardware": hardware_of(arms),
             "level": options.level,
@@ -161,6 +167,11 @@ def run_rl_compare(
 
 
 def verdict_lines(arms: list[Arm], level: float) -> list[Line]:
+    """Every pair of arms' lines (one pair for two arms, three for three)."""
+    return [line for pair in arm_pairs(arms) for line in _pair_lines(list(pair), level)]
+
+
+def _pair_lines(arms: list[Arm], level: float) -> list[Line]:
     """Episodes and minutes to solve, seeds paired; every run counts. An unsolved run is
     censored at the budget (inf, tied at the top of the ranks); a failed run is unsolved too,
     as the detail says, and failures get a line of their own (an exact sign test over the
