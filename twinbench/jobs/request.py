@@ -32,7 +32,8 @@ OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-JOB_ID = re.compile(r"^(torch|tf)-[0-9a-f]{12}$")
+# <framework>-<12 hex digits>: the prefix names the trainer that owns the job.
+JOB_ID = re.compile(rf"^({'|'.join(FRAMEWORK_FORMATS)})-[0-9a-f]{{12}}$")
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def check_ranges(spec: tpb.JobSpec) -> None:
 def check_job_id(job_id: str) -> None:
     if not JOB_ID.match(job_id):
         raise InvalidArgument(
-            f"{job_id[:80]!r} is not a job id (torch-<12 hex digits> or tf-<12 hex digits>)"
+            f"{job_id[:80]!r} is not a job id (<framework>-<12 hex digits>, the framework one of"
+            f" {', '.join(FRAMEWORK_FORMATS)})"
         )
 
 
