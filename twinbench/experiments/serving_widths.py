@@ -1,0 +1,167 @@
+"""compare's serving design measured against the one it replaced, side by side, in an A/A run.
+
+    python -m twinbench.experiments.serving_widths [--model mlp] [--repeats 3] [--trials 2]
+        [--users 8] [--duration 5s] [--out FILE]
+
+It starts the services here (free ports, TWINBENCH_HOME's state), trains an A/A pair of arms (torch,
+torch; every repeat exports), then in each trial runs both designs on the same exports, one
+after the other and in alternating order: the former (`whole_rounds`: one Locust run of
+`--duration` per export and round, the rounds alternating the exports' order) and the current
+(`serving_rounds.alternating_load_test`: the two exports of a pair in alternating short blocks).
+For each design it prints each serving line's log-width (log high - log low of its 95% interval
+over the export pairs) and its wall time, and, from the blocks, the export-to-export variance of
+the log ratio: the variance between export pairs less what the blocks say their own noise was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from twinbench.api import trainer_pb2 as tpb
+from twinbench.config import Settings, load_settings
+from twinbench.experiments.compare_lines import serving_lines
+from twinbench.experiments.compare_plan import Arm, CompareOptions, plan_arms
+from twinbench.experiments.disturbance import Monitor
+from twinbench.experiments.serving_rounds import alternating_load_test
+
+
+def repeat_exports(arms: list[Arm]) -> dict[tuple[str, str], list[tpb.ModelExport]]:
+    """(arm, format): that arm's export of the format from each repeat both arms completed."""
+    complete = [
+        i
+        for i in range(min(len(arm.jobs) for arm in arms))
+        if all(arm.jobs[i].state == tpb.SUCCEEDED for arm in arms)
+    ]
+    out: dict[tuple[str, str], list[tpb.ModelExport]] = {}
+    for arm in arms:
+        for i in complete:
+            for export in arm.jobs[i].exports:
+                out.setdefault((arm.label, export.format), []).append(export)
+    return out
+
+
+def whole_rounds(
+    address: str, settings: Settings, arms: list[Arm], options: CompareOptions, report_dir: Path
+) -> list[dict]:
+    """The former design: Locust on each served (arm, format) for `duration`, in rounds whose
+    order alternates (forward, backward, ...); round r serves repeat r's exports."""
+    from twinbench.experiments.loadtest import run_locust
+
+    exports = repeat_exports(arms)
+    keys = list(exports)
+    rounds: dict[tuple[str, str], list[dict]] = {k: [] for k in keys}
+    monitor = Monitor()
+    for r in range(options.rounds):
+        for key in keys if r % 2 == 0 else reversed(keys):
+            export = exports[key][r % len(exports[key])]
+            before = monitor.snapshot()
+            stats = run_locust(
+                address, f"{export.model_name}:{export.version}", options.users, options.duration,
+                options.serving_batch_size, None,
+                report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
+            )  # fmt: skip
+            disturbance = monitor.between(before, monitor.snapshot())
+            rounds[key].append({"version": export.version, **stats, "disturbance": disturbance})
+    out = []
+    for key in keys:
+        arm = next(a for a in arms if a.label == key[0])
+        last = exports[key][-1]
+        per_round = rounds[key]
+        out.append({
+            "model_name": last.model_name, "version": last.version, "arm": arm.label,
+            "framework": arm.framework, "format": last.format, "rounds": per_round,
+            "requests": sum(s["requests"] for s in per_round),
+            "latency_ms": {"p50": statistics.median(s["latency_ms"]["p50"] for s in per_round)},
+        })  # fmt: skip
+    return out
+
+
+def log_widths(arms: list[Arm], served: list[dict]) -> dict[str, float]:
+    """Each serving line's log-width: log(high) - log(low) of its interval."""
+    out = {}
+    for line in serving_lines(arms, served, 0.95):
+        e = line.estimate
+        out[line.question] = (math.log(e.high) - math.log(e.low)
+                              if e.low > 0 and math.isfinite(e.high) else math.inf)  # fmt: skip
+    return out
+
+
+def export_variance(arms: list[Arm], served: list[dict]) -> dict[str, dict]:
+    """Per format: the variance of the log ratio between export pairs (the verdict's unit),
+    the blocks' own share of it (mean squared log SE within a round), and their difference:
+    what two exports of one model differ by, steadily."""
+    first, second = arms[0].label, arms[1].label
+    out = {}
+    for fmt in sorted({s["format"] for s in served}):
+        a = next(s for s in served if s["arm"] == first and s["format"] == fmt)
+        b = next(s for s in served if s["arm"] == second and s["format"] == fmt)
+        logs = [math.log(x["latency_ms"]["p50"] / y["latency_ms"]["p50"])
+                for x, y in zip(a["rounds"], b["rounds"], strict=True)]  # fmt: skip
+        within = [x["block_log_se"] ** 2 for x in a["rounds"] if x.get("block_log_se")]
+        between = float(np.var(logs, ddof=1)) if len(logs) > 1 else math.nan
+        noise = float(np.mean(within)) if within else 0.0
+        out[fmt] = {"log_ratios": logs, "between_pairs": between, "within_rounds": noise,
+                    "export_to_export": max(between - noise, 0.0)}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    from twinbench.client.stack import LocalStack
+    from twinbench.experiments.compare import train_arms
+    from twinbench.rpc.channel import Client
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--duration", default="5s")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-samples", type=int, default=1024)
+    parser.add_argument("--out", default="serving-widths.json")
+    args = parser.parse_args()
+    settings = load_settings()
+    options = CompareOptions(
+        frameworks=("torch", "torch"), repeats=args.repeats, users=args.users,
+        duration=args.duration, rounds=args.repeats, serving_batch_size=1,
+        reports=Path("reports"), sample=0, bench_seconds=0, command="serving_widths",
+    )  # fmt: skip
+    spec = tpb.JobSpec(model=args.model, dataset="mnist-5k", epochs=args.epochs,
+                       train_samples=args.train_samples)  # fmt: skip
+    trials = []
+    report_dir = Path(args.out).resolve().with_suffix("")
+    # Services of its own on free ports, started here: their CPU is this run's work.
+    with LocalStack(settings, {"gateway": 0}, frameworks=("torch",)) as stack:
+        address = stack.gateway_address
+        arms = plan_arms(options.frameworks, args.repeats, 0)
+        client = Client(address, settings)
+        train_arms(client, arms, spec, args.repeats, export_all=True)
+        client.close()
+        for trial in range(args.trials):
+            designs = [
+                ("whole rounds", whole_rounds),
+                ("alternating blocks", alternating_load_test),
+            ]
+            record: dict = {}
+            for name, run in designs if trial % 2 == 0 else designs[::-1]:
+                began = time.monotonic()
+                served = run(address, settings, arms, options, report_dir / f"{trial}-{name}")
+                record[name] = {"seconds": time.monotonic() - began,
+                                "log_widths": log_widths(arms, served)}  # fmt: skip
+                if name == "alternating blocks":
+                    record["export_variance"] = export_variance(arms, served)
+                print(f"trial {trial + 1}, {name}: {json.dumps(record[name])}", flush=True)
+            print(f"trial {trial + 1}, export variance: {json.dumps(record['export_variance'])}")
+            trials.append(record)
+    Path(args.out).write_text(json.dumps({"options": vars(args), "trials": trials}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
