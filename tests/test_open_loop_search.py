@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from twinbench.experiments.bench_serving import Figures, capacity, capacity_lines
-from twinbench.experiments.cold_start import STEADY_WITHIN, TAIL, WINDOW, requests_until_steady
+from twinbench.experiments.cold_start import (
+    STEADY_WITHIN,
+    TAIL,
+    WINDOW,
+    cold_start_and_cpu_table,
+    requests_until_steady,
+)
 from twinbench.experiments.server_scenario import (
     Search,
     Step,
@@ -164,3 +170,27 @@ def test_the_python_load_generator_has_the_go_ones_open_loop(echo_server, tmp_pa
     figures, latencies = python_open_loop(address, tmp_path, 3, 400, 0.2)  # 79 due
     assert (figures["due"], figures["sent"], figures["over_bound"]) == (79, 3, 76), figures
     assert figures["requests"] == 3 and min(latencies) >= 1000
+
+
+def test_the_report_shows_each_exports_cold_start_memory_and_cpu_with_their_spread():
+    def repeat(load_s, memory_mb):
+        return {"load_s": load_s, "memory_mb": memory_mb, "first_ms": 2.0, "until_steady": 3}
+
+    cost = {
+        "figures": [
+            {"path": "b trainer directly", "model": "m-torch-onnx", "server_cpu_s_per_1k": v}
+            for v in (0.2, 0.4, 0.3)
+        ]
+        + [{"path": "c through the gateway", "model": "m-torch-onnx", "server_cpu_s_per_1k": 0.5}],
+        "cold_start": [
+            {"model": "m-torch-onnx", "repeats": [repeat(0.1, 30.0), repeat(0.3, 30.0)]}
+        ],
+    }
+    ((title, headers, rows),) = cold_start_and_cpu_table(cost)
+    assert "cold start" in title and headers[-2:] == [
+        "CPU s per 1,000 requests, path b",
+        "CPU s per 1,000 requests, path c",
+    ]
+    assert rows == [["m-torch-onnx", "200.0 [100.0-300.0]", "30.0", "2.00", "3",
+                     "0.300 [0.200-0.400]", "0.500"]]  # fmt: skip
+    assert cold_start_and_cpu_table({"figures": [], "summary": []}) == []

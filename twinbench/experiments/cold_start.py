@@ -24,6 +24,7 @@ runs the repeats.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -58,16 +59,12 @@ def requests_until_steady(latencies_ms: list[float] | np.ndarray) -> int:
 
 
 def _loaders(framework: str) -> dict:
-    """The framework adapter's loaders, imported here as the trainer imports its adapter."""
-    if framework == "torch":
-        from twinbench.frameworks.torch.framework import TorchFramework
-
-        return TorchFramework.loaders
-    if framework == "tf":
-        from twinbench.frameworks.tf.framework import TFFramework
-
-        return TFFramework.loaders
-    raise ValueError(f"no cold start for {framework!r} exports")
+    """The framework adapter's loaders, its module imported here as the trainer imports it."""
+    module = importlib.import_module(f"twinbench.frameworks.{framework}.framework")
+    for adapter in vars(module).values():
+        if isinstance(adapter, type) and getattr(adapter, "name", None) == framework:
+            return adapter.loaders
+    raise ValueError(f"no framework adapter named {framework!r} in {module.__name__}")
 
 
 def one_cold_start(repository: str, name: str, version: int, threads: int | None) -> dict:
@@ -130,3 +127,54 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def cold_starts_of(
+    repository: Path, exports: list[tuple[str, int]], repeats: int, threads: int | None = None
+) -> list[dict]:
+    """`measure_cold_start` for each (name, version) of `exports`, for a report; an export whose
+    cold start cannot be measured gets its error instead, and the report goes on."""
+    out = []
+    for name, version in exports:
+        try:
+            out.append(measure_cold_start(repository, name, version, repeats, threads))
+        except RuntimeError as exc:
+            out.append({"model": name, "version": version, "error": str(exc)[-500:]})
+    return out
+
+
+def cold_start_and_cpu_table(cost: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The report's table of what each export costs besides its latency: its cold start and
+    memory (`cost["cold_start"]`) and the services' CPU per 1,000 requests on each path (the
+    median and range of `cost["figures"]`); none when the serving cost has neither."""
+
+    def spread(values: list[float], fmt: str) -> str:
+        low, high = min(values), max(values)
+        median = float(np.median(values))
+        return f"{median:{fmt}} [{low:{fmt}}-{high:{fmt}}]" if high > low else f"{median:{fmt}}"
+
+    cpu: dict[str, dict[str, list[float]]] = {}
+    for f in cost.get("figures", []):
+        if f.get("server_cpu_s_per_1k") is not None:
+            by_path = cpu.setdefault(f["model"], {})
+            by_path.setdefault(f["path"][0], []).append(f["server_cpu_s_per_1k"])
+    cold = {c["model"]: c for c in cost.get("cold_start", []) if "repeats" in c}
+    if not cpu and not cold:
+        return []
+    paths = sorted({p for by_path in cpu.values() for p in by_path})
+    rows = []
+    for model in sorted(set(cpu) | set(cold)):
+        c = cold.get(model)
+        first = (
+            [spread([r["load_s"] * 1000 for r in c["repeats"]], ".1f"),
+             spread([r["memory_mb"] for r in c["repeats"]], ".1f"),
+             spread([r["first_ms"] for r in c["repeats"]], ".2f"),
+             spread([r["until_steady"] for r in c["repeats"]], ".0f")]
+            if c else ["-"] * 4
+        )  # fmt: skip
+        costs = [spread(cpu[model][p], ".3f") if p in cpu.get(model, {}) else "-" for p in paths]
+        rows.append([model, *first, *costs])
+    headers = ["export", "load ms", "memory MB", "first request ms", "requests until steady"]
+    headers += [f"CPU s per 1,000 requests, path {p}" for p in paths]
+    title = "Serving cost: cold start, memory and the services' CPU (median [range])"
+    return [(title, headers, rows)]

@@ -295,9 +295,13 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
     figures = bench_stack(stack, requests, (1, 32), seconds, report=lambda f: None)
     for line in summary(figures):
         print(line)
+    from twinbench.experiments.cold_start import cold_starts_of
+
+    versions = [(e.model_name, int(e.version)) for e in exports]
     return {
         "figures": [dataclasses.asdict(f) for f in figures],
         "summary": ratios(figures),
+        "cold_start": cold_starts_of(stack.settings.model_repository, versions, repeats=2),
         "note": "load from one process beside the services, sharing their CPUs"
         " (twinbench bench serving gives the load a CPU of its own)",
         **how,

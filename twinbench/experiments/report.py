@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twinbench.experiments.cold_start import cold_start_and_cpu_table
 from twinbench.experiments.report_kit import (
     COLORS,
     LABELS,
@@ -361,6 +362,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ],
         ),  # fmt: skip
         *_serving_cost_table(results.get("serving_cost")),
+        *cold_start_and_cpu_table(results.get("serving_cost") or {}),
         (
             "Hyperparameters (seeds: see Design)",
             ["", *(arm_name(label) for label in last)],
