@@ -198,3 +198,12 @@ def test_lockstep_refuses_three_frameworks_and_compare_three_with_lockstep_pairs
         main(["compare", "--frameworks", "torch,tf,jax", "--lockstep-pairs", "2"])
     with pytest.raises(SystemExit, match="two or three different ones"):
         main(["bench", "training", "--frameworks", "torch,torch"])
+
+
+def test_a_sweep_of_another_pair_has_studies_of_its_own():
+    from twinbench.experiments.sweep_studies import PAIRED, study_names
+
+    assert study_names("mlp") == {"torch": "mlp/torch", "tf": "mlp/tf", PAIRED: "mlp/paired"}
+    names = study_names("mlp", ("torch", "jax"))
+    assert names == {"torch": "mlp/torch", "jax": "mlp/jax", PAIRED: "mlp/paired-torch-jax"}
+    assert list(names)[:2] == ["torch", "jax"]  # the pair's order: first over second

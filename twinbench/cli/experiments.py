@@ -137,6 +137,12 @@ def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
                                ("--epochs", args.epochs, 1)):  # fmt: skip
         if value is not None and value < least:
             raise SystemExit(f"{flag} must be {least} or more, got {value}")
+    frameworks = tuple(f.strip() for f in args.frameworks.split(","))
+    if len(frameworks) != 2 or len(set(frameworks)) != 2 or not set(frameworks) <= set(FRAMEWORKS):
+        raise SystemExit(
+            f"sweep --frameworks takes two different ones of {', '.join(FRAMEWORKS)},"
+            f" e.g. torch,jax; got {args.frameworks!r}"
+        )
     if not args.heartbeat > 0:
         raise SystemExit(f"--heartbeat must be more than 0 seconds, got {args.heartbeat}")
     options = SweepOptions(
@@ -155,6 +161,7 @@ def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
         train_samples=args.train_samples,
         heartbeat_s=args.heartbeat,
         prune_after=args.prune_after,
+        frameworks=(frameworks[0], frameworks[1]),
     )
     return run_sweep(settings, args.gateway, options)
 

@@ -378,6 +378,12 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--model", choices=sorted(MODELS), default="mlp", help="(default: mlp)")
     sweep.add_argument(
+        "--frameworks",
+        default="torch,tf",
+        help="the two frameworks tuned and compared, first over second, e.g. torch,jax"
+        " (default: %(default)s)",
+    )
+    sweep.add_argument(
         "--trials",
         type=int,
         default=50,

@@ -35,7 +35,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.client.stack import services
-from twinbench.config import BOTH as FRAMEWORKS
 from twinbench.config import Settings
 from twinbench.experiments.compare_lines import describe_hardware
 from twinbench.experiments.sweep_report import (
@@ -256,7 +255,9 @@ class Sweep:
             return
         params = suggest(trial, self.space)  # the enqueued point's
         seed = self.options.seed + point
-        specs = [self._spec(params, f, seed) for f in FRAMEWORKS]  # one seed: one shared init
+        specs = [
+            self._spec(params, f, seed) for f in self.options.frameworks
+        ]  # one seed: one shared init
         trial.set_user_attr("epochs trained", specs[0].epochs)
         followed = self._train(trial, specs, lambda *_: False)
         jobs = [job for job in followed if job is not None]
@@ -272,10 +273,12 @@ class Sweep:
             return
         values = [_final_loss(j) for j in jobs]
         if not all(math.isfinite(v) for v in values):
-            trial.set_user_attr("diverged", [f for f, v in zip(FRAMEWORKS, values, strict=True)
+            trial.set_user_attr("diverged", [f for f, v in zip(self.options.frameworks, values, strict=True)
                                              if not math.isfinite(v)])  # fmt: skip
         study.tell(trial, values)
-        losses = ", ".join(f"{f} {v:.4f}" for f, v in zip(FRAMEWORKS, values, strict=True))
+        losses = ", ".join(
+            f"{f} {v:.4f}" for f, v in zip(self.options.frameworks, values, strict=True)
+        )
         self._progress(PAIRED, trial, f"point {point}: val loss {losses}", params, target)
 
     def _spec(self, params: dict, framework: str, seed: int) -> tpb.JobSpec:
@@ -402,7 +405,7 @@ class Sweep:
             entry = {"settings_of": source, "params": found["params"], "repeats": repeats}
             for r in range(self.options.cross_repeats):
                 seed = self.options.seed + 10_000 + r  # apart from every trial's seed
-                specs = [self._spec(found["params"], f, seed) for f in FRAMEWORKS]
+                specs = [self._spec(found["params"], f, seed) for f in self.options.frameworks]
                 created = [self._create(s) for s in specs]
                 jobs = [j for j in created if j is not None]
                 if len(jobs) < len(created):
@@ -448,13 +451,15 @@ def run_sweep(settings: Settings, gateway: str, options: SweepOptions) -> int:
         f"sweep {options.name}: {options.model}, {options.trials} trials per framework,"
         f" {options.paired} paired points; studies in {public_url(url)}"
     )
-    with services(settings, gateway) as (address, _):
+    with services(settings, gateway, options.frameworks) as (address, _):
         client = Client(address, settings)
         sweep = Sweep(client, studies, options, space)
         beat = threading.Thread(target=sweep.heartbeat, name="sweep-heartbeat", daemon=True)
         beat.start()
         try:
-            _run_phase(sweep, [(f, options.trials) for f in FRAMEWORKS])  # both trainers at once
+            _run_phase(
+                sweep, [(f, options.trials) for f in options.frameworks]
+            )  # both trainers at once
             _run_phase(sweep, [(PAIRED, options.paired)])
             best = best_per_framework(studies)
             cross = sweep.cross_check(best) if options.cross_repeats else []

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from twinbench.client.console import table
-from twinbench.config import BOTH as FRAMEWORKS
+from twinbench.config import BOTH
 from twinbench.experiments.report_kit import (
     COLORS,
     LABELS,
@@ -25,7 +25,7 @@ from twinbench.experiments.report_kit import (
     render_markdown,
     write_files,
 )
-from twinbench.experiments.sweep_studies import PAIRED, format_params, paired_values
+from twinbench.experiments.sweep_studies import PAIRED, compared, format_params, paired_values
 from twinbench.experiments.verdicts import describe, family_note
 from twinbench.models.spec import Choice, FloatRange, Range
 
@@ -46,14 +46,14 @@ def _number(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def trial_record(trial: FrozenTrial) -> dict:
+def trial_record(trial: FrozenTrial, frameworks: tuple[str, str] = BOTH) -> dict:
     attrs = trial.user_attrs
     record = {
         "number": trial.number,
         "state": trial.state.name.lower(),
         "params": dict(trial.params),
         "epochs_trained": attrs.get("epochs trained"),
-        "jobs": {f: attrs[f"job {f}"] for f in FRAMEWORKS if f"job {f}" in attrs},
+        "jobs": {f: attrs[f"job {f}"] for f in frameworks if f"job {f}" in attrs},
         "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()
         if trial.datetime_complete and trial.datetime_start
         else None,
@@ -65,7 +65,7 @@ def trial_record(trial: FrozenTrial) -> dict:
     if trial.values is not None and len(trial.values) == 1:
         record["value"] = _number(trial.values[0])
     elif trial.values is not None:
-        record["values"] = {f: _number(v) for f, v in zip(FRAMEWORKS, trial.values, strict=True)}
+        record["values"] = {f: _number(v) for f, v in zip(frameworks, trial.values, strict=True)}
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
         step = max(trial.intermediate_values)
         record["pruned_at_epoch"] = step
@@ -113,8 +113,9 @@ def build_sweep_results(
     verdict: list[dict],
     seconds: float,
 ) -> dict:
+    frameworks = compared(studies)
     tuned = {}
-    for framework in FRAMEWORKS:
+    for framework in frameworks:
         study = studies[framework]
         trials = [trial_record(t) for t in study.get_trials(deepcopy=False)]
         best = None
@@ -136,12 +137,14 @@ def build_sweep_results(
                 "point": t.user_attrs.get("point"),
                 "trial": t.number,
                 "params": dict(t.params),
-                "val_loss": {"torch": _number(a), "tf": _number(b)},
+                "val_loss": {frameworks[0]: _number(a), frameworks[1]: _number(b)},
                 "ratio": a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else None,
-                "jobs": {f: t.user_attrs.get(f"job {f}") for f in FRAMEWORKS},
+                "jobs": {f: t.user_attrs.get(f"job {f}") for f in frameworks},
             }
         )
-    paired_trials = [trial_record(t) for t in studies[PAIRED].get_trials(deepcopy=False)]
+    paired_trials = [
+        trial_record(t, frameworks) for t in studies[PAIRED].get_trials(deepcopy=False)
+    ]
     for entry in cross:
         for r in entry["repeats"]:
             r["val_loss"] = {f: _number(v) for f, v in r["val_loss"].items()}
@@ -152,6 +155,7 @@ def build_sweep_results(
         "environment": environment(),
         "sweep": {
             "name": options.name,
+            "frameworks": list(frameworks),
             "model": options.model,
             "dataset": options.dataset or "the model's",
             "trials": options.trials,
@@ -235,12 +239,13 @@ def plots(results: dict) -> dict[str, bytes]:
     points = [p for p in results["paired"]["points"] if p["ratio"] is not None]
     if points:
         fig, ax = plt.subplots(figsize=(5, 5))
-        x = [p["val_loss"]["tf"] for p in points]
-        y = [p["val_loss"]["torch"] for p in points]
+        first, second = _pair(results)
+        x = [p["val_loss"][second] for p in points]
+        y = [p["val_loss"][first] for p in points]
         ax.scatter(x, y, s=18, color="#333", zorder=2)
         low, high = min(x + y) * 0.9, max(x + y) * 1.1
         ax.plot([low, high], [low, high], color="#999", linewidth=1)
-        ax.set(xlabel="TensorFlow validation loss", ylabel="PyTorch validation loss",
+        ax.set(xlabel=f"{LABELS[second]} validation loss", ylabel=f"{LABELS[first]} validation loss",
                xscale="log", yscale="log", title="each point: the same settings and seed")  # fmt: skip
         images["paired.png"] = png(fig)
     return images
@@ -257,13 +262,20 @@ def _params(params: dict) -> str:
     return format_params(params)
 
 
+def _pair(results: dict) -> tuple[str, str]:
+    """The sweep's two frameworks, first over second (torch, tf in sweeps from before the option)."""
+    first, second = results["sweep"].get("frameworks", BOTH)
+    return first, second
+
+
 def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
+    first, second = _pair(results)
     verdict = results["verdict"]
     if verdict:
         out.append((
             f"Verdicts (validation loss, lower is better; {family_note(verdict)})",
-            ["question", "outcome", "torch/tf", "interval", "pairs", "detail"],
+            ["question", "outcome", f"{first}/{second}", "interval", "pairs", "detail"],
             [[v["question"], v["winner"] or v["outcome"], f"{v['ratio']:.3f}",
               "none" if v["interval"][1] is None
               else f"{v['interval'][0]:.3f} to {v['interval'][1]:.3f}",
@@ -292,17 +304,17 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     if points:
         out.append((
             "Paired points (the same settings and seed in both frameworks)",
-            ["point", "torch", "tf", "torch/tf", "settings"],
-            [[str(p["point"]), _loss(p["val_loss"]["torch"]), _loss(p["val_loss"]["tf"]),
+            ["point", first, second, f"{first}/{second}", "settings"],
+            [[str(p["point"]), _loss(p["val_loss"][first]), _loss(p["val_loss"][second]),
               f"{p['ratio']:.3f}" if p["ratio"] is not None else "-", _params(p["params"])]
              for p in points],
         ))  # fmt: skip
-    rows = [[LABELS[c["settings_of"]] + "'s best", str(r["seed"]), _loss(r["val_loss"]["torch"]),
-             _loss(r["val_loss"]["tf"])]
+    rows = [[LABELS[c["settings_of"]] + "'s best", str(r["seed"]), _loss(r["val_loss"].get(first)),
+             _loss(r["val_loss"].get(second))]
             for c in results["cross_check"] for r in c["repeats"]]  # fmt: skip
     if rows:
         out.append(("Cross-check: each framework's best settings in both", ["settings", "seed",
-                    "torch", "tf"], rows))  # fmt: skip
+                    first, second], rows))  # fmt: skip
     s = results["sweep"]
     out.append((
         "Sweep",

@@ -16,8 +16,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.config import BOTH as FRAMEWORKS
-from twinbench.config import Settings
+from twinbench.config import BOTH, Settings
 from twinbench.errors import InvalidArgument
 from twinbench.experiments.verdicts import Line, decide, paired_with_failures
 from twinbench.models.catalogue import get_model_spec
@@ -39,7 +38,7 @@ TRAINER_WAIT_S = 600.0  # how long a trial waits for a trainer that went away to
 
 @dataclass
 class SweepOptions:
-    name: str  # the studies are <name>/torch, <name>/tf and <name>/paired
+    name: str  # the studies are <name>/torch, <name>/tf and <name>/paired (for torch,tf)
     model: str
     trials: int  # finished trials per framework's TPE study
     paired: int  # points trained in both frameworks
@@ -55,6 +54,8 @@ class SweepOptions:
     heartbeat_s: float = 10.0
     prune_after: int = PRUNE_AFTER  # finished trials of a study before its pruning starts
     level: float = 0.95
+    # The two frameworks tuned and compared, first over second in every ratio.
+    frameworks: tuple[str, str] = BOTH
 
 
 class SweepError(InvalidArgument):
@@ -87,14 +88,23 @@ def public_url(url: str) -> str:
     return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
-def study_names(name: str) -> dict[str, str]:
-    return {**{f: f"{name}/{f}" for f in FRAMEWORKS}, PAIRED: f"{name}/{PAIRED}"}
+def study_names(name: str, frameworks: tuple[str, str] = BOTH) -> dict[str, str]:
+    """Each framework's study and the paired one; a pair other than torch,tf names its paired
+    study after it, so that one sweep name can hold several pairs."""
+    paired = PAIRED if tuple(frameworks) == BOTH else f"{PAIRED}-{'-'.join(frameworks)}"
+    return {**{f: f"{name}/{f}" for f in frameworks}, PAIRED: f"{name}/{paired}"}
+
+
+def compared(studies: dict[str, optuna.Study]) -> tuple[str, str]:
+    """The two frameworks of a sweep's studies, in their order."""
+    first, second = (key for key in studies if key != PAIRED)
+    return first, second
 
 
 def open_studies(
     storage: optuna.storages.BaseStorage, options: SweepOptions
 ) -> dict[str, optuna.Study]:
-    names = study_names(options.name)
+    names = study_names(options.name, options.frameworks)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     there = sorted(n for n in names.values() if n in existing)
     if there and not options.resume:
@@ -114,7 +124,7 @@ def open_studies(
             )  # fmt: skip
             with warnings.catch_warnings():  # experimental in Optuna, and harmless here
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names([f"{f} validation loss" for f in FRAMEWORKS])
+                study.set_metric_names([f"{f} validation loss" for f in options.frameworks])
         else:
             study = optuna.create_study(
                 storage=storage, study_name=study_name, load_if_exists=True,
@@ -259,7 +269,7 @@ def format_params(params: dict) -> str:
 
 def best_per_framework(studies: dict[str, optuna.Study]) -> dict[str, dict]:
     best = {}
-    for framework in FRAMEWORKS:
+    for framework in compared(studies):
         with contextlib.suppress(ValueError):  # no completed trial
             trial = studies[framework].best_trial
             best[framework] = {"params": dict(trial.params), "value": trial.value,
@@ -279,9 +289,9 @@ def paired_values(study: optuna.Study) -> list[FrozenTrial]:
 def verdict(
     studies: dict[str, optuna.Study], cross: list[dict], hardware: str, level: float
 ) -> list[dict]:
-    """The sweep's comparisons, each a ratio torch/tf of validation loss with its interval, all
-    corrected together (Holm): lower is better."""
-    first, second = FRAMEWORKS
+    """The sweep's comparisons, each a ratio first/second (torch/tf) of validation loss with its
+    interval, all corrected together (Holm): lower is better."""
+    first, second = compared(studies)
     lines = []
     # Every point and repeat counts: where a side diverged or failed, it is the worst there,
     # and an exact sign test then orders every pair (none is left out).
