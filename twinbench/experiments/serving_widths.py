@@ -51,8 +51,11 @@ def whole_rounds(
     address: str, settings: Settings, arms: list[Arm], options: CompareOptions, report_dir: Path
 ) -> list[dict]:
     """The former design: Locust on each served (arm, format) for `duration`, in rounds whose
-    order alternates (forward, backward, ...); round r serves repeat r's exports."""
+    order alternates (forward, backward, ...); round r serves repeat r's exports. compare uses
+    it still where the load generator cannot reach the gateway (TLS, or a token for inference:
+    Locust sends both)."""
     from twinbench.experiments.loadtest import run_locust
+    from twinbench.serving.statistics import server_compute_ms
 
     exports = repeat_exports(arms)
     keys = list(exports)
@@ -74,13 +77,33 @@ def whole_rounds(
         arm = next(a for a in arms if a.label == key[0])
         last = exports[key][-1]
         per_round = rounds[key]
+        versions = sorted({s["version"] for s in per_round}, key=int)
+        reported = [server_compute_ms(address, settings, last.model_name, v) for v in versions]
+        compute = [c for c in reported if c is not None]
         out.append({
-            "model_name": last.model_name, "version": last.version, "arm": arm.label,
-            "framework": arm.framework, "format": last.format, "rounds": per_round,
-            "requests": sum(s["requests"] for s in per_round),
-            "latency_ms": {"p50": statistics.median(s["latency_ms"]["p50"] for s in per_round)},
+            "model_name": last.model_name, "version": last.version, "versions": versions,
+            "arm": arm.label, "framework": arm.framework, "format": last.format,
+            **_median_of_rounds(per_round), "rounds": per_round,
+            "server_compute_ms": float(np.mean(compute)) if compute else None,
         })  # fmt: skip
     return out
+
+
+def _median_of_rounds(rounds: list[dict]) -> dict:
+    """The figures of a served model as the median of its rounds (counts are summed)."""
+
+    def med(get) -> float:
+        return float(statistics.median(get(s) for s in rounds))
+
+    return {
+        "requests": sum(s["requests"] for s in rounds),
+        "failures": sum(s["failures"] for s in rounds),
+        "requests_per_second": med(lambda s: s["requests_per_second"]),
+        "latency_ms": {k: med(lambda s, k=k: s["latency_ms"][k]) for k in rounds[0]["latency_ms"]},
+        "percentiles_ms": {
+            k: med(lambda s, k=k: s["percentiles_ms"][k]) for k in rounds[0]["percentiles_ms"]
+        },
+    }
 
 
 def log_widths(arms: list[Arm], served: list[dict]) -> dict[str, float]:
