@@ -57,6 +57,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         budget_s=budget_s,
         max_pairs=args.max_pairs,
         lockstep_threads=arm_threads(args),
+        disturbance_limit=args.disturbance_limit,
     )
     if len(frameworks) > 2 and args.lockstep_pairs:
         raise SystemExit(

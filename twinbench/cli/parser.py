@@ -372,6 +372,13 @@ def parser() -> argparse.ArgumentParser:
         " 0: none (default: 3 when compare starts the services on this host itself, else none)",
     )
     add_arm_threads(compare)
+    compare.add_argument(
+        "--disturbance-limit",
+        type=float,
+        default=DISTURBANCE_LIMIT,
+        help="lockstep pairs and serving blocks: a block pair is redone when, in either block,"
+        " other processes and steal took more than this share of the CPUs (default: %(default)s)",
+    )
     sweep = sub.add_parser(
         "sweep",
         help="Optuna: tune each framework (TPE), compare both at the same points, cross-check",

@@ -114,7 +114,9 @@ def run_compare(
         speed, speed_lines = compare_speed_pairs(
             settings, options.frameworks, [a.label for a in arms], base_spec,
             list(zip(pairs[0].seeds, pairs[1].seeds, strict=True)), options.level,
-            LockstepOptions(arm_threads=options.lockstep_threads), until_decided_with=others,
+            LockstepOptions(arm_threads=options.lockstep_threads,
+                            disturbance_limit=options.disturbance_limit),
+            until_decided_with=others,
             budget_s=max(options.budget_s - spent, 0.0) if options.budget_s else None,
         )  # fmt: skip
         if others is not None and speed_lines:  # else the sequential line stays the speed line

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twinbench.api import trainer_pb2 as tpb
+from twinbench.experiments.disturbance import DISTURBANCE_LIMIT
 from twinbench.serving.repository import FRAMEWORK_FORMATS
 
 # Each framework's own export format (the first of its formats): TorchScript, SavedModel,
@@ -54,6 +55,8 @@ class CompareOptions:
     lockstep_pairs: int | None = None
     # Each lockstep arm's intra-op threads (a positive control's handicap); None: the settings'.
     lockstep_threads: tuple[int, int] | None = None
+    # A block pair (lockstep speed, serving blocks) more disturbed than this is redone.
+    disturbance_limit: float = DISTURBANCE_LIMIT
     # Add pairs of repeats until every line is decided (sequential.py), within a budget.
     until_decided: bool = False
     budget_s: float | None = None

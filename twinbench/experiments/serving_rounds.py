@@ -264,7 +264,7 @@ def alternating_load_test(
                 return load_block(generator, address, files[(export.model_name, export.version)],
                                   options.users, block_seconds)  # fmt: skip
 
-            limit = DISTURBANCE_LIMIT if services_ours else math.inf
+            limit = options.disturbance_limit if services_ours else math.inf
             played = run_round(run_block, per_round, r % 2, 1000 * r + len(kind), monitor, limit)
             for k, (arm, export) in enumerate(zip(arms, pair, strict=True)):
                 figures = export_figures(played, k)
