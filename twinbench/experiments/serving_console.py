@@ -191,7 +191,7 @@ def server(services, args: argparse.Namespace, use_perf_analyzer: bool) -> list[
         ours = max((r["high"] for r in rows if r["model"] == name), default=1000.0)
         try:
             found = perf_analyzer_search(
-                services.stack.gateway_address, name, args.p99_target_ms, 50.0,
+                services.stack.gateway_address, name, args.p99_target_ms, 100.0,
                 max(4 * ours, 1000.0), services.client_cpus, args.min_requests,
             )  # fmt: skip
         except RuntimeError as exc:
