@@ -400,6 +400,10 @@ def cmd_bench_scaling(client: Client, args: argparse.Namespace, options) -> int:
         raise SystemExit("--workers takes worker counts, e.g. 1,2") from None
     if not workers or min(workers) < 1:
         raise SystemExit("--workers takes worker counts of 1 or more, e.g. 1,2")
+    if len(options.frameworks) != 2 or "jax" in options.frameworks:
+        raise SystemExit(
+            "--workers compares data-parallel jobs of two frameworks with a collective: torch,tf"
+        )
     if tuple(options.precisions) != ("fp32",):
         raise SystemExit("--workers measures fp32 only (data-parallel jobs refuse mixed precision)")
     results = run_scaling_bench(client, ScalingOptions(options, workers))

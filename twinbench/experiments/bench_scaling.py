@@ -39,7 +39,7 @@ class ScalingOptions:
     extra: dict = field(default_factory=dict)
 
 
-def _arms(frameworks: tuple[str, str], workers: tuple[int, ...], repeat: int):
+def _arms(frameworks: tuple[str, ...], workers: tuple[int, ...], repeat: int):
     arms = [(f, w) for f in frameworks for w in workers]
     return arms if repeat % 2 == 0 else arms[::-1]
 
