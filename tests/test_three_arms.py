@@ -207,3 +207,16 @@ def test_a_sweep_of_another_pair_has_studies_of_its_own():
     names = study_names("mlp", ("torch", "jax"))
     assert names == {"torch": "mlp/torch", "jax": "mlp/jax", PAIRED: "mlp/paired-torch-jax"}
     assert list(names)[:2] == ["torch", "jax"]  # the pair's order: first over second
+
+
+def test_up_takes_known_frameworks_only_and_knows_whether_jax_is_installed():
+    from twinbench.cli.main import main
+    from twinbench.client.stack import installed_frameworks
+
+    with pytest.raises(SystemExit, match="--frameworks=torch,mxnet: name each of torch, tf, jax"):
+        main(["up", "--frameworks", "torch,mxnet"])
+    installed = installed_frameworks()
+    assert installed[:2] == ("torch", "tf")
+    import importlib.util
+
+    assert ("jax" in installed) == (importlib.util.find_spec("jax") is not None)

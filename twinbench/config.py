@@ -198,14 +198,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def parse_frameworks(value: str) -> tuple[str, ...]:
-    """A comma-separated list of frameworks, each known and named once."""
+def parse_frameworks(value: str, source: str = "TWINBENCH_FRAMEWORKS") -> tuple[str, ...]:
+    """A comma-separated list of frameworks, each known and named once; `source` names where it
+    came from in the refusal."""
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     unknown = [n for n in names if n not in FRAMEWORKS]
     if unknown or not names or len(set(names)) != len(names):
-        raise SystemExit(
-            f"TWINBENCH_FRAMEWORKS={value}: name each of {', '.join(FRAMEWORKS)} at most once"
-        )
+        raise SystemExit(f"{source}={value}: name each of {', '.join(FRAMEWORKS)} at most once")
     return names
 
 

@@ -26,7 +26,7 @@ def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     installed = installed_frameworks()
     if args.frameworks:
-        frameworks = parse_frameworks(args.frameworks)
+        frameworks = parse_frameworks(args.frameworks, "--frameworks")
         missing = [fw for fw in frameworks if fw not in installed]
         if missing:
             raise SystemExit(f"{', '.join(missing)} is not installed here ({INSTALL_JAX})")
