@@ -280,7 +280,7 @@ def load_test(
     report_dir.mkdir(parents=True, exist_ok=True)
     if settings.tls_ca or (settings.token and not settings.inference_open):
         # The load generator speaks plain gRPC without a token; Locust's whole rounds do both.
-        from twinbench.experiments.serving_widths import whole_rounds
+        from twinbench.experiments.serving_rounds import whole_rounds
 
         return whole_rounds(address, settings, arms, options, report_dir)
     return alternating_load_test(address, settings, arms, options, report_dir,

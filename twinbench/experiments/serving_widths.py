@@ -18,92 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.config import Settings, load_settings
+from twinbench.config import load_settings
 from twinbench.experiments.compare_lines import serving_lines
 from twinbench.experiments.compare_plan import Arm, CompareOptions, plan_arms
-from twinbench.experiments.disturbance import Monitor
-from twinbench.experiments.serving_rounds import alternating_load_test
-
-
-def repeat_exports(arms: list[Arm]) -> dict[tuple[str, str], list[tpb.ModelExport]]:
-    """(arm, format): that arm's export of the format from each repeat both arms completed."""
-    complete = [
-        i
-        for i in range(min(len(arm.jobs) for arm in arms))
-        if all(arm.jobs[i].state == tpb.SUCCEEDED for arm in arms)
-    ]
-    out: dict[tuple[str, str], list[tpb.ModelExport]] = {}
-    for arm in arms:
-        for i in complete:
-            for export in arm.jobs[i].exports:
-                out.setdefault((arm.label, export.format), []).append(export)
-    return out
-
-
-def whole_rounds(
-    address: str, settings: Settings, arms: list[Arm], options: CompareOptions, report_dir: Path
-) -> list[dict]:
-    """The former design: Locust on each served (arm, format) for `duration`, in rounds whose
-    order alternates (forward, backward, ...); round r serves repeat r's exports. compare uses
-    it still where the load generator cannot reach the gateway (TLS, or a token for inference:
-    Locust sends both)."""
-    from twinbench.experiments.loadtest import run_locust
-    from twinbench.serving.statistics import server_compute_ms
-
-    exports = repeat_exports(arms)
-    keys = list(exports)
-    rounds: dict[tuple[str, str], list[dict]] = {k: [] for k in keys}
-    monitor = Monitor()
-    for r in range(options.rounds):
-        for key in keys if r % 2 == 0 else reversed(keys):
-            export = exports[key][r % len(exports[key])]
-            before = monitor.snapshot()
-            stats = run_locust(
-                address, f"{export.model_name}:{export.version}", options.users, options.duration,
-                options.serving_batch_size, None,
-                report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
-            )  # fmt: skip
-            disturbance = monitor.between(before, monitor.snapshot())
-            rounds[key].append({"version": export.version, **stats, "disturbance": disturbance})
-    out = []
-    for key in keys:
-        arm = next(a for a in arms if a.label == key[0])
-        last = exports[key][-1]
-        per_round = rounds[key]
-        versions = sorted({s["version"] for s in per_round}, key=int)
-        reported = [server_compute_ms(address, settings, last.model_name, v) for v in versions]
-        compute = [c for c in reported if c is not None]
-        out.append({
-            "model_name": last.model_name, "version": last.version, "versions": versions,
-            "arm": arm.label, "framework": arm.framework, "format": last.format,
-            **_median_of_rounds(per_round), "rounds": per_round,
-            "server_compute_ms": float(np.mean(compute)) if compute else None,
-        })  # fmt: skip
-    return out
-
-
-def _median_of_rounds(rounds: list[dict]) -> dict:
-    """The figures of a served model as the median of its rounds (counts are summed)."""
-
-    def med(get) -> float:
-        return float(statistics.median(get(s) for s in rounds))
-
-    return {
-        "requests": sum(s["requests"] for s in rounds),
-        "failures": sum(s["failures"] for s in rounds),
-        "requests_per_second": med(lambda s: s["requests_per_second"]),
-        "latency_ms": {k: med(lambda s, k=k: s["latency_ms"][k]) for k in rounds[0]["latency_ms"]},
-        "percentiles_ms": {
-            k: med(lambda s, k=k: s["percentiles_ms"][k]) for k in rounds[0]["percentiles_ms"]
-        },
-    }
+from twinbench.experiments.serving_rounds import alternating_load_test, whole_rounds
 
 
 def log_widths(arms: list[Arm], served: list[dict]) -> dict[str, float]:
