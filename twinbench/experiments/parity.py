@@ -152,7 +152,7 @@ def check_parity(
         scale=float(np.max(np.abs(torch_logits))),
         train_stats=max(stats) if stats else None,
         train_logits=None
-        if has_dropout or not torch_bn
+        if has_dropout or not torch_bn or other.train_logits is None
         else _relative(torch_train, other.train_logits),
         weights_file=str(weights_file) if weights_file else None,
         against=against,

@@ -290,6 +290,10 @@ def is_distributed(spec: tpb.JobSpec) -> bool:
     return workers_of(spec) > 1 or devices_of(spec) > 1
 
 
+# The frameworks with a data-parallel collective (their adapter's `distributed`); JAX has none.
+DATA_PARALLEL_FRAMEWORKS = ("torch", "tf")
+
+
 def check_distributed_spec(spec: tpb.JobSpec) -> None:
     """Refuses what a data-parallel job cannot do; called from resolve_spec."""
     for name in ("workers", "devices_per_worker"):
@@ -299,6 +303,11 @@ def check_distributed_spec(spec: tpb.JobSpec) -> None:
     if devices > 1 and spec.device == "cpu":
         raise InvalidArgument("devices_per_worker > 1 needs GPUs; this job asked for the CPU")
     world = workers * devices
+    if world > 1 and spec.framework not in DATA_PARALLEL_FRAMEWORKS:
+        raise FailedPrecondition(
+            f"the {spec.framework} trainer trains on one process and one device: data-parallel"
+            " jobs (workers or devices_per_worker above 1) are built for torch and tf only"
+        )
     if world > 1:
         from twinbench.models.id_models import ID_MODELS
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,8 @@ def export_stablehlo(
     exported = jax.export.export(jax.jit(serve), platforms=_platforms())(*weights, *inputs)
     path.mkdir(parents=True)
     (path / PROGRAM_FILE).write_bytes(exported.serialize())
-    np.savez(path / WEIGHTS_FILE, **{f"w{i:05d}": np.asarray(a) for i, a in enumerate(leaves)})
+    arrays: dict[str, Any] = {f"w{i:05d}": np.asarray(a) for i, a in enumerate(leaves)}
+    np.savez(path / WEIGHTS_FILE, **arrays)
 
 
 def export_onnx(model: nnx.Module, fn: Callable[..., jax.Array], task: Task, path: Path) -> None:

@@ -63,6 +63,11 @@ class JaxSessionBase:
 
     shared_init = SHARED_INIT
     own_init = OWN_INIT
+    # pytrees of arrays (nnx.State, Optax's state) and nnx's structure
+    graphdef: Any
+    params: Any
+    rest: Any
+    opt_state: Any
 
     def __init__(
         self,
@@ -81,7 +86,8 @@ class JaxSessionBase:
         self.precision = "fp32"
         with jax.default_device(self.device):
             model = self.new_model()
-            self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+            split: Any = nnx.split(model, nnx.Param, ...)
+            self.graphdef, self.params, self.rest = split
             self.parameter_count = trainable_count(model)
             self.optimizer = make_optimizer(spec.optimizer, clip_norm)
             self.opt_state = self.optimizer.init(self.params)
@@ -160,7 +166,8 @@ class JaxSessionBase:
     def save_checkpoint(self, path: Path) -> None:
         leaves = jax.tree.leaves(self._state())
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{f"a{i}": np.asarray(v) for i, v in enumerate(leaves)})
+        arrays: dict[str, Any] = {f"a{i}": np.asarray(v) for i, v in enumerate(leaves)}
+        np.savez(tmp, **arrays)
         tmp.replace(path)  # whole or not at all: a job killed mid-write resumes from the last
 
     def load_checkpoint(self, path: Path) -> None:
@@ -246,7 +253,8 @@ class JaxSession(JaxSessionBase):
             model = nnx.merge(self.graphdef, params, jax.tree.map(lambda a: a, rest))
             logits = model(x, train=True, key=key)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
+            split: Any = nnx.split(model, nnx.Param, ...)
+            return loss, (logits, split[2])
 
         (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
@@ -274,7 +282,8 @@ class JaxSession(JaxSessionBase):
 
     def base_max_change(self, base: Weights) -> float:
         """The largest |now - pretrained| of a fine-tuning job's frozen weights."""
-        modules = self.model().weighted()
+        model: Any = self.model()
+        modules = model.weighted()
         worst = 0.0
         for module, arrays in zip(modules, flax_base(self.model_spec, base), strict=False):
             now = [module.kernel[...], *([module.bias[...]] if module.bias is not None else [])]
