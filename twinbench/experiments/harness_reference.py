@@ -28,6 +28,7 @@ from twinbench.config import Settings
 from twinbench.experiments.bench_training import BenchOptions, unit_of
 from twinbench.experiments.lockstep import (
     lockstep_spec,
+    pair_summary,
     speed_line,
     speed_summary,
     start_arm,
@@ -145,7 +146,12 @@ def _pair_text(pp: dict) -> str:
     if pp["failed"]:
         return f"failed: {pp['failed']}"
     valid = [p for p in pp["pairs"] if not p["discarded"]]
-    return f"{len(valid)} block pairs ({pp['discarded']} discarded)"
+    text = f"{len(valid)} block pairs ({pp['discarded']} discarded)"
+    summary = pair_summary(charged(pp), drop_first=False)
+    if summary is not None:
+        harness, bare = summary["rates"]
+        text += f", harness {harness:,.0f} and bare {bare:,.0f} per s: {summary['ratio']:.3f}"
+    return text
 
 
 def describe_cost(row: dict) -> str:
