@@ -144,7 +144,18 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="the trained model's width (architectures, ncf, gnmt; default: its full width)",
     )
-    serving.add_argument("--formats", default="onnx,torchscript", help="(default: %(default)s)")
+    serving.add_argument(
+        "--framework",
+        choices=["torch", "tf", "jax"],
+        default="torch",
+        help="the framework whose exports are served (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--formats",
+        default="",
+        help="the exports served (default: onnx and the framework's own: onnx,torchscript,"
+        " onnx,savedmodel or onnx,stablehlo)",
+    )
     serving.add_argument("--concurrency", default="1,8,32", help="(default: %(default)s)")
     serving.add_argument(
         "--seconds", type=float, default=3.0, help="per measurement (default: %(default)s)"

@@ -38,7 +38,12 @@ from twinbench.client.stack import LocalStack
 from twinbench.config import LOADGEN_PROGRAM, Settings, installed_program
 from twinbench.experiments.disturbance import process_cpu_seconds
 from twinbench.rpc.channel import Client
-from twinbench.serving.repository import ModelRepository, framework_of, model_name
+from twinbench.serving.repository import (
+    FRAMEWORK_FORMATS,
+    ModelRepository,
+    framework_of,
+    model_name,
+)
 from twinbench.serving.tensors import infer_request
 
 FREE_PORTS = {"gateway": 0, "torch_trainer": 0, "tf_trainer": 0}
@@ -118,13 +123,18 @@ def measure(
 
 
 def _ensure_exports(
-    stack: LocalStack, settings: Settings, model: str, width: float | None = None
+    stack: LocalStack,
+    settings: Settings,
+    model: str,
+    width: float | None = None,
+    framework: str = "torch",
 ) -> None:
     repository = ModelRepository(settings.model_repository)
-    if all(repository.versions(model_name(model, "torch", f)) for f in ("onnx", "torchscript")):
+    formats = FRAMEWORK_FORMATS[framework]
+    if all(repository.versions(model_name(model, framework, f)) for f in formats):
         return
     client = Client(stack.gateway_address, settings)
-    spec = tpb.JobSpec(framework="torch", model=model, epochs=1, train_samples=512)
+    spec = tpb.JobSpec(framework=framework, model=model, epochs=1, train_samples=512)
     if width is not None:
         spec.width = width
     (job,) = client.trainer.CreateJob(tpb.CreateJobRequest(spec=spec)).jobs
@@ -307,19 +317,23 @@ def bench_services(
     model: str = "lenet5",
     formats: tuple[str, ...] = ("onnx", "torchscript"),
     width: float | None = None,
+    framework: str = "torch",
 ) -> Iterator[BenchServices]:
-    """Services of the bench's own, on the CPUs `cpu_split` leaves them, with `model` trained and
-    exported in `formats`."""
+    """Services of the bench's own, on the CPUs `cpu_split` leaves them, with `model` trained in
+    `framework` and exported in `formats` (of that framework's)."""
     home = Path(tempfile.mkdtemp(prefix="twinbench-bench-"))
     local = dataclasses.replace(settings, home=home, data=settings.data)
     client_cpus, server_cpus = cpu_split()
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, server_cpus)  # the services started below inherit it
     try:
-        with LocalStack(local, FREE_PORTS, {"TWINBENCH_HOME": str(home)}) as stack:
-            _ensure_exports(stack, local, model, width)
+        # The usual trainers, and the one of `framework` when it is not among them (jax).
+        trainers = tuple(dict.fromkeys((*local.frameworks, framework)))
+        env = {"TWINBENCH_HOME": str(home)}
+        with LocalStack(local, FREE_PORTS, env, frameworks=trainers) as stack:
+            _ensure_exports(stack, local, model, width, framework)
             repository = ModelRepository(local.model_repository)
-            names = [model_name(model, "torch", fmt) for fmt in formats]
+            names = [model_name(model, framework, fmt) for fmt in formats]
             first = repository.info(names[0], repository.versions(names[0])[-1])
             inputs, _ = model_inputs(first.input_specs, rows=1)  # twinbench.client.inputs
             yield BenchServices(stack, local, names, inputs, client_cpus)
@@ -356,7 +370,8 @@ def serving_figures(
 ) -> list[Figures]:
     """Paths a-d (and e, perf_analyzer through the gateway, with `perf_analyzer`) on the bench's
     services; with `rates`, b-d in an open loop at each rate (`bench_stack`)."""
-    from twinbench.frameworks.torch.framework import TorchFramework  # the runtimes, in process
+    # The runtimes in process: the serving framework's adapter's loaders, as its trainer's.
+    from twinbench.experiments.cold_start import _loaders as framework_loaders
 
     stack, local, inputs = services.stack, services.settings, services.inputs
     repository = ModelRepository(local.model_repository)
@@ -365,7 +380,8 @@ def serving_figures(
         version = repository.versions(name)[-1]
         info = repository.info(name, version)
         path = repository.version_dir(name, version) / info.filename
-        runtime = TorchFramework.loaders[info.format](path, local.serving_threads or None)
+        loader = framework_loaders(framework_of(name))[info.format]
+        runtime = loader(path, local.serving_threads or None)
         for concurrency in concurrencies:
             n, p50, p99, rps = measure(
                 partial(runtime.infer, *inputs.values()), concurrency, seconds

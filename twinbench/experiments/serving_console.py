@@ -226,6 +226,18 @@ def server(services, args: argparse.Namespace, use_perf_analyzer: bool) -> list[
     return lines
 
 
+def bench_formats(framework: str, asked: str) -> tuple[str, ...]:
+    """--formats, or by default ONNX and the framework's own format (onnx,torchscript for torch)."""
+    from twinbench.serving.repository import FRAMEWORK_FORMATS
+
+    own = FRAMEWORK_FORMATS[framework]
+    formats = tuple(f.strip() for f in asked.split(",")) if asked else ("onnx", own[0])
+    wrong = [f for f in formats if f not in own]
+    if wrong:
+        raise SystemExit(f"--formats: {framework} exports {', '.join(own)}, not {', '.join(wrong)}")
+    return formats
+
+
 def bench_serving_command(settings: Settings, args: argparse.Namespace) -> int:
     from twinbench.experiments.bench_serving import bench_services, perf_analyzer_command, setup
     from twinbench.experiments.preflight import preflight, warn
@@ -238,8 +250,9 @@ def bench_serving_command(settings: Settings, args: argparse.Namespace) -> int:
     )
     how = setup(settings)
     print(f"gateway front: {how['gateway_front']}; load generator: {how['load_generator']}")
-    formats = tuple(args.formats.split(","))
-    with bench_services(settings, args.model, formats, args.width) as services:
+    framework = getattr(args, "framework", "torch")
+    formats = bench_formats(framework, args.formats)
+    with bench_services(settings, args.model, formats, args.width, framework) as services:
         if args.scenario == "server":
             lines = server(services, args, use_perf_analyzer)
         else:
