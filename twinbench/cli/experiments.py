@@ -187,7 +187,7 @@ def cmd_parity(settings: Settings, args: argparse.Namespace) -> int:
         else:
             sized = name in ARCHITECTURES or name in FINE_TUNING
             knobs = (args.width, args.image_size) if sized else (None, None)
-            result = check_parity(name, args.seed, args.rows, *knobs, against=other)
+            result = check_parity(name, args.seed, args.rows, knobs[0], knobs[1], against=other)
         failed += not result.ok
         parts = [f"{result.parameters:,} trainable parameters"]
         if result.keras_parameters != result.parameters:
