@@ -49,7 +49,10 @@ class LevelledBatchNorm(nnx.BatchNorm):
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, **kw: Any):
         if use_running_average:
-            return super().__call__(x, use_running_average=True, **kw)
+            # Flax's own expression, written out: jax2onnx's patched BatchNorm mistakes NHWC
+            # for NCHW inside residual blocks, while these plain operations export as they are.
+            inverse = jax.lax.rsqrt(self.var[...] + self.epsilon)
+            return (x - self.mean[...]) * inverse * self.scale[...] + self.bias[...]
         before = self.var[...]
         out = super().__call__(x, use_running_average=False, **kw)
         n = x.size / x.shape[-1]
