@@ -343,10 +343,12 @@ def parser() -> argparse.ArgumentParser:
         "--users",
         type=int,
         default=8,
-        help="Locust users per served model; 0 skips load (default: 8)",
+        help="concurrent callers per served model in the load test; 0 skips load (default: 8)",
     )
     compare.add_argument(
-        "--duration", default="5s", help="Locust run time per model and round (default: 5s)"
+        "--duration",
+        default="5s",
+        help="load per model and round, in alternating 1 s blocks (default: 5s)",
     )
     compare.add_argument(
         "--rounds",
