@@ -51,6 +51,8 @@ class LevelledBatchNorm(nnx.BatchNorm):
         if use_running_average:
             # Flax's own expression, written out: jax2onnx's patched BatchNorm mistakes NHWC
             # for NCHW inside residual blocks, while these plain operations export as they are.
+            # Scale and bias are always built (use_scale and use_bias are left on).
+            assert self.scale is not None and self.bias is not None
             inverse = jax.lax.rsqrt(self.var[...] + self.epsilon)
             return (x - self.mean[...]) * inverse * self.scale[...] + self.bias[...]
         before = self.var[...]
