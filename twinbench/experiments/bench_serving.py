@@ -258,7 +258,8 @@ def bench_stack(
     of a closed loop at each concurrency. Every figure has the services' CPU per 1,000 requests.
     """
     out: list[Figures] = []
-    loads = [(bound, rate) for rate in rates] or [(c, None) for c in concurrencies]
+    loads: list[tuple[int, float | None]] = [(bound, rate) for rate in rates]
+    loads = loads or [(c, None) for c in concurrencies]
 
     def record(path: str, address: str, round_: int = 0) -> None:
         pids = stack_pids(stack)  # after a restart: the new gateway's

@@ -63,7 +63,8 @@ def _loaders(framework: str) -> dict:
     module = importlib.import_module(f"twinbench.frameworks.{framework}.framework")
     for adapter in vars(module).values():
         if isinstance(adapter, type) and getattr(adapter, "name", None) == framework:
-            return adapter.loaders
+            loaders: dict = getattr(adapter, "loaders")  # noqa: B009 - a class found at run time
+            return loaders
     raise ValueError(f"no framework adapter named {framework!r} in {module.__name__}")
 
 

@@ -201,7 +201,10 @@ def server(services, args: argparse.Namespace, use_perf_analyzer: bool) -> list[
         rate = found["max_rate"]
         theirs[name] = "none" if rate is None else f"{rate:,.0f}"
         delayed = ", ".join(found["delayed_requests"]) or "none reported"
-        print(f"perf_analyzer on {name}: {len(found['rows'])} rates measured; delayed: {delayed}")
+        done = next((r["rps"] for r in found["rows"] if r["rate"] == rate), None)
+        served = "" if done is None else f"; at {rate:,.0f}/s asked it got {done:,.0f}/s answered"
+        print(f"perf_analyzer on {name}: {len(found['rows'])} rates measured{served};"
+              f" delayed: {delayed}")  # fmt: skip
     level = next((r["interval_level"] for r in rows if r["interval_level"]), None)
     said = f"{level:.0%} interval for the median" if level else "one search: no interval"
     lines = [
