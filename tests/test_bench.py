@@ -57,8 +57,9 @@ def test_bench_measures_each_path_and_its_figures_reach_the_report(stack, traine
         "note": "test",
         **setup(stack.settings),
     }
-    design = {"frameworks": ["torch", "tf"], "a_a": False, "repeats": 1, "order": ["torch"],
-              "seeds": {"torch": [job.spec.seed]}, "hardware": "test", "level": 0.95}  # fmt: skip
+    design = {"frameworks": ["torch", "tf"], "pairs": [["torch", "tf"]], "a_a": False,
+              "repeats": 1, "order": ["torch"], "seeds": {"torch": [job.spec.seed]},
+              "hardware": "test", "level": 0.95}  # fmt: skip
     load = {"users": 1, "duration": "0s", "rounds": 1, "batch_size": 1,
             "host": stack.gateway_address}  # fmt: skip
     results = build_results({"torch": ("torch", [job])}, [], load, "test", [], design, cost)
