@@ -43,6 +43,8 @@ BAD_SPECS = [
         "learning_rate",
     ),
     (dict(framework="tf", model="mlp", optimizer=tpb.Optimizer(momentum=1.5)), "momentum"),
+    (dict(framework="jax", model="lenet5", precision="mixed"), "jax trains in fp32 only"),
+    (dict(framework="jax", model="lenet5", channels_last=True), "channels_last is for PyTorch"),
 ]
 
 

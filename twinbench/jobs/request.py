@@ -228,6 +228,15 @@ def resolve_spec(spec: tpb.JobSpec) -> tpb.JobSpec:
             out.precision == "fp32" or spec.model not in ID_MODELS,
             f"{spec.model} trains in fp32 only: mixed precision is built for the image models",
         ),
+        # JAX's sessions build fp32 NHWC models only: refused here, before a job is queued
+        (
+            out.precision == "fp32" or spec.framework != "jax",
+            "jax trains in fp32 only: mixed precision is not built for its sessions",
+        ),
+        (
+            not out.channels_last or spec.framework != "jax",
+            "channels_last is for PyTorch: JAX's convolutions are NHWC already",
+        ),
         (opt.name in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (
             set(out.export_formats) <= set(formats),
