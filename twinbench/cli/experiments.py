@@ -34,6 +34,10 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         raise SystemExit("--repeats and --rounds must be 1 or more")
     if args.lockstep_pairs is not None and args.lockstep_pairs < 0:
         raise SystemExit(f"--lockstep-pairs must be 0 or more, got {args.lockstep_pairs}")
+    if args.serving_rate < 0:
+        raise SystemExit(
+            f"--serving-rate must be 0 (a closed loop) or more, got {args.serving_rate}"
+        )
     if not 0.5 <= args.confidence < 1:
         raise SystemExit(f"--confidence must be in [0.5, 1), got {args.confidence}")
     budget_s = until_decided_args(args)
@@ -58,6 +62,9 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         max_pairs=args.max_pairs,
         lockstep_threads=arm_threads(args),
         disturbance_limit=args.disturbance_limit,
+        serving_rate=args.serving_rate,
+        arrivals=args.arrivals,
+        tuned_batching=args.tuned_batching,
     )
     if len(frameworks) > 2 and args.lockstep_pairs:
         raise SystemExit(

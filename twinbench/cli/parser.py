@@ -359,6 +359,26 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--serving-batch-size", type=int, default=1, help="images per request (default: 1)"
     )
+    compare.add_argument(
+        "--serving-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="load each export in an open loop of R requests/s (each timed from when it fell"
+        " due) instead of --users callers in a closed loop (default: the closed loop)",
+    )
+    compare.add_argument(
+        "--arrivals",
+        choices=("poisson", "constant"),
+        default="poisson",
+        help="with --serving-rate, the gaps between requests (default: %(default)s)",
+    )
+    compare.add_argument(
+        "--tuned-batching",
+        action="store_true",
+        help="serve each export with the dynamic batching `twinbench bench serving"
+        " --tune-batching` wrote to its config.pbtxt (default: the gateway's settings)",
+    )
     compare.add_argument("--reports", default="reports", help="report folder (default: reports)")
     compare.add_argument("--sample", type=int, default=0, help="test image to infer (default: 0)")
     compare.add_argument(

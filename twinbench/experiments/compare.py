@@ -131,6 +131,7 @@ def run_compare(
         "rounds": options.rounds,
         "batch_size": options.serving_batch_size,
         "host": address,
+        **load_mode(options),
     }
     design = {
         "frameworks": list(options.frameworks),
@@ -285,6 +286,18 @@ def load_test(
         return whole_rounds(address, settings, arms, options, report_dir)
     return alternating_load_test(address, settings, arms, options, report_dir,
                                  services_ours=services_ours)  # fmt: skip
+
+
+def load_mode(options: CompareOptions) -> dict:
+    """The serving blocks' load for results.json: an open loop's rate, arrivals and bound (none
+    for the closed loop), and whether each export was served with its tuned batching."""
+    from twinbench.experiments.serving_rounds import OPEN_LOOP_BOUND
+
+    out: dict = {"tuned_batching": options.tuned_batching}
+    if options.serving_rate:
+        out.update(rate=options.serving_rate, arrivals=options.arrivals,
+                   max_in_flight=OPEN_LOOP_BOUND)  # fmt: skip
+    return out
 
 
 def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:

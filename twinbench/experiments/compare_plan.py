@@ -61,6 +61,13 @@ class CompareOptions:
     until_decided: bool = False
     budget_s: float | None = None
     max_pairs: int = 20
+    # The serving blocks' load: 0, `users` callers in a closed loop; else an open loop of this
+    # many requests per second per export (`arrivals` gaps), timed from when each fell due.
+    serving_rate: float = 0.0
+    arrivals: str = "poisson"
+    # Serve each export with the dynamic batching `bench serving --tune-batching` wrote to its
+    # config.pbtxt (twinbench.experiments.batching_tune), instead of the gateway's settings.
+    tuned_batching: bool = False
 
 
 def plan_arms(frameworks: tuple[str, ...], repeats: int, seed: int) -> list[Arm]:

@@ -398,15 +398,28 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             + [
                 [
                     "load",
-                    f"{results['serving']['users']} users, {results['serving']['duration']} per"
+                    f"{load_in_words(results['serving'])}, {results['serving']['duration']} per"
                     f" model and round, {results['serving']['rounds']} rounds, batch"
-                    f" {results['serving']['batch_size']}, host {results['serving']['host']}",
+                    f" {results['serving']['batch_size']}, host {results['serving']['host']}"
+                    + (
+                        ", each export's tuned batching"
+                        if results["serving"].get("tuned_batching")
+                        else ""
+                    ),
                 ],
                 ["command", results["command"]],
             ],
         ),  # fmt: skip
     ]
     return out + code_tables(results)
+
+
+def load_in_words(load: dict) -> str:
+    """The serving load: the closed loop's users, or the open loop's rate, arrivals and bound."""
+    if load.get("rate"):
+        return (f"open loop at {load['rate']:,g} requests/s per export ({load['arrivals']}"
+                f" arrivals, at most {load['max_in_flight']} in flight)")  # fmt: skip
+    return f"{load['users']} users"
 
 
 def code_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:

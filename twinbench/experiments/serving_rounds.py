@@ -16,10 +16,16 @@ Exports stay the unit of the verdict: two exports of one model can serve at a st
 different pace (docs/fairness.md), so the blocks only estimate each export's figure in its round
 (the geometric mean of its blocks' figures, with the log standard error of the block pairs'
 ratios recorded), and compare_lines.serving_lines pairs the repeats' exports as before.
+
+With `compare --serving-rate R` each block is an open loop instead: requests fall due at R per
+second (Poisson or constant gaps, each block's seed its own) whatever the server does, each timed
+from when it fell due, at most OPEN_LOOP_BOUND in flight; a request due while the bound is full
+counts as a failure of its block, and the requests sent late are counted beside.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -43,6 +49,9 @@ from twinbench.serving.tensors import infer_request
 # each block holds hundreds of requests and the counters' ticks are a small part of it.
 BLOCK_SECONDS = 1.0
 WARM_S = 0.25  # each block's first requests (a new channel, a cold path): sent, not counted
+# The open loop's requests in flight at most (bench serving's --max-in-flight default): far above
+# what an export keeping up at its rate holds, so only one falling behind meets it.
+OPEN_LOOP_BOUND = 1024
 PERCENTILES = {"50": 50, "66": 66, "75": 75, "80": 80, "90": 90, "95": 95, "98": 98, "99": 99,
                "99.9": 99.9, "99.99": 99.99, "100": 100}  # fmt: skip
 
@@ -91,24 +100,37 @@ def latency_figures(ms: np.ndarray) -> dict:
     }  # fmt: skip
 
 
+def open_loop_flags(rate: float, arrivals: str, seed: int) -> list[str]:
+    """The load generator's flags for an open loop (the Go one's and the Python one's alike)."""
+    return ["-rate", f"{rate:g}", "-arrivals", arrivals, "-seed", str(seed)]
+
+
 def load_block(
     generator: list[str], address: str, request_file: Path, users: int, seconds: float,
-    warm_s: float = WARM_S,
+    warm_s: float = WARM_S, rate: float = 0.0, arrivals: str = "poisson", seed: int = 1,
 ) -> dict:  # fmt: skip
-    """One block: the load generator's closed loop on one export; its exact latencies."""
+    """One block: the load generator on one export, `users` callers in a closed loop, or with
+    `rate` an open loop at that rate (at most OPEN_LOOP_BOUND in flight); its exact latencies.
+    An open loop's requests over the bound and its failed calls are the block's failures."""
+    flags = open_loop_flags(rate, arrivals, seed) if rate else []
+    concurrency = OPEN_LOOP_BOUND if rate else users
     with tempfile.NamedTemporaryFile(suffix=".f8") as latencies:
         done = subprocess.run(
-            [*generator, "-warm-up", str(warm_s), "-latency-file", latencies.name, address,
-             str(request_file), str(users), str(seconds)],
+            [*generator, *flags, "-warm-up", str(warm_s), "-latency-file", latencies.name,
+             address, str(request_file), str(concurrency), str(seconds)],
             capture_output=True, text=True,
         )  # fmt: skip
         if done.returncode != 0:
             return {"requests": 0, "failures": 1, "error": done.stderr.strip()[-500:]}
         figures = json.loads(done.stdout.splitlines()[-1])
         ms = np.fromfile(latencies.name, dtype="<f8")
-    out = {"requests": int(figures["requests"]), "failures": 0,
+    failures = int(figures.get("failures", 0)) + int(figures.get("over_bound", 0))
+    out = {"requests": int(figures["requests"]), "failures": failures,
            "requests_per_second": float(figures["rps"]), "seconds": seconds,
            "client_cpu": figures.get("client_cpu")}  # fmt: skip
+    if rate:
+        out.update(rate=rate, arrivals=arrivals, seed=seed,
+                   **{k: int(figures.get(k, 0)) for k in ("due", "late", "over_bound")})  # fmt: skip
     if len(ms):
         out.update(latency_figures(ms))
     return out
@@ -170,6 +192,8 @@ def export_figures(round_: dict, k: int) -> dict:
         "requests_per_second": _geomean([b["requests_per_second"] for b in measured]),
         "blocks": len(mine),
     }
+    if any("rate" in b for b in mine):  # an open loop's: due, sent late and over the bound
+        out.update({key: sum(b.get(key, 0) for b in mine) for key in ("due", "late", "over_bound")})
     if measured:
         out["latency_ms"] = {key: _geomean([b["latency_ms"][key] for b in measured])
                              for key in measured[0]["latency_ms"]}  # fmt: skip
@@ -249,20 +273,21 @@ def alternating_load_test(
         client.close()
     monitor = Monitor()
     records: dict[tuple[str, str], dict] = {}
+    seeds = itertools.count(1)  # each open-loop block its own arrivals
     for r in range(options.rounds):
         for kind, pairs in pairs_of.items():
             pair = pairs[r % len(pairs)]
             progress(
                 f"load test, round {r + 1}/{options.rounds}, {kind}: {pair[0].model_name}"
                 f" v{pair[0].version} and {pair[1].model_name} v{pair[1].version} in"
-                f" {per_round} alternating block pairs of {block_seconds:g} s, {options.users}"
-                " users"
+                f" {per_round} alternating block pairs of {block_seconds:g} s, {load_words(options)}"
             )
 
             def run_block(k: int, pair=pair) -> dict:
                 export = pair[k]
                 return load_block(generator, address, files[(export.model_name, export.version)],
-                                  options.users, block_seconds)  # fmt: skip
+                                  options.users, block_seconds, rate=options.serving_rate,
+                                  arrivals=options.arrivals, seed=next(seeds))  # fmt: skip
 
             limit = options.disturbance_limit if services_ours else math.inf
             played = run_round(run_block, per_round, r % 2, 1000 * r + len(kind), monitor, limit)
@@ -287,9 +312,18 @@ def alternating_load_test(
             "arm": arm.label, "framework": arm.framework, "format": last.format,
             **_median_of_rounds(rounds), "rounds": rounds,
             "server_compute_ms": float(np.mean(compute)) if compute else None,
-            "design": f"alternating blocks of {block_seconds:g} s, {per_round} block pairs a round",
+            "design": f"alternating blocks of {block_seconds:g} s, {per_round} block pairs a round,"
+                      f" {load_words(options)}",
         })  # fmt: skip
     return out
+
+
+def load_words(options: CompareOptions) -> str:
+    """The serving blocks' load in words: the closed loop's callers or the open loop's rate."""
+    if options.serving_rate:
+        return (f"an open loop of {options.serving_rate:,g} requests/s ({options.arrivals}),"
+                f" at most {OPEN_LOOP_BOUND} in flight")  # fmt: skip
+    return f"{options.users} users in a closed loop"
 
 
 def _round_disturbance(played: dict, k: int) -> dict:
@@ -357,10 +391,13 @@ def whole_rounds(
         for key in keys if r % 2 == 0 else reversed(keys):
             export = exports[key][r % len(exports[key])]
             before = monitor.snapshot()
+            users = max(options.users, 1)  # an open loop's rate and bound, shared by the users
             stats = run_locust(
-                address, f"{export.model_name}:{export.version}", options.users, options.duration,
+                address, f"{export.model_name}:{export.version}", users, options.duration,
                 options.serving_batch_size, None,
                 report_dir / "locust" / f"{export.model_name}-v{export.version}-round{r + 1}",
+                rate=options.serving_rate / users, arrivals=options.arrivals,
+                max_in_flight=max(OPEN_LOOP_BOUND // users, 1),
             )  # fmt: skip
             disturbance = monitor.between(before, monitor.snapshot())
             rounds[key].append({"version": export.version, **stats, "disturbance": disturbance})
