@@ -80,6 +80,10 @@ class Settings:
     # many as its training CPUs. More are refused with FAILED_PRECONDITION at creation
     # (docs/job-requests.md).
     max_workers: int = 0
+    # Models batched their own way (TWINBENCH_BATCH_MODELS, "name=rows:delay_us,..."): a tuned
+    # export's setting from its config.pbtxt (`compare --tuned-batching`), in place of
+    # batch_max_rows and batch_delay_s.
+    batch_models: str = ""
 
     @property
     def model_repository(self) -> Path:
@@ -124,6 +128,15 @@ class Settings:
         if self.dynamic_batching in ("off", ""):
             return False
         return self.dynamic_batching == "on" or model_name in self.dynamic_batching.split(",")
+
+    def batch_limits(self, model_name: str) -> tuple[int, float]:
+        """The most requests the gateway merges for `model_name` and how long a batch waits."""
+        for item in filter(None, self.batch_models.split(",")):
+            name, _, limits = item.partition("=")
+            if name == model_name:
+                rows, _, delay_us = limits.partition(":")
+                return int(rows), int(delay_us) / 1e6
+        return self.batch_max_rows, self.batch_delay_s
 
     def gateway_front_program(self) -> Path | None:
         """The gateway's front (services/gateway/front), or None: the gateway serves alone."""
@@ -195,6 +208,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         train_threads=int(get("TRAIN_THREADS", "0")),
         train_interop_threads=int(get("TRAIN_INTEROP_THREADS", "0")),
         max_workers=int(get("MAX_WORKERS", "0")),
+        batch_models=get("BATCH_MODELS", ""),
     )
 
 

@@ -377,7 +377,7 @@ def parser() -> argparse.ArgumentParser:
         "--tuned-batching",
         action="store_true",
         help="serve each export with the dynamic batching `twinbench bench serving"
-        " --tune-batching` wrote to its config.pbtxt (default: the gateway's settings)",
+        " --scenario tune` wrote to its config.pbtxt (default: the gateway's settings)",
     )
     compare.add_argument("--reports", default="reports", help="report folder (default: reports)")
     compare.add_argument("--sample", type=int, default=0, help="test image to infer (default: 0)")

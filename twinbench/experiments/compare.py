@@ -68,8 +68,14 @@ def run_compare(
     serving: list[dict] = []
     serving_cost: dict | None = None
     predictions: dict[str, np.ndarray] = {}
+    tuned: dict[str, dict] = {}
     with services(settings, gateway, options.frameworks) as (address, stack):
         started_here = stack is not None
+        if options.tuned_batching and stack is None:
+            raise SystemExit(
+                "--tuned-batching restarts the gateway with each export's batching: it needs"
+                " the services compare starts itself (no --gateway)"
+            )
         lockstep_pairs = options.lockstep_pairs
         if lockstep_pairs is None:
             # Lockstep runs two arms side by side; three arms keep their sequential speed lines.
@@ -96,6 +102,8 @@ def run_compare(
                 client, export.model_name, options.sample, export.version
             )
         client.close()
+        if options.tuned_batching and stack is not None and served:
+            tuned = use_tuned_batching(stack, [e.model_name for _, e in served])
         if options.users > 0 and served:
             serving = load_test_pairs(address, settings, arms, options, report_dir, started_here)
         if stack and options.bench_seconds > 0 and served:
@@ -132,6 +140,7 @@ def run_compare(
         "batch_size": options.serving_batch_size,
         "host": address,
         **load_mode(options),
+        **({"batching": tuned} if options.tuned_batching else {}),
     }
     design = {
         "frameworks": list(options.frameworks),
@@ -286,6 +295,20 @@ def load_test(
         return whole_rounds(address, settings, arms, options, report_dir)
     return alternating_load_test(address, settings, arms, options, report_dir,
                                  services_ours=services_ours)  # fmt: skip
+
+
+def use_tuned_batching(stack: LocalStack, names: list[str]) -> dict[str, dict]:
+    """The gateway restarted with each served model's tuned batching (its config.pbtxt, from
+    `bench serving --scenario tune`); models without one keep the gateway's settings."""
+    from twinbench.experiments.batching_tune import batch_models_setting
+
+    text, found = batch_models_setting(stack.settings.model_repository, names)
+    untuned = sorted(set(names) - set(found))
+    print(f"tuned batching: {text or 'none found'}"
+          + (f"; the gateway's settings for {', '.join(untuned)}" if untuned else ""))  # fmt: skip
+    stack.extra_env["TWINBENCH_BATCH_MODELS"] = text
+    stack.restart("gateway")
+    return found
 
 
 def load_mode(options: CompareOptions) -> dict:

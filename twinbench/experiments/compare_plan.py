@@ -65,7 +65,7 @@ class CompareOptions:
     # many requests per second per export (`arrivals` gaps), timed from when each fell due.
     serving_rate: float = 0.0
     arrivals: str = "poisson"
-    # Serve each export with the dynamic batching `bench serving --tune-batching` wrote to its
+    # Serve each export with the dynamic batching `bench serving --scenario tune` wrote to its
     # config.pbtxt (twinbench.experiments.batching_tune), instead of the gateway's settings.
     tuned_batching: bool = False
 

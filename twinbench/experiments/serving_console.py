@@ -33,11 +33,36 @@ def add_serving_options(serving: argparse.ArgumentParser) -> None:
     )
     serving.add_argument(
         "--scenario",
-        choices=("sweep", "server"),
+        choices=("sweep", "server", "tune"),
         default="sweep",
         help="sweep: paths a-e at each concurrency or rate; server: per export and path, the"
         " highest Poisson rate with p99 under --p99-target-ms, searched --searches times, beside"
-        " perf_analyzer's own search (default: %(default)s)",
+        " perf_analyzer's own search; tune: per export, the gateway's dynamic batching (a grid"
+        " of --tune-rows x --tune-delays-us) with the highest such rate, written to the export's"
+        " config.pbtxt (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--tune-rows",
+        default="1,4,8,16",
+        help="the tune scenario's most requests merged into one frame (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--tune-delays-us",
+        default="0,500,2000",
+        help="the tune scenario's queue delays, microseconds (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--tune-steps",
+        type=int,
+        default=6,
+        help="the tune scenario's rate steps per export and setting, each --seconds long:"
+        " every export's budget (default: %(default)s)",
+    )
+    serving.add_argument(
+        "--reports",
+        default="reports",
+        help="the tune scenario's results.json goes in a folder of its own here"
+        " (default: %(default)s)",
     )
     serving.add_argument(
         "--searches",
@@ -229,6 +254,58 @@ def server(services, args: argparse.Namespace, use_perf_analyzer: bool) -> list[
     return lines
 
 
+def tune(services, settings: Settings, args: argparse.Namespace) -> list[str]:
+    """The tune scenario: the grid, each export's best setting written to its config.pbtxt (the
+    bench's own export's and, for compare --tuned-batching, the same model's in the user's
+    repository), and results.json."""
+    import json
+    import time
+    from pathlib import Path
+
+    from twinbench.experiments.batching_tune import grid, run_batching_tune, write_best
+
+    def numbers(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x.strip()]
+
+    settings_grid = grid(numbers(args.tune_rows), numbers(args.tune_delays_us))
+    step_s = max(args.seconds, 1.0)
+    print(
+        f"tune: {len(settings_grid)} batching settings, each export {args.tune_steps} Poisson"
+        f" rate steps of {step_s:g} s under each, p99 under {args.p99_target_ms:g} ms (path d)"
+    )
+
+    def progress(setting, model, rate) -> None:
+        print(f"  {setting}: {model}: {rate:,.0f}/s", flush=True)
+
+    tuned = run_batching_tune(
+        services.stack, services.requests(), args.p99_target_ms, settings_grid, args.tune_steps,
+        step_s, services.client_cpus, progress,
+    )  # fmt: skip
+    written = write_best([services.settings.model_repository, settings.model_repository], tuned)
+    folder = (
+        Path(args.reports) / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{args.model}-tune"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {
+        "scenario": "tune", "model": args.model, "p99_target_ms": args.p99_target_ms,
+        "steps_per_setting": args.tune_steps, "step_seconds": step_s,
+        "grid": {"max_rows": numbers(args.tune_rows), "delays_us": numbers(args.tune_delays_us)},
+        "exports": tuned, "config_pbtxt": [str(p) for p in written],
+    }  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(results, indent=1))
+    lines = [f"{'export':<26} {'best batching':<28} {'max rate/s':>10}   every setting's rate/s"]
+    for model, r in tuned.items():
+        best = f"max {r['best']['max_rows']} rows, {r['best']['delay_us'] / 1000:g} ms delay"
+        every = " ".join(
+            f"{s['max_rows']}/{s['delay_us']}:{s['max_rate']:,.0f}" for s in r["scores"]
+        )
+        lines.append(f"{model:<26} {best:<28} {r['max_rate']:>10,.0f}   {every}")
+    lines.append(
+        f"written to {len(written)} config.pbtxt files; results in {folder / 'results.json'}"
+    )
+    return lines
+
+
 def bench_formats(framework: str, asked: str) -> tuple[str, ...]:
     """--formats, or by default ONNX and the framework's own format (onnx,torchscript for torch)."""
     from twinbench.serving.repository import FRAMEWORK_FORMATS
@@ -258,6 +335,8 @@ def bench_serving_command(settings: Settings, args: argparse.Namespace) -> int:
     with bench_services(settings, args.model, formats, args.width, framework) as services:
         if args.scenario == "server":
             lines = server(services, args, use_perf_analyzer)
+        elif args.scenario == "tune":
+            lines = tune(services, settings, args)
         else:
             lines = sweep(services, args, use_perf_analyzer)
         if args.cold_start_repeats > 0:

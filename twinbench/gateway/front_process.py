@@ -53,6 +53,8 @@ class Front:
             f"-max-header-bytes={s.front_max_header_bytes}",
             "-metrics-listen=127.0.0.1:0",
         ]
+        if s.batch_models:  # only when set: a front built before the flag starts as before
+            args.append(f"-batch-models={s.batch_models}")
         if s.tls_cert:
             args += [f"-tls-cert={s.tls_cert}", f"-tls-key={s.tls_key}"]
         return args

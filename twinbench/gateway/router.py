@@ -291,11 +291,12 @@ class Gateway:
         if name not in self._batchers:  # setdefault is atomic: two first callers get the same
             batcher = None
             if self.settings.batches(name):
+                max_rows, delay_s = self.settings.batch_limits(name)
                 batcher = BatchingCaller(
                     backend.link.call,
-                    max_items=self.settings.batch_max_rows,
+                    max_items=max_rows,
                     max_bytes=self.settings.max_message_bytes,
-                    delay_s=self.settings.batch_delay_s,
+                    delay_s=delay_s,
                 )
             self._batchers.setdefault(name, batcher)
         return self._batchers[name]

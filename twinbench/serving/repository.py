@@ -179,6 +179,48 @@ def triton_config(info: ExportInfo) -> str:
     )
 
 
+def write_dynamic_batching(model_dir: Path, name: str, max_rows: int, delay_us: int) -> Path:
+    """Records a model's tuned dynamic batching in its config.pbtxt, as Triton's Model Analyzer
+    writes its best setting: `preferred_batch_size` the most requests the gateway merges for it,
+    `max_queue_delay_microseconds` how long a batch waits. The rest of the file is kept; with no
+    file yet (the model not exported here yet), one holding only its name and the batching, which
+    its first export then completes (`Staging.publish` keeps the batching)."""
+    from google.protobuf import text_format
+
+    from twinbench.api import inference_pb2 as ipb
+
+    path = model_dir / "config.pbtxt"
+    if path.is_file():
+        config = text_format.Parse(path.read_text(), ipb.ModelConfig())
+    else:
+        config = ipb.ModelConfig(name=name)
+    config.dynamic_batching.preferred_batch_size[:] = [max_rows]
+    config.dynamic_batching.max_queue_delay_microseconds = delay_us
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, text_format.MessageToString(config))
+    return path
+
+
+def read_dynamic_batching(model_dir: Path) -> tuple[int, int] | None:
+    """A model's tuned dynamic batching from its config.pbtxt: (the most requests merged, the
+    queue delay in microseconds); None when it has none."""
+    from google.protobuf import text_format
+
+    from twinbench.api import inference_pb2 as ipb
+
+    path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        return None
+    try:
+        config = text_format.Parse(path.read_text(), ipb.ModelConfig())
+    except text_format.ParseError:  # a broken file holds no setting to keep; publish rewrites it
+        return None
+    if not config.HasField("dynamic_batching") or not config.dynamic_batching.preferred_batch_size:
+        return None
+    batching = config.dynamic_batching
+    return max(batching.preferred_batch_size), int(batching.max_queue_delay_microseconds)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     tmp.write_text(text)
@@ -222,7 +264,11 @@ class Staging:
             except OSError:
                 if not (model_dir / str(version)).exists():
                     raise
-        _write_atomically(model_dir / "config.pbtxt", triton_config(info))
+        # A new version keeps the model's tuned batching: it is the model's, not one version's.
+        tuned = read_dynamic_batching(model_dir)
+        batching = (f"dynamic_batching {{ preferred_batch_size: {tuned[0]}"
+                    f" max_queue_delay_microseconds: {tuned[1]} }}\n") if tuned else ""  # fmt: skip
+        _write_atomically(model_dir / "config.pbtxt", triton_config(info) + batching)
         return info
 
     def discard(self) -> None:

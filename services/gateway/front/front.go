@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -125,9 +127,39 @@ func (f *front) learn(name string, link *linkClient) {
 	}
 	var b *batcher
 	if f.batches(name) {
-		b = &batcher{name: name, metrics: f.metrics, send: link.call, maxItems: f.cfg.batchMaxRows, maxBytes: f.cfg.maxMessageBytes, delay: f.cfg.batchDelay}
+		limits, own := f.cfg.batchModels[name]
+		if !own {
+			limits = batchLimits{f.cfg.batchMaxRows, f.cfg.batchDelay}
+		}
+		b = &batcher{name: name, metrics: f.metrics, send: link.call, maxItems: limits.maxRows, maxBytes: f.cfg.maxMessageBytes, delay: limits.delay}
 	}
 	f.batchers[name] = b
+}
+
+// batchLimits are one model's dynamic batching: the most requests in a frame and how long a
+// frame waits for company (a model's tuned setting, from its config.pbtxt, via -batch-models).
+type batchLimits struct {
+	maxRows int
+	delay   time.Duration
+}
+
+// parseBatchModels reads -batch-models: "name=rows:delay_us", comma-separated.
+func parseBatchModels(text string) (map[string]batchLimits, error) {
+	out := map[string]batchLimits{}
+	for _, item := range strings.Split(text, ",") {
+		if item == "" {
+			continue
+		}
+		name, limits, ok := strings.Cut(item, "=")
+		rows, delay, ok2 := strings.Cut(limits, ":")
+		r, errRows := strconv.Atoi(rows)
+		d, errDelay := strconv.Atoi(delay)
+		if !ok || !ok2 || name == "" || errRows != nil || errDelay != nil || r < 1 || d < 0 {
+			return nil, fmt.Errorf("-batch-models: %q is not name=rows:delay_us", item)
+		}
+		out[name] = batchLimits{r, time.Duration(d) * time.Microsecond}
+	}
+	return out, nil
 }
 
 func (f *front) batches(name string) bool {

@@ -360,3 +360,28 @@ func TestConcurrentCallsForABatchedModelAllGetTheirOwnAnswer(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestEachModelBatchedItsOwnWay(t *testing.T) {
+	cfg, err := parseConfig([]string{"-control=x", "-batch-max-rows=64", "-batch-delay-us=0",
+		"-batch-models=lenet5-torch-onnx=4:500,lenet5-tf-onnx=16:0"}, os.Getenv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &front{cfg: cfg, batchers: map[string]*batcher{}}
+	for name, want := range map[string]batchLimits{
+		"lenet5-torch-onnx":        {4, 500 * time.Microsecond},
+		"lenet5-tf-onnx":           {16, 0},
+		"lenet5-torch-torchscript": {64, 0}, // not named: the flags' defaults
+	} {
+		f.learn(name, &linkClient{})
+		b, _ := f.batcher(name)
+		if b == nil || b.maxItems != want.maxRows || b.delay != want.delay {
+			t.Errorf("%s: %+v, want %+v", name, b, want)
+		}
+	}
+	for _, bad := range []string{"x=0:1", "x=4", "=4:1", "x=4:-1", "x"} {
+		if _, err := parseConfig([]string{"-control=x", "-batch-models=" + bad}, os.Getenv, io.Discard); err == nil {
+			t.Errorf("-batch-models=%s was taken", bad)
+		}
+	}
+}

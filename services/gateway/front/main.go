@@ -52,6 +52,7 @@ type config struct {
 	batching        string // "off", "on", or model names separated by commas
 	batchMaxRows    int
 	batchDelay      time.Duration
+	batchModels     map[string]batchLimits // per model, in place of batchMaxRows and batchDelay
 	token           string
 	inferenceOpen   bool
 	tlsCert, tlsKey string
@@ -69,6 +70,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	var links string
 	var timeoutS float64
 	var delayUS int
+	var batchModels string
 	fs := flag.NewFlagSet("twinbench-front", flag.ContinueOnError)
 	fs.SetOutput(usage)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:50051", "the public address")
@@ -79,6 +81,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	fs.StringVar(&c.batching, "batching", "on", "off, on, or the batched model names")
 	fs.IntVar(&c.batchMaxRows, "batch-max-rows", 64, "the most requests in one frame")
 	fs.IntVar(&delayUS, "batch-delay-us", 0, "how long a frame waits for company")
+	fs.StringVar(&batchModels, "batch-models", "", "name=rows:delay_us of each model batched its own way, comma-separated")
 	fs.BoolVar(&c.inferenceOpen, "inference-open", false, "ModelInfer needs no token")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "certificate (PEM); with -tls-key, TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "its key (PEM)")
@@ -113,6 +116,10 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	}
 	c.backendTimeout = time.Duration(timeoutS * float64(time.Second))
 	c.batchDelay = time.Duration(delayUS) * time.Microsecond
+	var err error
+	if c.batchModels, err = parseBatchModels(batchModels); err != nil {
+		return c, err
+	}
 	c.token = getenv("TWINBENCH_TOKEN")
 	return c, nil
 }
