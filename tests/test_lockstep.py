@@ -350,7 +350,7 @@ def test_bench_training_lockstep_runs_without_services_and_falls_back_when_it_ca
     started = []
 
     class Services:
-        def __init__(self, settings, gateway):
+        def __init__(self, settings, gateway, frameworks=None):
             started.append(gateway)
 
         def __enter__(self):

@@ -83,6 +83,7 @@ def test_the_dqn_comparison_counts_a_crashed_run_in_a_line_of_its_own():
 
 
 def _sweep_studies(points: list[tuple[float, float]]) -> dict[str, optuna.Study]:
+    """A torch/tf sweep's studies: each framework's own (empty here) and the paired points."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize", "minimize"])
     for i, values in enumerate(points):
@@ -91,7 +92,7 @@ def _sweep_studies(points: list[tuple[float, float]]) -> dict[str, optuna.Study]
                 values=list(values), user_attrs={"point": i}, params={}, distributions={}
             )
         )
-    return {PAIRED: study}
+    return {"torch": optuna.create_study(), "tf": optuna.create_study(), PAIRED: study}
 
 
 def test_sweep_points_where_one_side_diverged_count_as_its_worst():
