@@ -281,9 +281,11 @@ def test_a_frame_of_mixed_requests_gets_a_reply_for_each(trained, home):
         ModelRepository(home / "model_repository"), "torch", TorchFramework.loaders
     )
     images = load_dataset("mnist-5k").test.x[:5]
-    bad_shape = infer_request(export.model_name, images[:1].reshape(1, 28, 28))
+    # this job's version, not the latest: other tests publish more versions of the same model
+    version = str(export.version)
+    bad_shape = infer_request(export.model_name, images[:1].reshape(1, 28, 28), version=version)
     first_request, last_request = (
-        infer_request(export.model_name, x) for x in (images[:2], images[2:])
+        infer_request(export.model_name, x, version=version) for x in (images[:2], images[2:])
     )
     first_request.id, last_request.id = "a", "b"
     frame = [
