@@ -280,6 +280,32 @@ def test_lockstep_speed_pairs_of_real_jobs_train_in_parked_blocks(tmp_path, monk
     assert line.estimate.repeats == 2 and "process pairs" in line.detail
 
 
+def test_a_jax_arm_is_parked_as_whole_as_a_torch_one(tmp_path, monkeypatch):
+    """torch against jax in one process pair: XLA's thread pool stops with its process like
+    PyTorch's, and JAX records the CPU set as its intra-op threads (it has no thread setting)."""
+    pytest.importorskip("jax")
+    from twinbench.config import load_settings
+    from twinbench.experiments.lockstep import compare_speed_pairs
+
+    monkeypatch.setenv("TWINBENCH_HOME", str(tmp_path))
+    spec = tpb.JobSpec(model="lenet5", dataset="synthetic", batch_size=32, warmup_steps=2)
+    options = LockstepOptions(block_pairs=2, block_steps=8, calibration_steps=4,
+                              disturbance_limit=math.inf)  # fmt: skip
+    record, lines = compare_speed_pairs(
+        load_settings(), ("torch", "jax"), ("torch", "jax"), spec, [(0, 0)], 0.95, options,
+    )  # fmt: skip
+    (pp,) = record["process_pairs"]
+    assert pp["failed"] is None
+    torch_job, jax_job = pp["jobs"]
+    assert torch_job["cpu_set"] == jax_job["cpu_set"] and jax_job["cpu_set"]
+    assert jax_job["threads"] == [len(jax_job["cpu_set"]), 1]
+    for block in all_blocks(pp):
+        assert block["parked"]["cpu_s"] == 0.0 and block["parked"]["context_switches"] == 0
+        assert block["samples"] == 32 * block["steps"] > 0
+    (line,) = lines
+    assert line.estimate.repeats == 1
+
+
 def test_compare_speed_pairs_say_why_they_cannot_run(monkeypatch):
     from twinbench.experiments import lockstep
 

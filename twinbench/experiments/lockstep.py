@@ -60,7 +60,7 @@ from twinbench.experiments.verdicts import LEVEL, Estimate, Line, decide, paired
 from twinbench.jobs.request import resolve_spec
 from twinbench.training.loop import DEFAULT_WARMUP_STEPS
 
-FRAMEWORK_MODULES = {"torch": "torch", "tf": "tensorflow"}
+FRAMEWORK_MODULES = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
 # The first step after a resume may pay for cold caches and sleeping thread pools. When its
 # extra time (over a steady step) is at least this share of a block, in the median block of
 # either framework, the first step of every block (both arms) is left out of the rates.

@@ -34,6 +34,7 @@ from twinbench.experiments.disturbance import (
 FRAMEWORK_CLASSES = {
     "torch": "twinbench.frameworks.torch.framework:TorchFramework",
     "tf": "twinbench.frameworks.tf.framework:TFFramework",
+    "jax": "twinbench.frameworks.jax.framework:JaxFramework",
 }
 
 
