@@ -4,9 +4,11 @@ none answers, and one that cannot work that way says so."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,40 @@ def test_a_command_through_the_gateway_starts_the_services_when_none_answers(tmp
     assert "starting the services" in result.stdout
     assert "no models yet" in result.stdout
     assert "stopped the services it started" in result.stdout
+
+
+def _services_of(home) -> list[int]:
+    """The service processes running with this TWINBENCH_HOME."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:  # not a process, or gone
+            continue
+        if b"services." in cmdline and f"TWINBENCH_HOME={home}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.integration
+def test_a_command_stopped_with_sigterm_stops_the_services_it_started(tmp_path):
+    """A training command killed as a process manager kills it: the services it started for
+    itself stop with it, as they do after Ctrl-C."""
+    env = {**os.environ, "TWINBENCH_HOME": str(tmp_path), "TWINBENCH_GATEWAY": _unused_address()}
+    command = [sys.executable, "-m", "twinbench.cli", "train", "--framework", "torch",
+               "--model", "mlp", "--epochs", "1000"]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # until the job trains: the services are all up then
+            seen.append(line)
+            if "epoch 1:" in line:
+                break
+        assert _services_of(tmp_path), "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
+    assert "stopped the services it started" in rest
+    assert _services_of(tmp_path) == []

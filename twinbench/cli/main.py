@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import grpc
@@ -77,7 +79,18 @@ def through_the_gateway(settings: Settings, args: argparse.Namespace) -> int:
             client.close()
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a process manager's stop, `kill`) ends a command as Ctrl-C does: through its
+    finally blocks, so that the services it started stop with it instead of staying up.
+    `twinbench up` sets its own handler; a handler someone else set is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _exit_on_sigterm()
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     args.argv = argv

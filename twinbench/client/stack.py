@@ -214,6 +214,8 @@ def services(
         f"no gateway at {address}; starting the services ({', '.join(needed)} trainers;"
         f" state in {settings.home})"
     )
-    with LocalStack(settings, frameworks=needed) as stack:
-        yield stack.gateway_address, stack
-    print("stopped the services it started")
+    try:
+        with LocalStack(settings, frameworks=needed) as stack:
+            yield stack.gateway_address, stack
+    finally:  # also when the command failed or was stopped: they stop all the same
+        print("stopped the services it started")
