@@ -62,6 +62,8 @@ def _latencies_with_a_stall(stack, model, request, flags, bound, stall_after):
             )
             os.kill(trainer, signal.SIGSTOP)
             try:
+                # SIGSTOP lands asynchronously: the stall's second counts from a stopped process
+                until(lambda: _state(trainer) == "T", "the trainer stopped", timeout_s=10)
                 time.sleep(STOP_S)  # the stall itself: the stimulus, not a wait for anything
             finally:
                 os.kill(trainer, signal.SIGCONT)
@@ -70,6 +72,11 @@ def _latencies_with_a_stall(stack, model, request, flags, bound, stall_after):
             run.kill()  # when it is still running: a failure above
         assert run.returncode == 0, err
         return np.fromfile(latency_file, dtype="<f8"), out
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_stopped_server_shows_in_the_open_loop_and_hides_in_the_closed_one(stack, trained):
