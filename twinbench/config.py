@@ -30,6 +30,13 @@ FRAMEWORKS = ("torch", "tf", "jax")
 # What a JobSpec's framework "both" means: the original pair, kept so that existing requests and
 # scripts still ask for exactly two jobs; "all" asks for one job per framework.
 BOTH = ("torch", "tf")
+
+
+def frameworks_of(framework: str) -> tuple[str, ...]:
+    """The frameworks a JobSpec's framework names: "both", "all", or one."""
+    return {"both": BOTH, "all": FRAMEWORKS}.get(framework, (framework,))
+
+
 # The Go programs that `make` builds when it can (see the Makefile's `native`).
 FRONT_PROGRAM = "twinbench-front"
 LOADGEN_PROGRAM = "twinbench-loadgen"

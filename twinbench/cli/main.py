@@ -13,7 +13,7 @@ import grpc
 from twinbench.cli import experiments, jobs, local
 from twinbench.cli.parser import parser
 from twinbench.client.stack import services
-from twinbench.config import BOTH, FRAMEWORKS, Settings, load_settings
+from twinbench.config import Settings, frameworks_of, load_settings
 from twinbench.errors import TwinbenchError
 from twinbench.rpc.channel import Client, is_serving
 
@@ -57,7 +57,7 @@ def needed_frameworks(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The trainers a command's local stack must run, when it starts one; None: the settings'."""
     framework = getattr(args, "framework", None)
     if args.command == "train" and framework:
-        return {"both": BOTH, "all": FRAMEWORKS}.get(framework, (framework,))
+        return frameworks_of(framework)
     if args.command == "bench" and getattr(args, "frameworks", None):
         return tuple(f.strip() for f in args.frameworks.split(","))
     return None

@@ -12,7 +12,7 @@ import grpc
 from twinbench.api import inference_pb2 as ipb
 from twinbench.api import inference_pb2_grpc, trainer_pb2_grpc
 from twinbench.api import trainer_pb2 as tpb
-from twinbench.config import BOTH, FRAMEWORKS, Settings
+from twinbench.config import FRAMEWORKS, Settings, frameworks_of
 from twinbench.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -167,9 +167,7 @@ class Gateway:
         return self.backend(job_id.split("-", 1)[0])
 
     def create_job(self, spec: tpb.JobSpec, remaining: float | None) -> tpb.CreateJobResponse:
-        frameworks = {"both": list(BOTH), "all": list(FRAMEWORKS)}.get(
-            spec.framework, [spec.framework]
-        )
+        frameworks = frameworks_of(spec.framework)
         specs = []
         for fw in frameworks:
             one = tpb.JobSpec()
