@@ -44,6 +44,7 @@ def main() -> None:
     if args.spinning_thread:
         threading.Thread(target=spin_outside_the_gil, daemon=True).start()
     try:
+        pacer.ready()
         pending, start = 0, time.perf_counter()
         while True:
             spin(args.step_ms / 1000)

@@ -20,6 +20,7 @@ from twinbench.experiments.lockstep_pairs import (
     ArmProcess,
     LockstepOptions,
     block_orders,
+    fit_together,
     run_process_pair,
 )
 
@@ -43,17 +44,20 @@ def all_blocks(pp: dict) -> list[dict]:
 # The block protocol.
 
 
-def test_a_parked_worker_takes_no_cpu_and_makes_no_context_switches():
+@pytest.mark.parametrize("together", [False, True], ids=["one after the other", "together"])
+def test_a_parked_worker_takes_no_cpu_and_makes_no_context_switches(together):
     """Both arms keep a helper thread busy outside the GIL: only stopping the whole process
     stops it. While one arm trains its block, the other's CPU time and context switches, read
-    from /proc before and after, do not move."""
+    from /proc before and after, do not move, whether the two processes started one after the
+    other or at once (each parks once loaded, before its first block)."""
     options = LockstepOptions(block_pairs=4, block_steps=15, calibration_steps=5,
                               disturbance_limit=math.inf)  # fmt: skip
     pp = run_process_pair(
         [fake_arm("a", "--spinning-thread"), fake_arm("b", "--spinning-thread")],
-        first=0, seed=1, options=options, warmup_steps=2,
+        first=0, seed=1, options=options, warmup_steps=2, together=together,
     )  # fmt: skip
     assert pp["failed"] is None
+    assert pp["started_together"] is together
     assert len(pp["pairs"]) == 4 and pp["discarded"] == 0
     blocks = all_blocks(pp)
     for block in blocks:
@@ -76,6 +80,19 @@ def test_a_worker_that_dies_fails_its_pair_and_leaves_nothing_running():
     pp = run_process_pair([fake_arm("a"), dying], first=0, seed=0,
                           options=LockstepOptions(block_pairs=2, block_steps=5), warmup_steps=1)  # fmt: skip
     assert pp["failed"] and "exit code 3" in pp["failed"]
+
+
+def test_the_next_pair_starts_both_processes_at_once_only_when_the_last_pair_fits_twice_over(
+    monkeypatch,
+):
+    from twinbench.experiments import lockstep_pairs
+
+    monkeypatch.setattr(lockstep_pairs, "available_memory_bytes", lambda: 10 << 30)
+    sized = {"jobs": [{"peak_rss_bytes": 2 << 30}, {"peak_rss_bytes": 1 << 30}]}
+    assert fit_together(sized)  # 1.5 x 3 GiB < 10 GiB
+    assert not fit_together({"jobs": [{"peak_rss_bytes": 4 << 30}, {"peak_rss_bytes": 3 << 30}]})
+    assert not fit_together(None)  # the first pair: sizes unknown, one after the other
+    assert not fit_together({"jobs": [{"peak_rss_bytes": 1 << 30}, None]})  # one never started
 
 
 # Order.

@@ -1,7 +1,7 @@
 """Adding pairs until decided (sequential.py) against known truth, with the real stopping rule.
 
 Each simulated run reveals pairs one at a time to `until_decided`, which looks after every new
-pair from the third on and stops when every line is decided; the run's verdicts are then
+pair from the fourth on and stops when every line is decided; the run's verdicts are then
 decided at its stopping time, Holm over its four lines (speed with windows, accuracy, two
 serving formats). The noise is the recorded machine's (tests/test_verdict_simulations.py:
 drift from job to job, transient load, outlier serving rounds), and a quieter machine's (the
@@ -181,6 +181,20 @@ def test_the_anytime_p_stays_valid_at_the_worst_look_and_the_sequence_covers_eve
     assert at_most(crossed / runs, runs), crossed / runs
     assert at_most(missed / runs, runs), missed / runs
     assert naive / runs > 0.15, naive / runs
+
+
+def test_the_first_look_is_the_first_pair_count_that_can_decide_anything():
+    """One pair short of the first look, pairs as decisive as pairs get (a large effect, almost
+    no spread) give no winner and no bounded sequence; at the first look they give both. A look
+    earlier would only spend time; a first look later would make every run pay for pairs it did
+    not need."""
+    decisive = [0.5 + 1e-6 * k for k in range(MIN_LOOK_PAIRS)]
+    assert anytime_p(decisive[:-1]) >= 0.05
+    assert confidence_sequence(decisive[:-1]) == (-math.inf, math.inf)
+    assert anytime_p(decisive) < 0.05
+    low, high = confidence_sequence(decisive)
+    assert 0.49 < low <= high < 0.51
+    assert MIN_LOOK_PAIRS == sequential.first_decisive_pairs() == 4
 
 
 def test_the_stopping_record_says_why():

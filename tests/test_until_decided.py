@@ -22,10 +22,11 @@ def test_compare_until_decided_stops_and_says_why(stack, tmp_path):
     stopping = results["stopping"]
     assert stopping["pairs"] == MIN_LOOK_PAIRS == results["design"]["repeats"]
     assert stopping["stopped"] == "budget spent" and stopping["budget_s"] == 1
-    assert results["design"]["seeds"] == {"torch A": [0, 2, 4], "torch B": [1, 3, 5]}
+    seeds = list(range(2 * MIN_LOOK_PAIRS))
+    assert results["design"]["seeds"] == {"torch A": seeds[::2], "torch B": seeds[1::2]}
     assert len(results["design"]["order"]) == 2 * MIN_LOOK_PAIRS
     speed = [v for v in results["verdict"] if v["question"].startswith("faster to train")]
-    assert speed and "anytime-valid" in speed[0]["method"] and speed[0]["repeats"] == 3
+    assert speed and "anytime-valid" in speed[0]["method"] and speed[0]["repeats"] == MIN_LOOK_PAIRS
     assert all(v["outcome"] != "winner" for v in results["verdict"])
     text = (report / "report.md").read_text()
-    assert "stopped after 3 pairs, budget spent" in text
+    assert f"stopped after {MIN_LOOK_PAIRS} pairs, budget spent" in text

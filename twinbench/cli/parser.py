@@ -402,7 +402,8 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="after the repeats, also time training speed in this many lockstep process pairs on"
         " this host, both arms alive and trained in alternating short blocks (docs/lockstep.md);"
-        " 0: none (default: 3 when compare starts the services on this host itself, else none)",
+        " 0: none (default: 6, of 5 block pairs each, when compare starts the services on this"
+        " host itself, else none)",
     )
     add_arm_threads(compare)
     compare.add_argument(
@@ -495,7 +496,7 @@ def add_until_decided(command: argparse.ArgumentParser, unit: str) -> None:
         action="store_true",
         help=f"instead of a fixed number of {unit}, add pairs (a new seed for both arms, A B B A"
         " ...) until every line names a winner or is equivalent, looking after every pair from"
-        " the third, with anytime-valid tests (docs/verdicts.md)",
+        " the fourth (fewer can decide nothing), with anytime-valid tests (docs/verdicts.md)",
     )
     command.add_argument(
         "--budget",

@@ -130,6 +130,7 @@ def main() -> None:
     job.framework_version = job.framework_version or args.framework
     conn.send(("job", job.SerializeToString()))
     try:
+        pacer.ready()
         pending, losses, start, k = 0, [], time.perf_counter(), 0
         while True:
             x, y = batches[k % len(batches)]

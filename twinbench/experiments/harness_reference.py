@@ -33,7 +33,12 @@ from twinbench.experiments.lockstep import (
     speed_summary,
     start_arm,
 )
-from twinbench.experiments.lockstep_pairs import ArmProcess, LockstepOptions, run_process_pair
+from twinbench.experiments.lockstep_pairs import (
+    ArmProcess,
+    LockstepOptions,
+    fit_together,
+    run_process_pair,
+)
 from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.report_kit import environment
 from twinbench.experiments.verdicts import decide
@@ -90,15 +95,16 @@ def run_reference(
     for model in options.models:
         for mode in options.modes:
             for framework in dict.fromkeys(options.frameworks):  # each once
-                process_pairs = []
+                process_pairs: list[dict] = []
                 for repeat in range(options.repeats):
                     spec = lockstep_spec(options, model, framework, mode, repeat, "fp32")
                     starters = [
                         lambda spec=spec, fw=framework: start_arm(settings, fw, spec, HARNESS),
                         lambda spec=spec, fw=framework: start_bare(settings, fw, spec),
                     ]
+                    together = fit_together(process_pairs[-1] if repeat else None)
                     pp = run_process_pair(starters, repeat % 2, repeat, lockstep,
-                                          options.warmup_steps)  # fmt: skip
+                                          options.warmup_steps, together=together)  # fmt: skip
                     process_pairs.append(charged(pp))
                     progress(f"{model} {mode} {framework}, process pair {repeat + 1}: "
                              + _pair_text(pp))  # fmt: skip

@@ -45,6 +45,7 @@ from twinbench.experiments.lockstep_pairs import (
     ArmProcess,
     LockstepOptions,
     LockstepUnavailable,
+    fit_together,
     run_process_pair,
     worker_command,
 )
@@ -213,7 +214,14 @@ def run_lockstep_bench(
                     starter(settings, fw, spec, fw, _threads(lockstep, k))
                     for k, (fw, spec) in enumerate(zip(options.frameworks, specs, strict=True))
                 ]
-                pp = run_process_pair(starters, repeat % 2, repeat, lockstep, options.warmup_steps)
+                pp = run_process_pair(
+                    starters,
+                    repeat % 2,
+                    repeat,
+                    lockstep,
+                    options.warmup_steps,
+                    together=fit_together(process_pairs[-1] if repeat else None),
+                )
                 process_pairs.append(pp)
                 progress(
                     f"{model} {label} process pair {repeat + 1}: {_pair_line(pp, first, second)}"
@@ -463,7 +471,14 @@ def compare_speed_pairs(
             starter(settings, fw, speed_spec(spec, fw, seed), label, _threads(lockstep, k))
             for k, (fw, seed, label) in enumerate(zip(frameworks, seeds[i], labels, strict=True))
         ]
-        pp = run_process_pair(starters, i % 2, seeds[i][0], lockstep, warmup)
+        pp = run_process_pair(
+            starters,
+            i % 2,
+            seeds[i][0],
+            lockstep,
+            warmup,
+            together=fit_together(process_pairs[-1] if i else None),
+        )
         process_pairs.append(pp)
         total = f"{planned}" if until_decided_with is None else f"at most {planned}"
         progress(f"lockstep speed, process pair {i + 1} ({total}): "

@@ -132,6 +132,7 @@ class ArmProcess:
         self.job = job
         self.outcome: tuple[str, str] | None = None
         self.peak_rss_bytes = 0
+        self._stopping = False
         reports, reports_theirs = socket.socketpair()
         control, control_theirs = socket.socketpair()
         fds = (reports_theirs.fileno(), control_theirs.fileno())
@@ -169,14 +170,23 @@ class ArmProcess:
         except OSError:
             pass  # it ended: wait_block says how
 
+    def wait_ready(self) -> None:
+        """Waits until the worker has loaded its data and model and parked before its first
+        block."""
+        self._wait_for("ready")
+        self.wait_parked()
+
     def wait_block(self) -> dict:
         """The worker's report of the block it trained; it parks right after sending it."""
+        return self._wait_for("block")
+
+    def _wait_for(self, wanted: str) -> dict:
         while True:
             try:
                 if self.control.poll(1.0):
-                    kind, block = self.control.recv()
-                    if kind == "block":
-                        return block
+                    kind, body = self.control.recv()
+                    if kind == wanted:
+                        return body
                     continue
             except (EOFError, OSError):
                 pass
@@ -206,11 +216,18 @@ class ArmProcess:
         except (EOFError, OSError):
             pass
 
-    def finish(self, timeout_s: float = 120.0) -> None:
-        """Ends the job (it stops at its next block's start) and waits for its process."""
+    def stop(self) -> None:
+        """Asks the job to end (it stops at its next block's start); finish() waits for it."""
+        if self._stopping:
+            return
+        self._stopping = True
         self.peak_rss_bytes = _status_bytes(self.pid, "VmHWM")
         self.control.send(("stop",))
         os.killpg(self.pid, signal.SIGCONT)
+
+    def finish(self, timeout_s: float = 120.0) -> None:
+        """Ends the job and waits for its process."""
+        self.stop()
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -282,6 +299,14 @@ def calibrated_steps(calibration: Sequence[dict], block_seconds: float) -> int:
     return int(min(MAX_BLOCK_STEPS, max(2, round(block_seconds / max(step_s, 1e-9)))))
 
 
+def fit_together(previous: dict | None) -> bool:
+    """Whether a previous process pair's two workers, at their peak, fit in the memory available
+    now with the margin: then the next pair may start both processes at once."""
+    jobs = (previous or {}).get("jobs") or []
+    peaks = [j["peak_rss_bytes"] for j in jobs if j and j.get("peak_rss_bytes")]
+    return len(peaks) == 2 and MEMORY_MARGIN * sum(peaks) < available_memory_bytes()
+
+
 def run_process_pair(
     start: Sequence[Callable[[], ArmProcess]],
     first: int,
@@ -291,26 +316,39 @@ def run_process_pair(
     monitor_for: Callable[[list[int]], Monitor] = Monitor,
     before_block: BlockHook | None = None,
     after_block: BlockHook | None = None,
+    together: bool = False,
 ) -> dict:
-    """One process pair: starts both arms one after the other (each warms up while the other is
-    parked), calibrates the block length, then runs block pairs until `block_pairs` are valid or
-    the discards pass their cap. The workers are ended (or killed) before it returns."""
+    """One process pair: starts both arms, at once when `together` (fit_together says when)
+    or else one after the other, the second only once the first is warm and known to leave room
+    for it; warms each up while the other is parked, calibrates the block length, then runs
+    block pairs until `block_pairs` are valid or the discards pass their cap. The workers are
+    ended (or killed) before it returns."""
     arms: list[ArmProcess | None] = [None, None]
     out: dict[str, Any] = {
         "seed": seed, "first": first, "warmup": [None, None], "calibration": [None, None],
         "block_steps": options.block_steps, "pairs": [], "discarded": 0, "too_disturbed": False,
-        "failed": None, "start_order": [first, 1 - first],
+        "failed": None, "start_order": [first, 1 - first], "started_together": together,
     }  # fmt: skip
     try:
+        if together:  # both load at once; neither trains before both are parked
+            for k in (first, 1 - first):
+                arms[k] = start[k]()
+            for k in (first, 1 - first):
+                arm = arms[k]
+                assert arm is not None
+                arm.wait_ready()
         for k in (first, 1 - first):
-            if (started := arms[first]) is not None:
+            if (started := arms[first]) is not None and arms[k] is None:
                 rss = _status_bytes(started.pid, "VmRSS")
                 if available_memory_bytes() < MEMORY_MARGIN * rss:
                     raise LockstepUnavailable(
                         f"the second arm would not fit in memory beside the first ({rss >> 20}"
                         f" MiB, {available_memory_bytes() >> 20} MiB available)"
                     )
-            arm = arms[k] = start[k]()
+            arm = arms[k]
+            if arm is None:
+                arm = arms[k] = start[k]()
+                arm.wait_ready()
             arm.go(max(1, warmup_steps))
             out["warmup"][k] = arm.wait_block()
             arm.wait_parked()
@@ -348,7 +386,10 @@ def run_process_pair(
                     break
             else:
                 valid += 1
-        for done in (a, b) if first == 0 else (b, a):
+        ending = (a, b) if first == 0 else (b, a)
+        for done in ending:  # both wind down at once: nothing is timed any more
+            done.stop()
+        for done in ending:
             done.finish()
     except LockstepFailed as exc:
         out["failed"] = str(exc)

@@ -45,10 +45,22 @@ from twinbench.experiments.verdicts import LEVEL, Estimate, Line, decide
 # whose true difference is several times their spread (1.5x at a log-ratio sd of 0.1-0.3), and
 # still lets a line reach 0.05 / 4 from 5 pairs. Fixed in advance, never tuned on the data.
 MIXTURE_G = 4.0
-# No look before 3 pairs: two pairs give one degree of freedom, at which the e-value can never
-# pass sqrt(1 + 2 g) = 3 < 1 / 0.05, so a look there could decide nothing; 3 is the first pair
-# count at which the t test has a spread to judge by on two degrees of freedom.
-MIN_LOOK_PAIRS = 3
+
+
+def first_decisive_pairs(level: float = LEVEL, g: float = MIXTURE_G) -> int:
+    """The fewest pairs at which a line can be decided at all. After n pairs the e-value can
+    reach at most (1 + n g)^((n - 1) / 2) (as t grows without bound), and the confidence
+    sequence has a bound exactly when that maximum passes 1 / alpha: at 3 pairs it is 1 + 3 g =
+    13 < 20, so a look there could name no winner and no equivalence; at 4 pairs it is 70."""
+    n = 2
+    while (1 + n * g) ** ((n - 1) / 2) < 1 / (1 - level):
+        n += 1
+    return n
+
+
+# The first look: every pair before it is run unconditionally (tests/test_sequential.py checks
+# that no line could be decided one pair earlier).
+MIN_LOOK_PAIRS = first_decisive_pairs()
 MAX_PAIRS = 20  # where a run stops undecided when no budget stops it first
 
 DECIDED = "decided"

@@ -13,7 +13,11 @@ The control connection (a socket inherited as `--lockstep FD`):
 
     coordinator -> worker  ("go", steps)       the next block's length in steps
                            ("stop",)           end the job now (it ends as cancelled)
-    worker -> coordinator  ("block", {...})    a block's figures, sent just before it parks
+    worker -> coordinator  ("ready", {})       loaded and built, sent just before it parks
+                           ("block", {...})    a block's figures, sent just before it parks
+
+Parking once loaded lets the coordinator start both arms' processes at once (their imports and
+model builds overlap) and still warm each up alone.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class Pacer:
     trained on its own)."""
 
     parked_seconds = 0.0  # the time this process spent parked so far
+
+    def ready(self) -> None:
+        """Called once the data and the model are loaded, before the first step."""
 
     def edge_after(self, steps: int) -> bool:
         """Whether `steps` more steps end a block, or the first step of one: a segment must end
@@ -65,10 +72,17 @@ class LockstepPacer(Pacer):
             raise ValueError(f"lockstep: unexpected control message {message!r}")
         self._block_steps = int(message[1])
 
+    def ready(self) -> None:
+        """Says so and parks until the first block is due: the coordinator may start both arms'
+        processes at once and still warm each up alone."""
+        self._conn.send(("ready", {}))
+        parked = time.perf_counter()
+        park()
+        self._next_block()  # sent before the resume: it is waiting
+        self.parked_seconds += time.perf_counter() - parked
+
     def edge_after(self, steps: int) -> bool:
-        if self._block_steps is None:
-            self._next_block()  # the first block's length, sent as the worker starts
-        assert self._block_steps is not None
+        assert self._block_steps is not None, "ready() comes before the first step"
         done = self._steps + steps
         return done >= self._block_steps or (self._steps == 0 and steps == 1)
 

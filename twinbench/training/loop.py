@@ -265,6 +265,7 @@ def _train_and_export(
     timer = StepTimer(warmup_steps_for(spec, total_steps), total_steps)
     parallel.warmup_steps = timer.warmup_steps
     try:
+        pacer.ready()  # a lockstep worker parks here until its first block
         for epoch in range(first_epoch + 1, spec.epochs + 1):
             order = epoch_order(n, spec.seed, epoch)
             loss_sum, correct, seen = 0.0, 0, 0
