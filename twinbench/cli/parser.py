@@ -391,9 +391,9 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--bench-seconds",
         type=float,
-        default=2.0,
+        default=1.0,
         help="per serving-cost measurement, when compare starts the services; 0 skips"
-        " (default: %(default)s)",
+        " (default: %(default)s; `twinbench bench serving` measures the same paths at length)",
     )
     add_until_decided(compare, "repeats")
     compare.add_argument(
