@@ -12,6 +12,7 @@ from twinbench.experiments.bench_training import BenchOptions
 from twinbench.experiments.harness_reference import (
     BARE,
     HARNESS,
+    REFERENCE_PAIRS,
     charged,
     describe_cost,
     report_text,
@@ -60,3 +61,21 @@ def test_the_harness_cpu_during_a_bare_block_is_charged_to_the_harness():
     harness_block, bare_block = charged(pp)["pairs"][0]["blocks"]
     assert harness_block["seconds"] == 1.0 and bare_block["seconds"] == 1.25
     assert pp["pairs"][0]["blocks"][1]["seconds"] == 1.0  # the record itself is kept
+
+
+@pytest.mark.parametrize(
+    ("extra", "repeats"),
+    [
+        ([], 3),
+        (["--reference", "bare"], REFERENCE_PAIRS),
+        (["--reference", "bare", "--repeats", "4"], 4),
+    ],
+)
+def test_the_reference_takes_more_process_pairs_by_default(extra, repeats):
+    """Three pairs put t = 4.30 on a ratio that moves about 0.04 from pair to pair: the
+    reference's interval then spans about 20 points, so `--reference bare` takes 6 unless told."""
+    from twinbench.cli.experiments import bench_options
+    from twinbench.cli.parser import parser
+
+    args = parser().parse_args(["bench", "training", "--model", "lenet5", *extra])
+    assert bench_options(args).repeats == repeats

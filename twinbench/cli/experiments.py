@@ -261,6 +261,10 @@ def bench_options(args: argparse.Namespace):
     precisions = tuple(p.strip() for p in args.precision.split(","))
     if not set(precisions) <= set(PRECISIONS):
         raise SystemExit(f"--precision takes {' and/or '.join(PRECISIONS)}")
+    if args.repeats is None:
+        from twinbench.experiments.harness_reference import REFERENCE_PAIRS
+
+        args.repeats = REFERENCE_PAIRS if getattr(args, "reference", None) else 3
     if min(args.repeats, args.steps, args.warmup_steps, args.batch_size) < 1:
         raise SystemExit("--repeats, --steps, --warmup-steps and --batch-size must be 1 or more")
     return BenchOptions(

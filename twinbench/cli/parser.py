@@ -214,7 +214,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="PyTorch jobs in the channels-last memory format (Keras is NHWC already)",
     )
-    training.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
+    training.add_argument(
+        "--repeats", type=int, help="(default: 3; 6 process pairs with --reference bare)"
+    )
     add_until_decided(training, "repeats")
     training.add_argument(
         "--workers",

@@ -23,9 +23,10 @@ MAX_ARMS = 3
 # Lockstep pairs decide training speed where sequential repeats on a shared machine rarely can
 # (LeNet-5 on 2 cores: 1.19x [1.12, 1.27] from 3 pairs, against [0.62, 1.70] from the repeats of
 # the same run), for about a minute more. The torch/tf ratio itself moves from process pair to
-# process pair (SD about 0.05 in log on this machine, against 0.13 from block pair to block
-# pair), so a fixed minute buys a narrower interval as more pairs of fewer blocks: 6 pairs of 5
-# block pairs rather than 3 of 10 (docs/lockstep.md).
+# process pair (SD about 0.1 in log on this shared machine: it follows the host's load), more
+# than a pair's blocks can average away (0.13 from block pair to block pair), so a fixed minute
+# buys a narrower interval as more pairs of fewer blocks: 6 pairs of 5 block pairs rather than
+# 3 of 10 (docs/lockstep.md).
 LOCAL_LOCKSTEP_PAIRS = 6
 LOCAL_LOCKSTEP_BLOCK_PAIRS = 5
 

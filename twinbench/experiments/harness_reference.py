@@ -46,6 +46,11 @@ from twinbench.jobs.request import resolve_spec
 
 HARNESS, BARE = "harness", "bare loop"
 COST_LIMIT = 0.05  # the figure is "within +-5%" when its interval's half-width is at most this
+# Process pairs per framework and mode by default. The harness and a bare loop of one framework
+# answer the host's load alike, yet their ratio still moved by about 0.04 in log from pair to
+# pair here (LeNet-5: 0.861, 0.904, 0.827), so 3 pairs (t = 4.30) gave half-widths of 9 to 10
+# points, and 6 (t = 2.57) bring them near 4.
+REFERENCE_PAIRS = 6
 
 
 def start_bare(settings: Settings, framework: str, spec: tpb.JobSpec) -> ArmProcess:
