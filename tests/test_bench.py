@@ -127,3 +127,31 @@ def test_ratios_take_each_round_apart_and_the_median_of_them():
     assert r["batching_gain"] == 2.5  # the median of the rounds' ratios
     assert r["batched_rps"] / r["unbatched_rps"] == 2.0  # not the ratio of the medians
     assert r["gateway_adds_ms"] == pytest.approx(0.4)  # median of 0.5, 0.2, 0.4
+
+
+def test_a_cold_start_repeat_loads_a_frameworks_exports_in_one_process_in_rotated_order(
+    stack, trained
+):
+    """compare's cold starts: per repeat one fresh process per framework, its exports loaded one
+    after another, the order rotated; ONNX Runtime's memory stays with the ONNX export in either
+    position, and a framework whose process fails gives its own exports the error only."""
+    from twinbench.experiments.cold_start import cold_starts_of
+
+    job, _ = trained["torch"]
+    exports = [(e.model_name, int(e.version)) for e in job.exports]
+    assert {name.rsplit("-", 1)[1] for name, _ in exports} == {"torchscript", "onnx"}
+    missing = ("lenet5-tf-onnx", 999_999)  # no such version: its process fails
+    out = cold_starts_of(stack.settings.model_repository, [*exports, missing], repeats=2)
+    by_model = {o["model"]: o for o in out}
+    assert "a cold start of lenet5-tf-onnx failed" in by_model["lenet5-tf-onnx"]["error"]
+    for name, _ in exports:
+        figures = by_model[name]
+        assert sorted(r["position"] for r in figures["repeats"]) == [1, 2]
+        assert figures["load_s_range"][0] <= figures["load_s"] <= figures["load_s_range"][1]
+        assert all(r["load_s"] > 0 and r["first_ms"] > 0 for r in figures["repeats"])
+    onnx = next(by_model[n] for n, _ in exports if n.endswith("-onnx"))
+    script = next(by_model[n] for n, _ in exports if n.endswith("-torchscript"))
+    # ONNX Runtime is imported only by the ONNX loader: counted to it, whichever loaded first.
+    assert min(r["memory_mb"] for r in onnx["repeats"]) > max(
+        r["memory_mb"] for r in script["repeats"]
+    )

@@ -93,6 +93,21 @@ def test_the_next_pair_starts_both_processes_at_once_only_when_the_last_pair_fit
     assert not fit_together({"jobs": [{"peak_rss_bytes": 4 << 30}, {"peak_rss_bytes": 3 << 30}]})
     assert not fit_together(None)  # the first pair: sizes unknown, one after the other
     assert not fit_together({"jobs": [{"peak_rss_bytes": 1 << 30}, None]})  # one never started
+    # Before the first pair, each arm's peak in an earlier job of the same model stands in.
+    assert fit_together(None, [2 << 30, 1 << 30])
+    assert not fit_together(None, [4 << 30, 3 << 30])
+    assert not fit_together(None, [2 << 30, 0])  # one arm's peak unknown
+    assert fit_together(sized, [8 << 30, 8 << 30])  # a pair that ran says more than a job
+
+
+def test_lockstep_arms_leave_one_cpu_unless_told_their_threads():
+    from twinbench.experiments.compare_plan import lockstep_threads
+
+    assert lockstep_threads(None, 0, 2) == (1, 1)
+    assert lockstep_threads(None, 0, 8) == (7, 7)
+    assert lockstep_threads(None, 0, 1) is None  # one CPU: the settings' one thread
+    assert lockstep_threads(None, 4, 8) is None  # TWINBENCH_TRAIN_THREADS set: the settings'
+    assert lockstep_threads((1, 2), 0, 8) == (1, 2)  # --arm-threads
 
 
 # Order.

@@ -248,6 +248,7 @@ def bench_stack(
     rates: tuple[float, ...] = (),
     arrivals: str = "poisson",
     bound: int = 1024,
+    warm_up_s: float | None = None,
 ) -> list[Figures]:
     """Paths b, c and d for each served model (name -> a serialized request) of a running stack.
 
@@ -256,6 +257,7 @@ def bench_stack(
     The load generator runs on `client_cpus` (None: wherever the system puts it). With `rates`,
     each is an open loop at that rate (`arrivals`), at most `bound` requests in flight, instead
     of a closed loop at each concurrency. Every figure has the services' CPU per 1,000 requests.
+    Each measurement first sends `warm_up_s` uncounted (None: the load generator's 1 s).
     """
     out: list[Figures] = []
     loads: list[tuple[int, float | None]] = [(bound, rate) for rate in rates]
@@ -267,6 +269,8 @@ def bench_stack(
             target = address or stack.address(f"{framework_of(name)}_trainer")
             for concurrency, rate in loads:
                 flags = open_loop_flags(rate, arrivals, seed=len(out) + 1) if rate else ()
+                if warm_up_s is not None:
+                    flags = (*flags, "--warm-up", str(warm_up_s))
                 cpu_before = cpu_of(pids)
                 r = run_load_generator(target, request, concurrency, seconds, client_cpus,
                                        flags=flags)  # fmt: skip

@@ -17,15 +17,24 @@ serving threads, and calls it on one row of the model's declared inputs:
 The figures are of the runtime alone, without the gRPC and the link in front of it (path a of
 `twinbench bench serving`); the repeats' spread is given as their range.
 
-`python -m twinbench.experiments.cold_start REPOSITORY NAME VERSION THREADS` runs one repeat (0
-threads: the runtime's default) and prints its figures as one JSON line; `measure_cold_start`
-runs the repeats.
+A trainer serves all of its framework's exports from one process, so one repeat may load several
+exports of a framework one after another, as the trainer does after a restart: each export's
+loader runs for the first time in that process, and what only its loader imports (ONNX Runtime
+for an ONNX export) is still counted to it. `cold_starts_of` does so for compare's report, with
+the order rotated from repeat to repeat (each run records its `position`), so that an order
+effect lands in the range; it spares a framework import per export and repeat.
+
+`python -m twinbench.experiments.cold_start REPOSITORY THREADS NAME VERSION [NAME VERSION ...]`
+runs one repeat of each export named, in that order, in this one process (0 threads: the
+runtime's default) and prints their figures as one JSON line, a list; `measure_cold_start` runs
+the repeats of one export, each alone in its process.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -98,21 +107,22 @@ def one_cold_start(repository: str, name: str, version: int, threads: int | None
     }
 
 
-def measure_cold_start(
-    repository: Path, name: str, version: int, repeats: int, threads: int | None = None
-) -> dict:
-    """`repeats` cold starts of one export (`name`, `version` in `repository`), each in a fresh
-    process: each figure's median and range, and every repeat's figures."""
-    runs = []
-    for _ in range(repeats):
-        done = subprocess.run(
-            [sys.executable, "-m", __name__, str(repository), name, str(version),
-             str(threads or 0)],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"a cold start of {name} failed: {done.stderr.strip()[-2000:]}")
-        runs.append(json.loads(done.stdout.splitlines()[-1]))
+def _one_process(repository: Path, exports: list[tuple[str, int]], threads: int | None) -> list:
+    """One fresh process's cold starts of `exports`, in that order."""
+    names = " and ".join(name for name, _ in exports)
+    done = subprocess.run(
+        [sys.executable, "-m", __name__, str(repository), str(threads or 0),
+         *(str(x) for export in exports for x in export)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"a cold start of {names} failed: {done.stderr.strip()[-500:]}")
+    runs: list = json.loads(done.stdout.splitlines()[-1])
+    return runs
+
+
+def _summary(name: str, version: int, runs: list[dict]) -> dict:
+    """Each figure's median and range over the repeats, and every repeat's figures."""
     out: dict = {"model": name, "version": version, "repeats": runs}
     for key in ("load_s", "memory_mb", "first_ms", "until_steady", "steady_p50_ms"):
         values = [r[key] for r in runs]
@@ -121,27 +131,61 @@ def measure_cold_start(
     return out
 
 
+def measure_cold_start(
+    repository: Path, name: str, version: int, repeats: int, threads: int | None = None
+) -> dict:
+    """`repeats` cold starts of one export (`name`, `version` in `repository`), each in a fresh
+    process of its own: each figure's median and range, and every repeat's figures."""
+    runs = [_one_process(repository, [(name, version)], threads)[0] for _ in range(repeats)]
+    return _summary(name, version, runs)
+
+
 def main() -> None:
-    repository, name, version, threads = sys.argv[1:5]
-    print(json.dumps(one_cold_start(repository, name, int(version), int(threads) or None)))
+    repository, threads, *named = sys.argv[1:]
+    exports = list(zip(named[::2], (int(v) for v in named[1::2]), strict=True))
+    print(json.dumps([one_cold_start(repository, name, version, int(threads) or None)
+                      for name, version in exports]))  # fmt: skip
 
 
 if __name__ == "__main__":
     main()
+    # The figures are out; the framework's teardown at interpreter exit (a second or more for
+    # TensorFlow) would only delay the next repeat.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def cold_starts_of(
     repository: Path, exports: list[tuple[str, int]], repeats: int, threads: int | None = None
 ) -> list[dict]:
-    """`measure_cold_start` for each (name, version) of `exports`, for a report; an export whose
-    cold start cannot be measured gets its error instead, and the report goes on."""
-    out = []
-    for name, version in exports:
+    """`repeats` cold starts of each (name, version) of `exports`, for a report: each repeat one
+    fresh process per framework that loads its exports one after another, as its trainer does,
+    the order rotated from repeat to repeat. A framework whose cold starts cannot be measured
+    gives each of its exports the error instead, and the report goes on."""
+    from twinbench.serving.repository import framework_of
+
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for export in exports:
+        groups.setdefault(framework_of(export[0]), []).append(export)
+    runs: dict[tuple[str, int], list[dict]] = {export: [] for export in exports}
+    failed: dict[tuple[str, int], str] = {}
+    for group in groups.values():
         try:
-            out.append(measure_cold_start(repository, name, version, repeats, threads))
+            for r in range(repeats):
+                shift = r % len(group)
+                order = group[shift:] + group[:shift]
+                for position, (export, run) in enumerate(
+                    zip(order, _one_process(repository, order, threads), strict=True), 1
+                ):
+                    runs[export].append({**run, "position": position})
         except RuntimeError as exc:
-            out.append({"model": name, "version": version, "error": str(exc)[-500:]})
-    return out
+            failed.update({export: str(exc) for export in group})
+    return [
+        {"model": name, "version": version, "error": failed[(name, version)]}
+        if (name, version) in failed
+        else _summary(name, version, runs[(name, version)])
+        for name, version in exports
+    ]
 
 
 def cold_start_and_cpu_table(cost: dict) -> list[tuple[str, list[str], list[list[str]]]]:

@@ -36,6 +36,7 @@ from twinbench.experiments.compare_plan import (
     Arm,
     CompareOptions,
     arm_pairs,
+    lockstep_threads,
     plan_arms,
     run_order,
 )
@@ -50,6 +51,7 @@ from twinbench.experiments.verdicts import (
     describe,
     family_note,
 )
+from twinbench.jobs.hardware import training_cpus
 from twinbench.jobs.request import state_name
 from twinbench.rpc.channel import Client
 from twinbench.serving.tensors import infer_request
@@ -119,17 +121,23 @@ def run_compare(
         pairs = plan_arms(options.frameworks, options.max_pairs if speed_in_lockstep
                           else lockstep_pairs, base_spec.seed)  # fmt: skip
         others = set_aside_sequential_speed(lines) if speed_in_lockstep else None
+        threads = lockstep_threads(options.lockstep_threads, settings.train_threads,
+                                   len(training_cpus(settings)))  # fmt: skip
+        if threads is not None and options.lockstep_threads is None:
+            print(f"lockstep speed: {threads[0]} intra-op thread(s) per arm, one CPU fewer than"
+                  " the set has, so that the host's own work does not stall a step")  # fmt: skip
         spent = time.monotonic() - began
         speed, speed_lines = compare_speed_pairs(
             settings, options.frameworks, [a.label for a in arms], base_spec,
             list(zip(pairs[0].seeds, pairs[1].seeds, strict=True)), options.level,
-            LockstepOptions(arm_threads=options.lockstep_threads,
+            LockstepOptions(arm_threads=threads,
                             disturbance_limit=options.disturbance_limit,
                             # until decided, pairs are added: each may carry more blocks
                             block_pairs=(DEFAULT_BLOCK_PAIRS if speed_in_lockstep
                                          else LOCAL_LOCKSTEP_BLOCK_PAIRS)),
             until_decided_with=others,
             budget_s=max(options.budget_s - spent, 0.0) if options.budget_s else None,
+            known_peaks=[max((j.peak_rss_bytes for j in arm.jobs), default=0) for arm in arms],
         )  # fmt: skip
         if others is not None and speed_lines:  # else the sequential line stays the speed line
             lines = others
@@ -331,6 +339,7 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
     """The serving benchmark's paths b-d on compare's own stack, for the report."""
     from twinbench.data.datasets import load_dataset
     from twinbench.experiments.bench_serving import bench_stack, ratios, setup, summary
+    from twinbench.experiments.serving_rounds import WARM_S
 
     print(f"serving cost: the trainers directly, the gateway, with batching ({seconds:g} s each)")
     how = setup(stack.settings)
@@ -339,7 +348,10 @@ def serving_cost_of(stack: LocalStack, exports: list, seconds: float) -> dict:
         e.model_name: infer_request(e.model_name, image, version=e.version).SerializeToString()
         for e in exports
     }
-    figures = bench_stack(stack, requests, (1, 32), seconds, report=lambda f: None)
+    # Every export has served the load test already: a new connection's first calls are all
+    # that is cold, and the serving blocks' quarter second of them suffices here too.
+    figures = bench_stack(stack, requests, (1, 32), seconds, report=lambda f: None,
+                          warm_up_s=WARM_S)  # fmt: skip
     for line in summary(figures):
         print(line)
     from twinbench.experiments.cold_start import cold_starts_of

@@ -22,13 +22,31 @@ MAX_ARMS = 3
 
 # Lockstep pairs decide training speed where sequential repeats on a shared machine rarely can
 # (LeNet-5 on 2 cores: 1.19x [1.12, 1.27] from 3 pairs, against [0.62, 1.70] from the repeats of
-# the same run), for about a minute more. The torch/tf ratio itself moves from process pair to
-# process pair (SD about 0.1 in log on this shared machine: it follows the host's load), more
-# than a pair's blocks can average away (0.13 from block pair to block pair), so a fixed minute
-# buys a narrower interval as more pairs of fewer blocks: 6 pairs of 5 block pairs rather than
-# 3 of 10 (docs/lockstep.md).
+# the same run), for about two minutes more. With one thread fewer than the CPUs
+# (lockstep_threads), process pairs differ by no more than their own blocks explain (a log ratio
+# SD of 0.03 to 0.05 between pairs of 10 block pairs), so longer pairs narrow the interval: 6
+# pairs of 12 block pairs keep its high/low near 1.08 there (docs/lockstep.md).
 LOCAL_LOCKSTEP_PAIRS = 6
-LOCAL_LOCKSTEP_BLOCK_PAIRS = 5
+LOCAL_LOCKSTEP_BLOCK_PAIRS = 12
+
+
+def lockstep_threads(
+    asked: tuple[int, int] | None, settings_threads: int, cpus: int
+) -> tuple[int, int] | None:
+    """Each lockstep arm's intra-op threads: `asked` (--arm-threads), else the settings' own
+    count when they set one, else one fewer than the CPUs (None on one CPU: the settings' one).
+
+    With a thread on every CPU, each step of either framework waits at every parallel region for
+    the slowest thread, and anything else the host runs (the OS, a neighbour's steal) preempts
+    one: the two frameworks absorb that differently, so their ratio follows the host's load
+    rather than holding still (LeNet-5 on a shared 2-CPU machine: a torch/tf log ratio spread of
+    0.134 between process pairs at two threads, 0.055 at one, no more than a pair's own blocks
+    explain). Both arms get the same count, and the job records show it as read back."""
+    if asked is not None:
+        return asked
+    if settings_threads or cpus < 2:
+        return None
+    return (cpus - 1, cpus - 1)
 
 
 @dataclass

@@ -447,6 +447,7 @@ def compare_speed_pairs(
     progress: Callable[[str], None] = print,
     until_decided_with: Sequence[Line] | None = None,
     budget_s: float | None = None,
+    known_peaks: Sequence[int] = (),
 ) -> tuple[dict, list[Line]]:
     """`compare --lockstep-pairs`: training speed in lockstep process pairs, one per seed pair,
     beside the accuracy repeats; its record for results.json and its verdict line (none where
@@ -455,7 +456,8 @@ def compare_speed_pairs(
     With `until_decided_with` (the report's other lines, already stopped), process pairs are
     added until the speed line is decided, within `budget_s` and at most len(seeds) of them,
     each look judging every line by its anytime-valid test (sequential.py); the record then
-    holds the stopping record under "stopping"."""
+    holds the stopping record under "stopping". `known_peaks`, each arm's peak memory in an
+    earlier job of the same model, lets the first pair start both workers at once."""
     lockstep = lockstep or LockstepOptions()
     reason = unavailable(frameworks, [spec.model])
     if reason is not None:
@@ -477,7 +479,7 @@ def compare_speed_pairs(
             seeds[i][0],
             lockstep,
             warmup,
-            together=fit_together(process_pairs[-1] if i else None),
+            together=fit_together(process_pairs[-1] if i else None, known_peaks),
         )
         process_pairs.append(pp)
         total = f"{planned}" if until_decided_with is None else f"at most {planned}"

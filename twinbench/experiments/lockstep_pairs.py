@@ -299,11 +299,15 @@ def calibrated_steps(calibration: Sequence[dict], block_seconds: float) -> int:
     return int(min(MAX_BLOCK_STEPS, max(2, round(block_seconds / max(step_s, 1e-9)))))
 
 
-def fit_together(previous: dict | None) -> bool:
+def fit_together(previous: dict | None, known_peaks: Sequence[int] = ()) -> bool:
     """Whether a previous process pair's two workers, at their peak, fit in the memory available
-    now with the margin: then the next pair may start both processes at once."""
+    now with the margin: then the next pair may start both processes at once. Before the first
+    pair, `known_peaks` may stand in: each arm's peak in a job that trained the same model
+    earlier (compare's repeats, which also exported, so they peak no lower)."""
     jobs = (previous or {}).get("jobs") or []
     peaks = [j["peak_rss_bytes"] for j in jobs if j and j.get("peak_rss_bytes")]
+    if previous is None:
+        peaks = [peak for peak in known_peaks if peak]
     return len(peaks) == 2 and MEMORY_MARGIN * sum(peaks) < available_memory_bytes()
 
 

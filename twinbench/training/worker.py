@@ -290,4 +290,11 @@ def worker_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main())
+    code = worker_main()
+    # The job has ended and said so; what is left is the frameworks' teardown at interpreter
+    # exit (a second or more for TensorFlow), which would only keep whoever waits on this
+    # process waiting: the next job, the next lockstep pair.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
