@@ -31,7 +31,6 @@ from twinbench.client.stack import LocalStack, services
 from twinbench.config import Settings
 from twinbench.experiments.compare_lines import hardware_of, serving_lines, training_lines
 from twinbench.experiments.compare_plan import (
-    LOCAL_LOCKSTEP_BLOCK_PAIRS,
     LOCAL_LOCKSTEP_PAIRS,
     Arm,
     CompareOptions,
@@ -116,7 +115,7 @@ def run_compare(
     speed: dict | None = None
     if lockstep_pairs:  # after the services stopped: nothing else of ours runs
         from twinbench.experiments.lockstep import compare_speed_pairs
-        from twinbench.experiments.lockstep_pairs import DEFAULT_BLOCK_PAIRS, LockstepOptions
+        from twinbench.experiments.lockstep_pairs import LockstepOptions
 
         pairs = plan_arms(options.frameworks, options.max_pairs if speed_in_lockstep
                           else lockstep_pairs, base_spec.seed)  # fmt: skip
@@ -130,11 +129,7 @@ def run_compare(
         speed, speed_lines = compare_speed_pairs(
             settings, options.frameworks, [a.label for a in arms], base_spec,
             list(zip(pairs[0].seeds, pairs[1].seeds, strict=True)), options.level,
-            LockstepOptions(arm_threads=threads,
-                            disturbance_limit=options.disturbance_limit,
-                            # until decided, pairs are added: each may carry more blocks
-                            block_pairs=(DEFAULT_BLOCK_PAIRS if speed_in_lockstep
-                                         else LOCAL_LOCKSTEP_BLOCK_PAIRS)),
+            LockstepOptions(arm_threads=threads, disturbance_limit=options.disturbance_limit),
             until_decided_with=others,
             budget_s=max(options.budget_s - spent, 0.0) if options.budget_s else None,
             known_peaks=[max((j.peak_rss_bytes for j in arm.jobs), default=0) for arm in arms],

@@ -22,12 +22,13 @@ MAX_ARMS = 3
 
 # Lockstep pairs decide training speed where sequential repeats on a shared machine rarely can
 # (LeNet-5 on 2 cores: 1.19x [1.12, 1.27] from 3 pairs, against [0.62, 1.70] from the repeats of
-# the same run), for about two minutes more. With one thread fewer than the CPUs
-# (lockstep_threads), process pairs differ by no more than their own blocks explain (a log ratio
-# SD of 0.03 to 0.05 between pairs of 10 block pairs), so longer pairs narrow the interval: 6
-# pairs of 12 block pairs keep its high/low near 1.08 there (docs/lockstep.md).
-LOCAL_LOCKSTEP_PAIRS = 6
-LOCAL_LOCKSTEP_BLOCK_PAIRS = 12
+# the same run), for about two and a half minutes more. With one thread fewer than the CPUs
+# (lockstep_threads), process pairs of LeNet-5 on a shared 2-CPU machine still differ a little
+# more than their blocks explain (a log ratio SD of 0.047 between pairs of 12 block pairs, 0.036
+# within), so more pairs narrow the interval more than longer ones: 8 pairs of 10 block pairs
+# (each pair's own blocks, DEFAULT_BLOCK_PAIRS) keep its high/low under 1.10 there
+# (docs/lockstep.md).
+LOCAL_LOCKSTEP_PAIRS = 8
 
 
 def lockstep_threads(

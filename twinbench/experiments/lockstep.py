@@ -306,13 +306,18 @@ def speed_summary(
         "parked_context_switches_max": max((abs(p["context_switches"]) for p in parked),
                                            default=0),
         "disturbance_limit": lockstep.disturbance_limit,
+        # each arm's intra-op threads as its workers read them back
+        "threads": [sorted({job["threads"][0] for pp in process_pairs
+                            if (job := (pp.get("jobs") or [None, None])[k])})
+                    for k in range(2)],
     }  # fmt: skip
     cost_text = ", ".join(
         f"{label} {c:+.2%}" if c is not None else f"{label} -"
         for label, c in zip(labels, costs, strict=True)
     )
+    threads = "/".join(",".join(map(str, t)) or "-" for t in summary["threads"])
     summary["note"] = (
-        f"lockstep: {len(process_pairs)} process pairs, blocks of"
+        f"lockstep: {len(process_pairs)} process pairs, intra-op threads {threads}, blocks of"
         f" {', '.join(str(n) for n in summary['block_steps'])} steps;"
         f" {summary['discarded_block_pairs']} block pairs discarded as disturbed (limit"
         f" {lockstep.disturbance_limit:.0%} of the CPUs), {summary['too_disturbed']} process"
