@@ -308,6 +308,8 @@ def test_lockstep_speed_pairs_of_real_jobs_train_in_parked_blocks(tmp_path, monk
             assert block["parked"]["cpu_s"] == 0.0 and block["parked"]["context_switches"] == 0
             assert block["steps"] in (4, 8) and block["samples"] == 32 * block["steps"]
     assert record["summary"]["parked_cpu_s_max"] == 0.0
+    assert record["summary"]["threads"] == [[2], [2]]  # as read back, in the report's note
+    assert "intra-op threads 2/2" in record["summary"]["note"]
     (line,) = lines
     assert line.estimate.repeats == 2 and "process pairs" in line.detail
 

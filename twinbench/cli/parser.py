@@ -393,7 +393,7 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--bench-seconds",
         type=float,
-        default=1.0,
+        default=0.5,
         help="per serving-cost measurement, when compare starts the services; 0 skips"
         " (default: %(default)s; `twinbench bench serving` measures the same paths at length)",
     )

@@ -147,14 +147,6 @@ def main() -> None:
                       for name, version in exports]))  # fmt: skip
 
 
-if __name__ == "__main__":
-    main()
-    # The figures are out; the framework's teardown at interpreter exit (a second or more for
-    # TensorFlow) would only delay the next repeat.
-    sys.stdout.flush()
-    os._exit(0)
-
-
 def cold_starts_of(
     repository: Path, exports: list[tuple[str, int]], repeats: int, threads: int | None = None
 ) -> list[dict]:
@@ -223,3 +215,11 @@ def cold_start_and_cpu_table(cost: dict) -> list[tuple[str, list[str], list[list
     headers += [f"CPU s per 1,000 requests, path {p}" for p in paths]
     title = "Serving cost: cold start, memory and the services' CPU (median [range])"
     return [(title, headers, rows)]
+
+
+if __name__ == "__main__":
+    main()
+    # The figures are out; the framework's teardown at interpreter exit (a second or more for
+    # TensorFlow) would only delay the next repeat.
+    sys.stdout.flush()
+    os._exit(0)
