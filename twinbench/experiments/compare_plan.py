@@ -23,11 +23,11 @@ MAX_ARMS = 3
 # Lockstep pairs decide training speed where sequential repeats on a shared machine rarely can
 # (LeNet-5 on 2 cores: 1.19x [1.12, 1.27] from 3 pairs, against [0.62, 1.70] from the repeats of
 # the same run), for about two and a half minutes more. With one thread fewer than the CPUs
-# (lockstep_threads), process pairs of LeNet-5 on a shared 2-CPU machine still differ a little
-# more than their blocks explain (a log ratio SD of 0.047 between pairs of 12 block pairs, 0.036
-# within), so more pairs narrow the interval more than longer ones: 8 pairs of 10 block pairs
-# (each pair's own blocks, DEFAULT_BLOCK_PAIRS) keep its high/low under 1.10 there
-# (docs/lockstep.md).
+# (lockstep_threads), process pairs of LeNet-5 on a shared 2-CPU machine still differ more than
+# their blocks explain (a log ratio SD of 0.035 to 0.076 between pairs, 0.036 to 0.042 within),
+# so more pairs narrow the interval more than longer ones: 8 pairs of DEFAULT_BLOCK_PAIRS, an
+# interval's high/low of 1.06 to 1.14 there when the host's steal leaves the pairs whole
+# (docs/lockstep.md#threads).
 LOCAL_LOCKSTEP_PAIRS = 8
 
 
