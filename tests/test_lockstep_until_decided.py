@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from test_lockstep import fake_arm
 
 from twinbench.api import trainer_pb2 as tpb
+from twinbench.experiments.lockstep import FILL_MIN_PAIRS
 from twinbench.experiments.lockstep_pairs import LockstepOptions
 from twinbench.experiments.sequential import (
     MIN_LOOK_PAIRS,
@@ -141,3 +143,36 @@ def test_set_aside_lines_never_decide_a_simulated_run():
         assert stopping["pairs"] >= MIN_LOOK_PAIRS
     se = math.sqrt(0.05 * 0.95 / runs)
     assert false_winners / runs <= 0.05 + 3 * se
+
+
+@pytest.mark.parametrize("seconds_left, pairs", [(-1.0, FILL_MIN_PAIRS), (3600.0, 6)])
+def test_compare_lockstep_pairs_fill_the_run_from_the_fewest_to_the_most(
+    monkeypatch, seconds_left, pairs
+):
+    """Filling a run: with its time already spent, the fewest pairs still run; with an hour
+    left, every seed it was given (the most), and the record and note say how many."""
+    import time
+
+    from twinbench.experiments import lockstep
+
+    known_speeds(monkeypatch)
+    spec = tpb.JobSpec(model="lenet5", warmup_steps=1)
+    seeds = [(i, i) for i in range(6)]
+    record, (line,) = lockstep.compare_speed_pairs(
+        None, ("torch", "tf"), ("torch", "tf"), spec, seeds, 0.95, QUICK,
+        progress=lambda text: None, fill_until=time.monotonic() + seconds_left,
+    )  # fmt: skip
+    assert len(record["process_pairs"]) == line.estimate.repeats == pairs
+    assert record["filled"] == {"pairs": pairs, "min_pairs": FILL_MIN_PAIRS, "max_pairs": 6}
+    assert f"The pairs filled the run's time: {pairs}" in record["summary"]["note"]
+
+
+def test_another_pair_fits_only_when_it_ends_by_the_deadline():
+    from twinbench.experiments.lockstep import another_pair_fits
+
+    assert another_pair_fits([], now=100.0, deadline=0.0)  # below the fewest: always
+    three = [20.0, 15.0, 16.0]
+    assert another_pair_fits(three, now=100.0, deadline=0.0, min_pairs=4)
+    four = [*three, 18.0]
+    assert another_pair_fits(four, now=100.0, deadline=118.0)  # as long as the last: in time
+    assert not another_pair_fits(four, now=100.0, deadline=117.9)

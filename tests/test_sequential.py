@@ -254,6 +254,21 @@ def test_the_options_parse_and_a_bad_budget_is_refused_with_a_clear_message(comm
         until_decided_args(args)
 
 
+def test_compare_lockstep_until_parses_and_a_bad_one_is_refused_with_a_clear_message():
+    from twinbench.cli.experiments import lockstep_until_args
+    from twinbench.cli.main import parser
+
+    assert lockstep_until_args(parser().parse_args(["compare"])) == 340  # the default, 5m40s
+    assert lockstep_until_args(parser().parse_args(["compare", "--lockstep-until", "15m"])) == 900
+    with pytest.raises(SystemExit, match="--lockstep-until: not a duration: '5x'"):
+        lockstep_until_args(parser().parse_args(["compare", "--lockstep-until", "5x"]))
+    with pytest.raises(SystemExit, match="--max-pairs must be 4 or more"):
+        lockstep_until_args(parser().parse_args(["compare", "--max-pairs", "3"]))
+    # a count of pairs given: nothing fills, and --max-pairs is --until-decided's alone
+    assert lockstep_until_args(parser().parse_args(["compare", "--lockstep-pairs", "2",
+                                                    "--max-pairs", "3"])) == 340  # fmt: skip
+
+
 def test_a_run_whose_jobs_all_fail_stops_at_the_first_look():
     count = [0]
 

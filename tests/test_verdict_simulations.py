@@ -208,6 +208,54 @@ def test_the_serving_interval_covers_a_known_ratio_despite_outlier_rounds():
     assert at_least(covered / runs, runs), covered / runs
 
 
+def lockstep_pairs_filling(
+    rng: np.random.Generator, log_ratio: float, deadline_s: float
+) -> tuple[list[float], list[float]]:
+    """Lockstep process pairs started while another fits before a deadline, as compare fills
+    a run: each pair's rates under a slow random walk of the machine (both arms alike: they
+    take turns within a second), a pair-to-pair spread beyond the blocks' (log SDs 0.045 and
+    0.04, as measured), and a pair's time that grows as either arm is slower (its blocks have
+    a fixed number of steps) or a burst of steal makes block pairs be redone. So how many pairs
+    fit depends on what the early pairs measured, through their times."""
+    from twinbench.experiments.lockstep import another_pair_fits
+
+    durations: list[float] = []
+    clock, state = 0.0, 0.0
+    first: list[float] = []
+    second: list[float] = []
+    while len(durations) < 20 and another_pair_fits(durations, clock, deadline_s):
+        state = 0.7 * state + rng.normal(0, 0.15)  # the host, slow to change
+        pair = log_ratio + rng.normal(0, 0.045) + rng.normal(0, 0.04)
+        first.append(7000 * math.exp(pair + state))
+        second.append(7000 * math.exp(state))
+        took = 6 + 7 * 0.6 * (math.exp(-pair - state) + math.exp(-state))  # 7 block pairs
+        if rng.random() < 0.15:  # discarded block pairs, redone
+            took += rng.uniform(2, 15)
+        clock += took
+        durations.append(took)
+    return first, second
+
+
+def test_lockstep_pairs_that_fill_a_run_keep_their_interval_and_name_no_false_winner():
+    """How many pairs fill the run follows their times, which follow the first arm's speed:
+    the t interval over the pairs still covers the truth and an A/A run names no winner in more
+    than 5% (plus three Monte Carlo standard errors) of 4,000 runs each."""
+    rng = np.random.default_rng(16)
+    runs = 4000
+    false_winners = covered = 0
+    counts = set()
+    for _ in range(runs):
+        a_a = paired_ratio(*lockstep_pairs_filling(rng, 0.0, 180.0))
+        false_winners += not a_a.low <= 1 <= a_a.high
+        truth = 0.78
+        known = paired_ratio(*lockstep_pairs_filling(rng, math.log(truth), 180.0))
+        covered += known.low <= truth <= known.high
+        counts.add(known.repeats)
+    assert at_most(false_winners / runs, runs), false_winners / runs
+    assert at_least(covered / runs, runs), covered / runs
+    assert max(counts) - min(counts) >= 3  # the count did vary with the pairs' times
+
+
 # --- accuracy ---
 
 

@@ -41,6 +41,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     if not 0.5 <= args.confidence < 1:
         raise SystemExit(f"--confidence must be in [0.5, 1), got {args.confidence}")
     budget_s = until_decided_args(args)
+    lockstep_until_s = lockstep_until_args(args)
     spec = spec_from_args(args, "")
     if args.params:
         apply_study_params(settings, args, spec)
@@ -57,6 +58,7 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
         command="twinbench " + " ".join(args.argv),
         level=args.confidence,
         lockstep_pairs=args.lockstep_pairs,  # None: the plan's default (compare_plan.py)
+        lockstep_until_s=lockstep_until_s,
         until_decided=args.until_decided,
         budget_s=budget_s,
         max_pairs=args.max_pairs,
@@ -107,6 +109,19 @@ def arm_threads(args: argparse.Namespace) -> tuple[int, int] | None:
     if min(first, second) < 1:
         raise SystemExit(f"--arm-threads must be 1 or more each: {args.arm_threads!r}")
     return first, second
+
+
+def lockstep_until_args(args: argparse.Namespace) -> float:
+    """--lockstep-until in seconds: how long the run may take while lockstep pairs fill it."""
+    from twinbench.experiments.sequential import MIN_LOOK_PAIRS, parse_duration
+
+    if args.lockstep_pairs is None and args.max_pairs < MIN_LOOK_PAIRS:  # lockstep.FILL_MIN_PAIRS
+        raise SystemExit(f"--max-pairs must be {MIN_LOOK_PAIRS} or more: the fewest lockstep"
+                         " pairs that fill a run")  # fmt: skip
+    try:
+        return parse_duration(args.lockstep_until)
+    except ValueError as error:
+        raise SystemExit(f"--lockstep-until: {error}") from None
 
 
 def until_decided_args(args: argparse.Namespace) -> float | None:

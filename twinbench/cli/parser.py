@@ -404,8 +404,16 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="after the repeats, also time training speed in this many lockstep process pairs on"
         " this host, both arms alive and trained in alternating short blocks (docs/lockstep.md);"
-        " 0: none (default: 6, of 5 block pairs each, when compare starts the services on this"
-        " host itself, else none)",
+        " 0: none (default: as many as fill the run up to --lockstep-until when compare starts"
+        " the services on this host itself, else none)",
+    )
+    compare.add_argument(
+        "--lockstep-until",
+        metavar="DURATION",
+        default="5m40s",
+        help="without --lockstep-pairs: add lockstep pairs (at least 4, at most --max-pairs)"
+        " while the next one, as long as the last, ends within this time of the run's start,"
+        " e.g. 5m40s, 15m (default: %(default)s)",
     )
     add_arm_threads(compare)
     compare.add_argument(
@@ -510,5 +518,6 @@ def add_until_decided(command: argparse.ArgumentParser, unit: str) -> None:
         "--max-pairs",
         type=int,
         default=20,
-        help="with --until-decided: stop after this many pairs (default: %(default)s)",
+        help="with --until-decided: stop after this many pairs (default: %(default)s)"
+        + ("; also the most lockstep pairs that fill a run" if unit == "repeats" else ""),
     )

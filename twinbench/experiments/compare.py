@@ -31,7 +31,7 @@ from twinbench.client.stack import LocalStack, services
 from twinbench.config import Settings
 from twinbench.experiments.compare_lines import hardware_of, serving_lines, training_lines
 from twinbench.experiments.compare_plan import (
-    LOCAL_LOCKSTEP_PAIRS,
+    LOCAL_LOCKSTEP_BLOCK_PAIRS,
     Arm,
     CompareOptions,
     arm_pairs,
@@ -79,10 +79,11 @@ def run_compare(
                 " the services compare starts itself (no --gateway)"
             )
         lockstep_pairs = options.lockstep_pairs
+        # Unless told how many, lockstep pairs fill the run up to its time (compare_plan.py).
+        fill = lockstep_pairs is None and started_here and len(arms) == 2
         if lockstep_pairs is None:
             # Lockstep runs two arms side by side; three arms keep their sequential speed lines.
-            two_arms = len(arms) == 2
-            lockstep_pairs = LOCAL_LOCKSTEP_PAIRS if started_here and two_arms else 0
+            lockstep_pairs = options.max_pairs if fill else 0
         # Until decided with lockstep pairs, those pairs decide training speed (lockstep.md).
         speed_in_lockstep = options.until_decided and lockstep_decides_speed(
             lockstep_pairs, options.frameworks, base_spec.model
@@ -129,10 +130,12 @@ def run_compare(
         speed, speed_lines = compare_speed_pairs(
             settings, options.frameworks, [a.label for a in arms], base_spec,
             list(zip(pairs[0].seeds, pairs[1].seeds, strict=True)), options.level,
-            LockstepOptions(arm_threads=threads, disturbance_limit=options.disturbance_limit),
+            LockstepOptions(block_pairs=LOCAL_LOCKSTEP_BLOCK_PAIRS, arm_threads=threads,
+                            disturbance_limit=options.disturbance_limit),
             until_decided_with=others,
             budget_s=max(options.budget_s - spent, 0.0) if options.budget_s else None,
             known_peaks=[max((j.peak_rss_bytes for j in arm.jobs), default=0) for arm in arms],
+            fill_until=began + options.lockstep_until_s if fill and others is None else None,
         )  # fmt: skip
         if others is not None and speed_lines:  # else the sequential line stays the speed line
             lines = others

@@ -22,13 +22,18 @@ MAX_ARMS = 3
 
 # Lockstep pairs decide training speed where sequential repeats on a shared machine rarely can
 # (LeNet-5 on 2 cores: 1.19x [1.12, 1.27] from 3 pairs, against [0.62, 1.70] from the repeats of
-# the same run), for about two and a half minutes more. With one thread fewer than the CPUs
-# (lockstep_threads), process pairs of LeNet-5 on a shared 2-CPU machine still differ more than
-# their blocks explain (a log ratio SD of 0.035 to 0.076 between pairs, 0.036 to 0.042 within),
-# so more pairs narrow the interval more than longer ones: 8 pairs of DEFAULT_BLOCK_PAIRS, an
-# interval's high/low of 1.06 to 1.14 there when the host's steal leaves the pairs whole
-# (docs/lockstep.md#threads).
-LOCAL_LOCKSTEP_PAIRS = 8
+# the same run). With one thread fewer than the CPUs (lockstep_threads), process pairs of LeNet-5
+# on a shared 2-CPU machine still differ more than their blocks explain (a log ratio SD of 0.035
+# to 0.076 between pairs, 0.036 to 0.042 within, at 10 block pairs), so more, shorter pairs
+# narrow the interval more than fewer, longer ones: each pair costs about 6 s of its own (two
+# fresh processes importing their framework and warming up) and 1.2 s per block pair.
+LOCAL_LOCKSTEP_BLOCK_PAIRS = 7
+# When compare starts the services on this host itself and is told no --lockstep-pairs, its
+# lockstep pairs fill the run up to this wall time from its start (at least FILL_MIN_PAIRS,
+# lockstep.another_pair_fits): LeNet-5's whole comparison, `make demo`, then ends within about
+# six minutes whatever its other phases took, with as many pairs as those left room for (about
+# 12 on a 2-CPU machine, docs/lockstep.md#threads).
+LOCAL_LOCKSTEP_UNTIL_S = 340.0
 
 
 def lockstep_threads(
@@ -73,10 +78,11 @@ class CompareOptions:
     bench_seconds: float  # per serving-cost measurement; 0 skips it
     command: str
     level: float = 0.95  # of every interval; Holm keeps the report's false winners under 1 - level
-    # Speed-only lockstep process pairs after the repeats (lockstep.md); None: LOCAL_LOCKSTEP_PAIRS
-    # when compare started the services on this host itself, else none (the host that trains
-    # is then another, and a pair timed here would time this one).
+    # Speed-only lockstep process pairs after the repeats (lockstep.md); None: as many as fill
+    # the run up to `lockstep_until_s` when compare started the services on this host itself,
+    # else none (the host that trains is then another, and a pair timed here would time this one).
     lockstep_pairs: int | None = None
+    lockstep_until_s: float = LOCAL_LOCKSTEP_UNTIL_S
     # Each lockstep arm's intra-op threads (a positive control's handicap); None: the settings'.
     lockstep_threads: tuple[int, int] | None = None
     # A block pair (lockstep speed, serving blocks) more disturbed than this is redone.

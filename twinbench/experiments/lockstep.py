@@ -52,6 +52,7 @@ from twinbench.experiments.lockstep_pairs import (
 from twinbench.experiments.preflight import preflight, warn
 from twinbench.experiments.report_kit import environment
 from twinbench.experiments.sequential import (
+    MIN_LOOK_PAIRS,
     anytime_lines,
     describe_stopping,
     set_aside,
@@ -66,6 +67,10 @@ FRAMEWORK_MODULES = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
 # extra time (over a steady step) is at least this share of a block, in the median block of
 # either framework, the first step of every block (both arms) is left out of the rates.
 RESUME_COST_LIMIT = 0.01
+# compare's lockstep pairs, when they fill the time a run has left: at least as many as a
+# stopping rule's first look takes (four), so that the t interval over them has three degrees of
+# freedom at the fewest, whatever the run's earlier phases took.
+FILL_MIN_PAIRS = MIN_LOOK_PAIRS
 
 
 def unavailable(frameworks: Sequence[str], models: Sequence[str] = ()) -> str | None:
@@ -425,6 +430,19 @@ def speed_spec(spec: tpb.JobSpec, framework: str, seed: int) -> tpb.JobSpec:
     return out
 
 
+def another_pair_fits(durations: Sequence[float], now: float, deadline: float,
+                      min_pairs: int = FILL_MIN_PAIRS) -> bool:  # fmt: skip
+    """Whether to start another lockstep pair when they fill a run's time: always below
+    `min_pairs`, else only when one more, as long as the last one took, ends by `deadline`.
+
+    The count then follows how long pairs take, never what they measured, and the t interval
+    over the pairs keeps its coverage (simulated in tests/test_verdict_simulations.py, with pair
+    times that lengthen as one arm slows)."""
+    if len(durations) < min_pairs:
+        return True
+    return now + durations[-1] <= deadline
+
+
 SPEED_QUESTION = "faster to train, in lockstep (steady samples/s)"
 SEQUENTIAL_SPEED_QUESTION = "faster to train (steady samples/s)"  # compare_lines.training_lines
 
@@ -453,6 +471,7 @@ def compare_speed_pairs(
     until_decided_with: Sequence[Line] | None = None,
     budget_s: float | None = None,
     known_peaks: Sequence[int] = (),
+    fill_until: float | None = None,
 ) -> tuple[dict, list[Line]]:
     """`compare --lockstep-pairs`: training speed in lockstep process pairs, one per seed pair,
     beside the accuracy repeats; its record for results.json and its verdict line (none where
@@ -462,7 +481,10 @@ def compare_speed_pairs(
     added until the speed line is decided, within `budget_s` and at most len(seeds) of them,
     each look judging every line by its anytime-valid test (sequential.py); the record then
     holds the stopping record under "stopping". `known_peaks`, each arm's peak memory in an
-    earlier job of the same model, lets the first pair start both workers at once."""
+    earlier job of the same model, lets the first pair start both workers at once.
+
+    With `fill_until` (a time.monotonic() deadline) instead, pairs are added while another fits
+    before it (another_pair_fits), at least FILL_MIN_PAIRS and at most len(seeds)."""
     lockstep = lockstep or LockstepOptions()
     reason = unavailable(frameworks, [spec.model])
     if reason is not None:
@@ -470,9 +492,11 @@ def compare_speed_pairs(
         return {"unavailable": reason}, []
     warmup = spec.warmup_steps if spec.HasField("warmup_steps") else DEFAULT_WARMUP_STEPS
     process_pairs: list[dict] = []
+    durations: list[float] = []
     planned = len(seeds)
 
     def add_pair() -> None:
+        began = time.monotonic()
         i = len(process_pairs)
         starters = [
             starter(settings, fw, speed_spec(spec, fw, seed), label, _threads(lockstep, k))
@@ -487,7 +511,9 @@ def compare_speed_pairs(
             together=fit_together(process_pairs[-1] if i else None, known_peaks),
         )
         process_pairs.append(pp)
-        total = f"{planned}" if until_decided_with is None else f"at most {planned}"
+        durations.append(time.monotonic() - began)
+        total = (f"{planned}" if until_decided_with is None and fill_until is None
+                 else f"at most {planned}")  # fmt: skip
         progress(f"lockstep speed, process pair {i + 1} ({total}): "
                  + _pair_line(pp, labels[0], labels[1]))  # fmt: skip
 
@@ -497,7 +523,12 @@ def compare_speed_pairs(
 
     stopping = None
     try:
-        if until_decided_with is None:
+        if until_decided_with is None and fill_until is not None:
+            while len(process_pairs) < planned and another_pair_fits(
+                durations, time.monotonic(), fill_until
+            ):
+                add_pair()
+        elif until_decided_with is None:
             for _ in seeds:
                 add_pair()
         else:
@@ -519,4 +550,11 @@ def compare_speed_pairs(
     if stopping is not None:
         record["stopping"] = stopping
         summary["note"] += " " + describe_stopping(stopping) + "."
+    if fill_until is not None:
+        record["filled"] = {"pairs": len(process_pairs), "min_pairs": FILL_MIN_PAIRS,
+                            "max_pairs": planned}  # fmt: skip
+        summary["note"] += (
+            f" The pairs filled the run's time: {len(process_pairs)} (at least {FILL_MIN_PAIRS},"
+            f" at most {planned}), each started only while it could end in time."
+        )
     return record, [line] if line else []
