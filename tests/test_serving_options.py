@@ -54,7 +54,7 @@ def test_a_serving_block_at_a_rate_is_an_open_loop_whose_over_bound_requests_fai
     request = tmp_path / "request.bin"
     request.write_bytes(b"the request")
     closed = load_block(PYTHON_GENERATOR, address, request, 2, 0.3, warm_s=0.0)
-    assert closed["requests"] > 0 and closed["failures"] == 0 and "rate" not in closed
+    assert closed["requests"] > 0 and closed["failures"] == 0 and "rate" not in closed, closed
     # 200/s with constant gaps for 0.5 s: 99 due, every one sent and answered.
     block = load_block(PYTHON_GENERATOR, address, request, 2, 0.5, warm_s=0.0, rate=200,
                        arrivals="constant", seed=7)  # fmt: skip

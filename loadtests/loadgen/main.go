@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -115,6 +116,25 @@ func dial(address string) (*grpc.ClientConn, error) {
 			grpc.ForceCodec(rawCodec{}), grpc.MaxCallRecvMsgSize(1<<30), grpc.MaxCallSendMsgSize(1<<30)))
 }
 
+// connect dials and waits until the connection is up (or has failed: the first call then says
+// why), so that no window starts before it: grpc.NewClient connects lazily, and the first call
+// would otherwise carry the connect.
+func connect(address string) (*grpc.ClientConn, error) {
+	conn, err := dial(address)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn.Connect()
+	for state := conn.GetState(); state != connectivity.Ready && state != connectivity.TransientFailure; state = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, state) {
+			break
+		}
+	}
+	return conn, nil
+}
+
 // writeLatencies writes the latencies (ms) to path as little-endian float64s ("" writes nothing).
 func writeLatencies(path string, latencies []float64) error {
 	if path == "" {
@@ -134,7 +154,7 @@ func run(s settings, out io.Writer) error {
 	if s.rate > 0 {
 		return runOpenLoop(s, time.Sleep, out)
 	}
-	conn, err := dial(s.address)
+	conn, err := connect(s.address)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func (f *firstError) keep(err error) { f.once.Do(func() { f.err = err }) }
 // waits with sleep (a test passes one that oversleeps). When no call at all succeeded, it ends
 // with the first call's error instead: the request or the address is wrong, not the load.
 func runOpenLoop(s settings, sleep func(time.Duration), out io.Writer) error {
-	conn, err := dial(s.address)
+	conn, err := connect(s.address)
 	if err != nil {
 		return err
 	}

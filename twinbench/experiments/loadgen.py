@@ -27,7 +27,18 @@ import numpy as np
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 WARM_UP_S = 1.0
+CONNECT_S = 30.0
 LATE_S = 0.001  # sent more than this after it fell due: counted as late (as the Go one does)
+
+
+async def _connected(channel: grpc.aio.Channel) -> None:
+    """Waits until the channel is up (or has failed: the first call then says why), so that no
+    window starts before it: a channel connects lazily, and the first call would carry it."""
+    state = channel.get_state(try_to_connect=True)
+    ends = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+    while state not in ends:
+        await asyncio.wait_for(channel.wait_for_state_change(state), CONNECT_S)
+        state = channel.get_state()
 
 
 def _figures(latencies: list[float], seconds: float, completed: int, cpu: float, wall: float):
@@ -49,6 +60,7 @@ async def closed_loop(
 ) -> tuple[dict, np.ndarray]:
     async with grpc.aio.insecure_channel(address) as channel:
         infer = channel.unary_unary(INFER_METHOD)  # bytes in, bytes out: nothing to serialize
+        await _connected(channel)
         latencies: list[float] = []
         counting = False
         stop = False
@@ -88,6 +100,7 @@ async def open_loop(
     gaps = random.Random(seed)
     async with grpc.aio.insecure_channel(address) as channel:
         infer = channel.unary_unary(INFER_METHOD)
+        await _connected(channel)
         latencies: list[float] = []
         counts = {"due": 0, "sent": 0, "late": 0, "over_bound": 0, "failures": 0}
         in_flight = completed = 0

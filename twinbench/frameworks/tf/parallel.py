@@ -9,6 +9,7 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context  # its key-value store has no public API
 
 from twinbench.api import trainer_pb2 as tpb
 from twinbench.data.datasets import Dataset
@@ -21,6 +22,8 @@ from twinbench.training.session import Framework
 # How long a collective may wait for a peer before it fails (a dead peer is normally seen sooner
 # by the coordination service; the trainer stops the others as soon as one dies).
 COLLECTIVE_TIMEOUT_S = 1800.0
+# Set by rank 0 in the coordination service once past the final barrier (see TFCollective.close).
+PASSED_BARRIER_KEY = "twinbench/rank-0-passed-the-final-barrier"
 
 
 class DistributedTFSession(TFSession):
@@ -182,3 +185,18 @@ class TFCollective:
 
     def close(self) -> None:
         self._barrier()
+        if self.options is None:
+            return
+        # The barrier is a ring all-reduce, in which a worker pulls its peers' parts: one that has
+        # all it needs may return while rank 0 still pulls from it, and if it left then, rank 0's
+        # barrier failed ("Socket closed"). So the others stay until rank 0 has passed it too, as
+        # it says through the coordination service that rank 0 hosts.
+        if self.topology.rank == 0:
+            context.context().set_config_key_value(PASSED_BARRIER_KEY, "1")
+            return
+        try:
+            context.context().get_config_key_value(
+                PASSED_BARRIER_KEY, int(COLLECTIVE_TIMEOUT_S * 1000)
+            )
+        except tf.errors.UnavailableError:
+            pass  # rank 0 has left already, which it does only once past the barrier
