@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import resource
+import subprocess
+import sys
+import time
 
 import jsonschema
 import numpy as np
 
+from tests_support import until
 from twinbench.experiments.compare_lines import serving_lines
 from twinbench.experiments.compare_plan import Arm, CompareOptions
-from twinbench.experiments.disturbance import Monitor, Snapshot
+from twinbench.experiments.disturbance import TICK_S, Monitor, Snapshot, process_cpu_seconds
 from twinbench.experiments.results import SCHEMA_FILE
 from twinbench.experiments.serving_rounds import (
     alternating_load_test,
@@ -85,6 +91,38 @@ def test_a_rounds_own_loopback_softirq_is_its_work_and_a_training_blocks_disturb
     # Softirq beyond what "other" holds (ticks read at different moments) hides no one else.
     after_short = Snapshot(wall=1.0, busy=11.2, steal=1.0, cpu={timed: 5.8, ours: 3.3}, softirq=2.5)
     assert monitor.between(before, after_short, active=[timed])["outside_fraction"] == 0.0
+
+
+BURN = "import sys, time\nend = time.process_time() + float(sys.argv[1])\nwhile time.process_time() < end: pass"
+
+
+def reaped_children_cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def test_a_child_that_ends_between_two_snapshots_is_ours_and_counted_once():
+    """A load round's load generator starts and is reaped between the round's snapshots, so it
+    is in neither: its CPU time is ours through its parent's reaped children, not someone else's.
+    A child alive at the first snapshot and reaped before the second counts only what it used
+    in between."""
+    monitor = Monitor(cpus=sorted(os.sched_getaffinity(0)))
+    children, before = reaped_children_cpu_s(), monitor.snapshot()
+    subprocess.run([sys.executable, "-c", BURN, "0.3"], check=True)
+    record = monitor.between(before, monitor.snapshot())
+    child_s = reaped_children_cpu_s() - children
+    assert child_s >= 0.3
+    assert record["ours_cpu_s"] >= child_s - 2 * TICK_S, (record, child_s)
+
+    children = reaped_children_cpu_s()
+    child = subprocess.Popen([sys.executable, "-c", BURN, "0.4"])
+    until(lambda: (process_cpu_seconds(child.pid) or 0.0) >= 0.2, "the child's first 0.2 s", 60)
+    own, before = time.process_time(), monitor.snapshot()
+    child.wait()
+    record = monitor.between(before, monitor.snapshot())
+    own = time.process_time() - own
+    child_s = reaped_children_cpu_s() - children  # its whole life
+    assert record["ours_cpu_s"] <= child_s - 0.2 + own + 4 * TICK_S, (record, child_s, own)
 
 
 def test_the_exports_of_a_pair_are_served_in_alternating_blocks(stack, settings, trained, tmp_path):

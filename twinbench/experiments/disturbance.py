@@ -52,12 +52,16 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rfind(")") + 2 :].split()
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of the whole process (all its threads), or None when it is gone."""
+def process_cpu_seconds(pid: int, reaped_children: bool = False) -> float | None:
+    """utime + stime of the whole process (all its threads), or None when it is gone; with
+    `reaped_children`, plus the CPU time of the children it has waited for (cutime + cstime)."""
     fields = _stat_fields(pid)
     if not fields:
         return None
-    return (int(fields[11]) + int(fields[12])) * TICK_S
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks * TICK_S
 
 
 def context_switches(pid: int) -> int | None:
@@ -144,7 +148,8 @@ class Snapshot:
     wall: float
     busy: float
     steal: float
-    cpu: dict[int, float] = field(default_factory=dict)  # this run's processes: CPU seconds
+    # This run's processes: CPU seconds, each with the children it has reaped (see snapshot).
+    cpu: dict[int, float] = field(default_factory=dict)
     softirq: float = 0.0  # inside busy: the kernel's deferred interrupt work, networking's too
 
 
@@ -159,9 +164,14 @@ class Monitor:
         self.root = os.getpid() if root is None else root
 
     def snapshot(self) -> Snapshot:
+        """The counters now. A process of ours counts the children it has reaped: one that
+        starts and ends between two snapshots (a load round's load generator) is in neither, and
+        its CPU time shows only in its parent's; without them it would read as someone else's."""
         busy, steal, softirq = cpu_ticks(self.cpus)
         ours = tree(self.root, parents())
-        cpu = {pid: s for pid in ours if (s := process_cpu_seconds(pid)) is not None}
+        cpu = {
+            p: s for p in ours if (s := process_cpu_seconds(p, reaped_children=True)) is not None
+        }
         return Snapshot(time.perf_counter(), busy, steal, cpu, softirq)
 
     def between(self, before: Snapshot, after: Snapshot, active: Iterable[int] = ()) -> dict:
@@ -177,7 +187,10 @@ class Monitor:
             return sum(max(0.0, after.cpu[p] - before.cpu.get(p, 0.0)) for p in pids)
 
         active_s = used(p for p in after.cpu if p in working)
-        ours_s = used(p for p in after.cpu if p not in working)
+        # A process of ours that ended in between moved all its time into its parent's reaped
+        # children, the part before the first snapshot too, which that snapshot held already.
+        gone_s = sum(s for p, s in before.cpu.items() if p not in after.cpu)
+        ours_s = max(0.0, used(p for p in after.cpu if p not in working) - gone_s)
         wall = max(after.wall - before.wall, 1e-9)
         busy = after.busy - before.busy
         steal = max(0.0, after.steal - before.steal)
