@@ -19,14 +19,13 @@ import numpy as np
 from tests_support import until
 from twinbench.experiments.compare_lines import serving_lines
 from twinbench.experiments.compare_plan import Arm, CompareOptions
-from twinbench.experiments.disturbance import TICK_S, Monitor, Snapshot, process_cpu_seconds
+from twinbench.experiments.disturbance import TICK_S, Monitor, process_cpu_seconds
 from twinbench.experiments.results import SCHEMA_FILE
 from twinbench.experiments.serving_rounds import (
     alternating_load_test,
     block_log_ratios,
     block_pairs_for,
     export_figures,
-    outside_disturbed,
     run_round,
 )
 
@@ -70,27 +69,6 @@ def test_a_disturbed_block_pair_is_discarded_whole_and_past_the_cap_the_round_sa
     assert all(p["discarded"] and p["index"] is None for p in played["pairs"])
     assert len(served) == 6
     assert export_figures(played, 1)["blocks"] == 3
-
-
-def test_a_rounds_own_loopback_softirq_is_its_work_and_a_training_blocks_disturbance():
-    """Where the kernel charges softirq to no process, a load round's own requests show as
-    busy CPU outside every process: 0.5 s of it in a 1 s block on 2 CPUs is the round's work
-    (its outside share stays at the neighbour's 0.05 s and the steal), while the same counters
-    disturb a training block, which sends nothing."""
-    timed, ours = 4_000_001, 4_000_002  # pids no process has: /proc adds nothing to them
-    monitor = Monitor(cpus=[0, 1], root=ours)
-    before = Snapshot(wall=0.0, busy=10.0, steal=1.0, cpu={timed: 5.0, ours: 3.0}, softirq=2.0)
-    # the timed process 0.8 s, ours 0.3 s, softirq 0.5 s, someone else 0.05 s; steal 0.02 s
-    after = Snapshot(wall=1.0, busy=11.65, steal=1.02, cpu={timed: 5.8, ours: 3.3}, softirq=2.5)
-    record = monitor.between(before, after, active=[timed])
-    assert math.isclose(record["softirq_s"], 0.5)
-    assert math.isclose(record["other_cpu_s"], 0.55)
-    assert math.isclose(record["outside_fraction"], (0.05 + 0.02) / 2)
-    assert math.isclose(record["fraction"], (0.3 + 0.55 + 0.02) / 2)
-    assert not outside_disturbed(record, 0.10)
-    # Softirq beyond what "other" holds (ticks read at different moments) hides no one else.
-    after_short = Snapshot(wall=1.0, busy=11.2, steal=1.0, cpu={timed: 5.8, ours: 3.3}, softirq=2.5)
-    assert monitor.between(before, after_short, active=[timed])["outside_fraction"] == 0.0
 
 
 BURN = "import sys, time\nend = time.process_time() + float(sys.argv[1])\nwhile time.process_time() < end: pass"

@@ -7,12 +7,6 @@ process tree (the coordinator, the parked arm, services it started) is "ours"; t
 the job's CPUs (/proc/stat) minus both is "other"; and steal is time the hypervisor gave another
 guest. Together, as a share of what the job's CPUs could have done in the block's wall time, they
 are the block's disturbance.
-
-Where the kernel accounts interrupt time on its own (CONFIG_IRQ_TIME_ACCOUNTING), the network
-processing of loopback traffic (softirq) is charged to no process: it shows in /proc/stat only.
-It stays "other" for a training block, which sends nothing, but a load round's own requests cause
-it (about 0.5 CPU seconds per second at 5,000 requests/s through the gateway on a 2-CPU machine
-here), so a round counts it as its work, like the load generator's and the services' CPU.
 """
 
 from __future__ import annotations
@@ -121,15 +115,15 @@ def tree(root: int, parent_of: dict[int, int]) -> set[int]:
     return out
 
 
-def cpu_ticks(cpus: Iterable[int] | None = None) -> tuple[float, float, float]:
-    """(busy, steal, softirq) seconds since boot, summed over `cpus` (all when None), from
-    /proc/stat. Busy: user, nice, system, irq and softirq (guest time is inside user already)."""
+def cpu_ticks(cpus: Iterable[int] | None = None) -> tuple[float, float]:
+    """(busy, steal) seconds since boot, summed over `cpus` (all when None), from /proc/stat.
+    Busy: user, nice, system, irq and softirq (guest time is inside user already)."""
     wanted = None if cpus is None else {f"cpu{c}" for c in cpus}
-    busy = steal = softirq = 0
+    busy = steal = 0
     try:
         lines = (PROC / "stat").read_text().splitlines()
     except OSError:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0
     for line in lines:
         if not line.startswith("cpu"):
             continue
@@ -139,8 +133,7 @@ def cpu_ticks(cpus: Iterable[int] | None = None) -> tuple[float, float, float]:
         v = [int(x) for x in values] + [0] * 8
         busy += v[0] + v[1] + v[2] + v[5] + v[6]
         steal += v[7]
-        softirq += v[6]
-    return busy * TICK_S, steal * TICK_S, softirq * TICK_S
+    return busy * TICK_S, steal * TICK_S
 
 
 @dataclass
@@ -150,7 +143,6 @@ class Snapshot:
     steal: float
     # This run's processes: CPU seconds, each with the children it has reaped (see snapshot).
     cpu: dict[int, float] = field(default_factory=dict)
-    softirq: float = 0.0  # inside busy: the kernel's deferred interrupt work, networking's too
 
 
 class Monitor:
@@ -167,12 +159,12 @@ class Monitor:
         """The counters now. A process of ours counts the children it has reaped: one that
         starts and ends between two snapshots (a load round's load generator) is in neither, and
         its CPU time shows only in its parent's; without them it would read as someone else's."""
-        busy, steal, softirq = cpu_ticks(self.cpus)
+        busy, steal = cpu_ticks(self.cpus)
         ours = tree(self.root, parents())
         cpu = {
             p: s for p in ours if (s := process_cpu_seconds(p, reaped_children=True)) is not None
         }
-        return Snapshot(time.perf_counter(), busy, steal, cpu, softirq)
+        return Snapshot(time.perf_counter(), busy, steal, cpu)
 
     def between(self, before: Snapshot, after: Snapshot, active: Iterable[int] = ()) -> dict:
         """What ran between two snapshots: `active` (pids whose trees are the timed work),
@@ -196,8 +188,6 @@ class Monitor:
         steal = max(0.0, after.steal - before.steal)
         # Ours may have run outside the job's CPUs: then "other" is underestimated by as much.
         other = max(0.0, busy - active_s - ours_s)
-        # The part of "other" that no process was charged with: a load round's own loopback.
-        softirq = min(other, max(0.0, after.softirq - before.softirq))
         capacity = wall * len(self.cpus)
         # The counters move in clock ticks: each CPU's busy time and each process's CPU time can
         # be off by a tick at either end, whatever the block's length.
@@ -208,11 +198,9 @@ class Monitor:
             "ours_cpu_s": ours_s,
             "other_cpu_s": other,
             "steal_s": steal,
-            "softirq_s": softirq,
             "fraction": (ours_s + other + steal) / capacity,
-            # Other processes and steal only, for load rounds where all of ours is the work
-            # and so is the softirq time their loopback requests cause.
-            "outside_fraction": (other - softirq + steal) / capacity,
+            # Other processes and steal only, for load rounds where all of ours is the work.
+            "outside_fraction": (other + steal) / capacity,
             "resolution_fraction": resolution / capacity,
         }
 

@@ -72,8 +72,7 @@ def parse_seconds(duration: str) -> float:
 
 def outside_disturbed(record: dict, limit: float) -> bool:
     """Whether a serving block met other processes or steal over `limit` of the CPUs (beyond
-    what the counters' ticks can resolve); this run's own processes are the block's work, and so
-    is the softirq time their loopback requests cause (twinbench.experiments.disturbance)."""
+    what the counters' ticks can resolve); this run's own processes are the block's work."""
     return record["outside_fraction"] - record.get("resolution_fraction", 0.0) > limit
 
 
@@ -332,8 +331,7 @@ def _round_disturbance(played: dict, k: int) -> dict:
     blocks = [b["disturbance"] for p in played["pairs"] for b in p["blocks"] if b["export"] == k]
     seconds = sum(d["seconds"] for d in blocks) or 1e-9
     out = {key: sum(d[key] for d in blocks)
-           for key in ("seconds", "active_cpu_s", "ours_cpu_s", "other_cpu_s", "steal_s",
-                       "softirq_s")}  # fmt: skip
+           for key in ("seconds", "active_cpu_s", "ours_cpu_s", "other_cpu_s", "steal_s")}  # fmt: skip
     for key in ("fraction", "outside_fraction", "resolution_fraction"):
         out[key] = sum(d[key] * d["seconds"] for d in blocks) / seconds
     return out
