@@ -23,16 +23,16 @@ MAX_ARMS = 3
 # Lockstep pairs decide training speed where sequential repeats on a shared machine rarely can
 # (LeNet-5 on 2 cores: 1.19x [1.12, 1.27] from 3 pairs, against [0.62, 1.70] from the repeats of
 # the same run). With one thread fewer than the CPUs (lockstep_threads), process pairs of LeNet-5
-# on a shared 2-CPU machine still differ more than their blocks explain (a log ratio SD of 0.035
-# to 0.076 between pairs, 0.036 to 0.042 within, at 10 block pairs), so more, shorter pairs
+# on a shared 2-CPU machine still differ more than their blocks explain (a log ratio SD of 0.053
+# to 0.067 between pairs, 0.035 to 0.056 within, at 7 block pairs), so more, shorter pairs
 # narrow the interval more than fewer, longer ones: each pair costs about 6 s of its own (two
 # fresh processes importing their framework and warming up) and 1.2 s per block pair.
 LOCAL_LOCKSTEP_BLOCK_PAIRS = 7
 # When compare starts the services on this host itself and is told no --lockstep-pairs, its
 # lockstep pairs fill the run up to this wall time from its start (at least FILL_MIN_PAIRS,
 # lockstep.another_pair_fits): LeNet-5's whole comparison, `make demo`, then ends within about
-# six minutes whatever its other phases took, with as many pairs as those left room for (about
-# 12 on a 2-CPU machine, docs/lockstep.md#threads).
+# six minutes whatever its other phases took, with as many pairs as those left room for (11 in
+# each of five runs on a 2-CPU machine, docs/lockstep.md#threads).
 LOCAL_LOCKSTEP_UNTIL_S = 340.0
 
 
