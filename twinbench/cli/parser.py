@@ -397,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
         help="per serving-cost measurement, when compare starts the services; 0 skips"
         " (default: %(default)s; `twinbench bench serving` measures the same paths at length)",
     )
-    add_until_decided(compare, "repeats")
+    add_until_decided(compare, "repeats", "the most lockstep pairs that fill a run")
     compare.add_argument(
         "--lockstep-pairs",
         type=int,
@@ -499,8 +499,11 @@ def add_arm_threads(command) -> None:
     )
 
 
-def add_until_decided(command: argparse.ArgumentParser, unit: str) -> None:
-    """--until-decided, --budget and --max-pairs: add pairs until every line is decided."""
+def add_until_decided(
+    command: argparse.ArgumentParser, unit: str, max_pairs_also: str = ""
+) -> None:
+    """--until-decided, --budget and --max-pairs: add pairs until every line is decided.
+    `max_pairs_also`: what else --max-pairs bounds in this command."""
     command.add_argument(
         "--until-decided",
         action="store_true",
@@ -519,5 +522,5 @@ def add_until_decided(command: argparse.ArgumentParser, unit: str) -> None:
         type=int,
         default=20,
         help="with --until-decided: stop after this many pairs (default: %(default)s)"
-        + ("; also the most lockstep pairs that fill a run" if unit == "repeats" else ""),
+        + (f"; also {max_pairs_also}" if max_pairs_also else ""),
     )
