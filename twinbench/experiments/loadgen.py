@@ -34,10 +34,16 @@ LATE_S = 0.001  # sent more than this after it fell due: counted as late (as the
 async def _connected(channel: grpc.aio.Channel) -> None:
     """Waits until the channel is up (or has failed: the first call then says why), so that no
     window starts before it: a channel connects lazily, and the first call would carry it."""
+    deadline = time.monotonic() + CONNECT_S
     state = channel.get_state(try_to_connect=True)
     ends = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
     while state not in ends:
-        await asyncio.wait_for(channel.wait_for_state_change(state), CONNECT_S)
+        try:
+            await asyncio.wait_for(
+                channel.wait_for_state_change(state), deadline - time.monotonic()
+            )
+        except TimeoutError:
+            return  # as the Go one does: the first call, with its own timeout, says why
         state = channel.get_state()
 
 
